@@ -1,0 +1,511 @@
+#include "autograd/ops.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+namespace ramstream::autograd {
+namespace {
+
+// Reductions and statistics run in float for float/bf16/half data and in double for double.
+template <class T>
+struct Acc {
+  using type = float;
+};
+template <>
+struct Acc<double> {
+  using type = double;
+};
+template <class T>
+using acc_t = typename Acc<T>::type;
+
+#define RS_DISPATCH(dtype, name, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, name, __VA_ARGS__)
+
+void check_contiguous(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous, got strides ", t.strides());
+}
+
+// Strided [B,H,T,D] view whose last dim is contiguous: the byte layout rope works on.
+struct Strided4 {
+  int64_t sb, sh, st;
+};
+Strided4 strides4(const at::Tensor& t, const char* op) {
+  TORCH_CHECK(t.dim() == 4 && t.stride(3) == 1, op, ": expected a [B,H,T,D] tensor with a ",
+              "contiguous last dim, got sizes ", t.sizes(), " strides ", t.strides());
+  return {t.stride(0), t.stride(1), t.stride(2)};
+}
+
+}  // namespace
+
+at::ScalarType acc_dtype(at::ScalarType dtype) {
+  return dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// ---------------------------------------------------------------------------------------------
+// embedding
+
+void embedding_forward(at::Tensor& out, const at::Tensor& ids, const at::Tensor& wte) {
+  at::index_select_out(out, wte, 0, ids.reshape({-1}));
+}
+
+void embedding_backward(at::Tensor& dwte, const at::Tensor& dout, const at::Tensor& ids) {
+  dwte.index_add_(0, ids.reshape({-1}), dout.reshape({-1, dwte.size(1)}));
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm
+
+void rmsnorm_forward(at::Tensor& out, at::Tensor& rstd, const at::Tensor& x, const at::Tensor& w,
+                     double eps) {
+  check_contiguous(x, "rmsnorm_forward", "x");
+  check_contiguous(out, "rmsnorm_forward", "out");
+  const int64_t C = x.size(-1), N = x.numel() / C;
+  TORCH_CHECK(w.numel() == C && rstd.numel() == N && out.numel() == x.numel(),
+              "rmsnorm_forward: shape mismatch");
+  RS_DISPATCH(x.scalar_type(), "rmsnorm_forward", [&] {
+    using A = acc_t<scalar_t>;
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* wp = w.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    A* rp = rstd.data_ptr<A>();
+    at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) {
+        const scalar_t* xr = xp + n * C;
+        A ss = 0;
+        for (int64_t c = 0; c < C; ++c) ss += A(xr[c]) * A(xr[c]);
+        const A r = A(1) / std::sqrt(ss / A(C) + A(eps));
+        rp[n] = r;
+        scalar_t* orow = op + n * C;
+        for (int64_t c = 0; c < C; ++c) orow[c] = scalar_t(A(xr[c]) * r * A(wp[c]));
+      }
+    });
+  });
+}
+
+void rmsnorm_backward(at::Tensor& dx, at::Tensor& dw, const at::Tensor& dout, const at::Tensor& x,
+                      const at::Tensor& w, const at::Tensor& rstd) {
+  check_contiguous(dout, "rmsnorm_backward", "dout");
+  check_contiguous(dx, "rmsnorm_backward", "dx");
+  const int64_t C = x.size(-1), N = x.numel() / C;
+  RS_DISPATCH(x.scalar_type(), "rmsnorm_backward", [&] {
+    using A = acc_t<scalar_t>;
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* wp = w.data_ptr<scalar_t>();
+    const scalar_t* gp = dout.data_ptr<scalar_t>();
+    const A* rp = rstd.data_ptr<A>();
+    scalar_t* dxp = dx.data_ptr<scalar_t>();
+    // dw partial sums per thread, reduced at the end, so the result does not depend on how
+    // parallel_for split the rows (it does depend on the thread count, like any reduction).
+    const int nthreads = at::get_num_threads();
+    std::vector<A> dw_partial(static_cast<size_t>(nthreads) * C, A(0));
+    at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
+      A* dwt = dw_partial.data() + static_cast<int64_t>(at::get_thread_num()) * C;
+      for (int64_t n = begin; n < end; ++n) {
+        const scalar_t* xr = xp + n * C;
+        const scalar_t* gr = gp + n * C;
+        const A r = rp[n];
+        // xhat = x*r; y = xhat*w; dxhat = dy*w;
+        // dx = r * (dxhat - xhat * mean(dxhat * xhat))
+        A dot = 0;
+        for (int64_t c = 0; c < C; ++c) {
+          const A xhat = A(xr[c]) * r;
+          dot += A(gr[c]) * A(wp[c]) * xhat;
+          dwt[c] += A(gr[c]) * xhat;
+        }
+        dot /= A(C);
+        scalar_t* dxr = dxp + n * C;
+        for (int64_t c = 0; c < C; ++c) {
+          const A xhat = A(xr[c]) * r;
+          dxr[c] = scalar_t(A(dxr[c]) + r * (A(gr[c]) * A(wp[c]) - xhat * dot));
+        }
+      }
+    });
+    scalar_t* dwp = dw.data_ptr<scalar_t>();
+    for (int64_t c = 0; c < C; ++c) {
+      A s = A(dwp[c]);
+      for (int t = 0; t < nthreads; ++t) s += dw_partial[static_cast<size_t>(t) * C + c];
+      dwp[c] = scalar_t(s);
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// linear
+
+void linear_forward(at::Tensor& out, const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  if (b.defined()) {
+    at::addmm_out(out, b, x, w.t());
+  } else {
+    at::mm_out(out, x, w.t());
+  }
+}
+
+void linear_backward(at::Tensor& dx, at::Tensor& dw, at::Tensor& db, const at::Tensor& dout,
+                     const at::Tensor& x, const at::Tensor& w) {
+  if (dx.defined()) at::mm_out(dx, dout, w);
+  dw.addmm_(dout.t(), x);
+  if (db.defined()) db.add_(dout.sum(0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// RoPE
+
+namespace {
+
+// out = rotate(x, sign * angle); out and x may have different strides.
+void rope_apply(const at::Tensor& out, const at::Tensor& x, const at::Tensor& cos,
+                const at::Tensor& sin, int sign, const char* op) {
+  const Strided4 so = strides4(out, op), sx = strides4(x, op);
+  const int64_t B = x.size(0), H = x.size(1), T = x.size(2), D = x.size(3), half = D / 2;
+  TORCH_CHECK(out.sizes() == x.sizes(), op, ": out ", out.sizes(), " vs x ", x.sizes());
+  TORCH_CHECK(cos.size(0) >= T && cos.size(1) == half && cos.is_contiguous() &&
+                  sin.is_contiguous(),
+              op, ": cos/sin must be contiguous [>=T, D/2], got ", cos.sizes());
+  RS_DISPATCH(x.scalar_type(), "rope", [&] {
+    using A = acc_t<scalar_t>;
+    TORCH_CHECK(cos.scalar_type() == c10::CppTypeToScalarType<A>::value, op,
+                ": cos/sin must be in the acc dtype");
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t* op_ = out.data_ptr<scalar_t>();
+    const A* cp = cos.data_ptr<A>();
+    const A* sp = sin.data_ptr<A>();
+    const A sg = A(sign);
+    at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t bh = begin; bh < end; ++bh) {
+        const int64_t b = bh / H, h = bh % H;
+        for (int64_t t = 0; t < T; ++t) {
+          const scalar_t* xr = xp + b * sx.sb + h * sx.sh + t * sx.st;
+          scalar_t* orow = op_ + b * so.sb + h * so.sh + t * so.st;
+          const A* cr = cp + t * half;
+          const A* sr = sp + t * half;
+          for (int64_t i = 0; i < half; ++i) {
+            const A a = A(xr[i]), bb = A(xr[i + half]);
+            const A c = cr[i], s = sg * sr[i];
+            orow[i] = scalar_t(a * c - bb * s);
+            orow[i + half] = scalar_t(bb * c + a * s);
+          }
+        }
+      }
+    });
+  });
+}
+
+}  // namespace
+
+void rope_forward(at::Tensor& out, const at::Tensor& x, const at::Tensor& cos,
+                  const at::Tensor& sin) {
+  rope_apply(out, x, cos, sin, +1, "rope_forward");
+}
+
+void rope_backward(at::Tensor& dx, const at::Tensor& dout, const at::Tensor& cos,
+                   const at::Tensor& sin) {
+  rope_apply(dx, dout, cos, sin, -1, "rope_backward");
+}
+
+// ---------------------------------------------------------------------------------------------
+// causal attention
+//
+// Per batch element b the G query heads of one kv head are stacked into one [G*T, D] matrix, so
+// scores for all heads are one bmm over NKV without repeating k and v: row r of that matrix is
+// query head kv*G + r/T at position t = r % T, which may see keys j <= t.
+
+namespace {
+
+// scores [R, T] (R = NKV*G*T rows, each row at position r % T) -> probabilities in place;
+// lse[r] = log sum_j exp(scale * s_rj) over visible j.
+template <class scalar_t>
+void causal_softmax_rows(scalar_t* scores, acc_t<scalar_t>* lse, int64_t R, int64_t T,
+                         acc_t<scalar_t> scale) {
+  using A = acc_t<scalar_t>;
+  at::parallel_for(0, R, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      scalar_t* row = scores + r * T;
+      const int64_t visible = r % T + 1;
+      A mx = -std::numeric_limits<A>::infinity();
+      for (int64_t j = 0; j < visible; ++j) mx = std::max(mx, A(row[j]) * scale);
+      A sum = 0;
+      for (int64_t j = 0; j < visible; ++j) {
+        const A e = std::exp(A(row[j]) * scale - mx);
+        row[j] = scalar_t(e);
+        sum += e;
+      }
+      const A inv = A(1) / sum;
+      for (int64_t j = 0; j < visible; ++j) row[j] = scalar_t(A(row[j]) * inv);
+      for (int64_t j = visible; j < T; ++j) row[j] = scalar_t(0);
+      lse[r] = mx + std::log(sum);
+    }
+  });
+}
+
+// Recompute p = exp(scale*s - lse) from scores in place (masked), then turn dp into
+// ds = p * (dp - sum_j p*dp) * scale in place.
+template <class scalar_t>
+void causal_softmax_backward_rows(scalar_t* scores, scalar_t* dp, const acc_t<scalar_t>* lse,
+                                  int64_t R, int64_t T, acc_t<scalar_t> scale) {
+  using A = acc_t<scalar_t>;
+  at::parallel_for(0, R, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      scalar_t* p = scores + r * T;
+      scalar_t* d = dp + r * T;
+      const int64_t visible = r % T + 1;
+      A dot = 0;
+      for (int64_t j = 0; j < visible; ++j) {
+        const A pj = std::exp(A(p[j]) * scale - lse[r]);
+        p[j] = scalar_t(pj);
+        dot += pj * A(d[j]);
+      }
+      for (int64_t j = 0; j < visible; ++j) d[j] = scalar_t(A(p[j]) * (A(d[j]) - dot) * scale);
+      for (int64_t j = visible; j < T; ++j) {
+        p[j] = scalar_t(0);
+        d[j] = scalar_t(0);
+      }
+    }
+  });
+}
+
+struct AttnDims {
+  int64_t B, NH, NKV, G, T, D;
+};
+
+AttnDims attn_dims(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const char* op) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.sizes() == k.sizes(), op,
+              ": expected q [B,NH,T,D], k/v [B,NKV,T,D], got ", q.sizes(), " ", k.sizes(), " ",
+              v.sizes());
+  AttnDims d{q.size(0), q.size(1), k.size(1), 0, q.size(2), q.size(3)};
+  TORCH_CHECK(d.NKV > 0 && d.NH % d.NKV == 0 && k.size(0) == d.B && k.size(2) == d.T &&
+                  k.size(3) == d.D,
+              op, ": q ", q.sizes(), " incompatible with k ", k.sizes());
+  d.G = d.NH / d.NKV;
+  for (const at::Tensor* t : {&q, &k, &v}) check_contiguous(*t, op, "q/k/v");
+  return d;
+}
+
+}  // namespace
+
+void attention_forward(at::Tensor& out, at::Tensor& lse, const at::Tensor& q, const at::Tensor& k,
+                       const at::Tensor& v) {
+  const AttnDims d = attn_dims(q, k, v, "attention_forward");
+  check_contiguous(out, "attention_forward", "out");
+  const auto opts = q.options();
+  at::Tensor scores = at::empty({d.NKV, d.G * d.T, d.T}, opts);
+  at::Tensor ob = at::empty({d.NKV, d.G * d.T, d.D}, opts);
+  RS_DISPATCH(q.scalar_type(), "attention_forward", [&] {
+    using A = acc_t<scalar_t>;
+    const A scale = A(1) / std::sqrt(A(d.D));
+    for (int64_t b = 0; b < d.B; ++b) {
+      const at::Tensor qb = q[b].view({d.NKV, d.G * d.T, d.D});
+      at::bmm_out(scores, qb, k[b].transpose(1, 2));
+      A* lse_b = lse.data_ptr<A>() + b * d.NH * d.T;
+      causal_softmax_rows<scalar_t>(scores.data_ptr<scalar_t>(), lse_b, d.NKV * d.G * d.T, d.T,
+                                    scale);
+      at::bmm_out(ob, scores, v[b]);
+      // [NKV, G, T, D] -> out[b] as [T, NH, D]
+      out.view({d.B, d.T, d.NH * d.D})[b].view({d.T, d.NKV, d.G, d.D}).copy_(ob.view({d.NKV, d.G, d.T, d.D}).permute({2, 0, 1, 3}));
+    }
+  });
+}
+
+void attention_backward(at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, const at::Tensor& dout,
+                        const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                        const at::Tensor& lse) {
+  const AttnDims d = attn_dims(q, k, v, "attention_backward");
+  check_contiguous(dout, "attention_backward", "dout");
+  const auto opts = q.options();
+  at::Tensor scores = at::empty({d.NKV, d.G * d.T, d.T}, opts);
+  at::Tensor dp = at::empty({d.NKV, d.G * d.T, d.T}, opts);
+  at::Tensor dob = at::empty({d.NKV, d.G, d.T, d.D}, opts);
+  RS_DISPATCH(q.scalar_type(), "attention_backward", [&] {
+    using A = acc_t<scalar_t>;
+    const A scale = A(1) / std::sqrt(A(d.D));
+    for (int64_t b = 0; b < d.B; ++b) {
+      const at::Tensor qb = q[b].view({d.NKV, d.G * d.T, d.D});
+      const at::Tensor kb = k[b];
+      const at::Tensor vb = v[b];
+      // dout[b] [T, NH, D] -> [NKV, G*T, D]
+      dob.copy_(dout.view({d.B, d.T, d.NH * d.D})[b].view({d.T, d.NKV, d.G, d.D}).permute({1, 2, 0, 3}));
+      const at::Tensor dob2 = dob.view({d.NKV, d.G * d.T, d.D});
+      at::bmm_out(scores, qb, kb.transpose(1, 2));
+      at::bmm_out(dp, dob2, vb.transpose(1, 2));
+      const A* lse_b = lse.data_ptr<A>() + b * d.NH * d.T;
+      causal_softmax_backward_rows<scalar_t>(scores.data_ptr<scalar_t>(),
+                                             dp.data_ptr<scalar_t>(), lse_b, d.NKV * d.G * d.T,
+                                             d.T, scale);
+      // scores now holds p and dp holds ds (scale folded in).
+      at::Tensor dvb = dv[b];
+      at::Tensor dkb = dk[b];
+      at::Tensor dqb = dq[b].view({d.NKV, d.G * d.T, d.D});
+      at::bmm_out(dvb, scores.transpose(1, 2), dob2);  // sums the G heads of each kv head
+      at::bmm_out(dkb, dp.transpose(1, 2), qb);
+      at::bmm_out(dqb, dp, kb);
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// SwiGLU
+
+void swiglu_forward(at::Tensor& out, const at::Tensor& gu) {
+  check_contiguous(gu, "swiglu_forward", "gu");
+  check_contiguous(out, "swiglu_forward", "out");
+  const int64_t F = gu.size(-1) / 2, N = gu.numel() / (2 * F);
+  TORCH_CHECK(out.numel() == N * F, "swiglu_forward: out has ", out.numel(), " elements, want ",
+              N * F);
+  RS_DISPATCH(gu.scalar_type(), "swiglu_forward", [&] {
+    using A = acc_t<scalar_t>;
+    const scalar_t* gp = gu.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) {
+        const scalar_t* g = gp + n * 2 * F;
+        const scalar_t* u = g + F;
+        scalar_t* o = op + n * F;
+        for (int64_t i = 0; i < F; ++i) {
+          const A gi = A(g[i]);
+          o[i] = scalar_t(gi / (A(1) + std::exp(-gi)) * A(u[i]));
+        }
+      }
+    });
+  });
+}
+
+void swiglu_backward(at::Tensor& dgu, const at::Tensor& dout, const at::Tensor& gu) {
+  check_contiguous(gu, "swiglu_backward", "gu");
+  check_contiguous(dout, "swiglu_backward", "dout");
+  check_contiguous(dgu, "swiglu_backward", "dgu");
+  const int64_t F = gu.size(-1) / 2, N = gu.numel() / (2 * F);
+  RS_DISPATCH(gu.scalar_type(), "swiglu_backward", [&] {
+    using A = acc_t<scalar_t>;
+    const scalar_t* gp = gu.data_ptr<scalar_t>();
+    const scalar_t* dp = dout.data_ptr<scalar_t>();
+    scalar_t* dgp = dgu.data_ptr<scalar_t>();
+    at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) {
+        const scalar_t* g = gp + n * 2 * F;
+        const scalar_t* u = g + F;
+        const scalar_t* dy = dp + n * F;
+        scalar_t* dg = dgp + n * 2 * F;
+        scalar_t* du = dg + F;
+        for (int64_t i = 0; i < F; ++i) {
+          const A gi = A(g[i]);
+          const A sig = A(1) / (A(1) + std::exp(-gi));
+          const A silu = gi * sig;
+          du[i] = scalar_t(A(dy[i]) * silu);
+          dg[i] = scalar_t(A(dy[i]) * A(u[i]) * sig * (A(1) + gi * (A(1) - sig)));
+        }
+      }
+    });
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// residual
+
+void residual_forward(at::Tensor& out, const at::Tensor& x, const at::Tensor& y) {
+  at::add_out(out, x, y);
+}
+
+// ---------------------------------------------------------------------------------------------
+// chunked LM head + cross-entropy
+
+namespace {
+
+// logits [R, V] of the counted rows -> returns the loss sum; when `backward`, overwrites logits
+// with grad_scale * (softmax - onehot).
+template <class scalar_t>
+double cross_entropy_rows(scalar_t* logits, const int64_t* targets, int64_t R, int64_t V,
+                          bool backward, double grad_scale) {
+  using A = acc_t<scalar_t>;
+  std::vector<double> row_loss(static_cast<size_t>(R));
+  at::parallel_for(0, R, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      scalar_t* row = logits + r * V;
+      A mx = -std::numeric_limits<A>::infinity();
+      for (int64_t j = 0; j < V; ++j) mx = std::max(mx, A(row[j]));
+      A sum = 0;
+      for (int64_t j = 0; j < V; ++j) sum += std::exp(A(row[j]) - mx);
+      const A lse = mx + std::log(sum);
+      const int64_t y = targets[r];
+      row_loss[static_cast<size_t>(r)] = double(lse - A(row[y]));
+      if (backward) {
+        const A gs = A(grad_scale);
+        for (int64_t j = 0; j < V; ++j) row[j] = scalar_t(std::exp(A(row[j]) - lse) * gs);
+        row[y] = scalar_t(A(row[y]) - gs);
+      }
+    }
+  });
+  double total = 0;
+  for (double l : row_loss) total += l;
+  return total;
+}
+
+CrossEntropyResult chunked_cross_entropy(at::Tensor* dh, at::Tensor* dw, const at::Tensor& h,
+                                         const at::Tensor& w, const at::Tensor& targets,
+                                         double grad_scale, int64_t chunk_rows) {
+  TORCH_CHECK(h.dim() == 2 && w.dim() == 2 && h.size(1) == w.size(1),
+              "chunked_cross_entropy: h [N,C] and w [V,C] expected, got ", h.sizes(), " ",
+              w.sizes());
+  TORCH_CHECK(targets.scalar_type() == at::kLong && targets.numel() == h.size(0),
+              "chunked_cross_entropy: targets must be int64 [N]");
+  const int64_t V = w.size(0);
+  const at::Tensor flat_targets = targets.reshape({-1});
+  const bool backward = dh != nullptr;
+  if (backward) dh->zero_();  // ignored rows get zero grad
+  // Only counted rows are pushed through the head.
+  const at::Tensor rows = at::nonzero(flat_targets != kIgnoreIndex).reshape({-1});
+  const int64_t R = rows.numel();
+  if (R > 0) {
+    const at::Tensor bad = (flat_targets.index_select(0, rows) < 0) |
+                           (flat_targets.index_select(0, rows) >= V);
+    TORCH_CHECK(!bad.any().item<bool>(), "chunked_cross_entropy: target id outside [0, ", V,
+                ") that is not the ignore index ", kIgnoreIndex);
+  }
+  CrossEntropyResult result;
+  result.num_targets = R;
+  chunk_rows = std::max<int64_t>(1, chunk_rows);
+  at::Tensor logits = at::empty({std::min(chunk_rows, std::max<int64_t>(R, 1)), V}, h.options());
+  at::Tensor hc_buf, dhc_buf;
+  for (int64_t start = 0; start < R; start += chunk_rows) {
+    const int64_t n = std::min(chunk_rows, R - start);
+    const at::Tensor idx = rows.narrow(0, start, n);
+    const at::Tensor hc = h.index_select(0, idx);
+    const at::Tensor yc = flat_targets.index_select(0, idx).contiguous();
+    at::Tensor lc = logits.narrow(0, 0, n);
+    at::mm_out(lc, hc, w.t());
+    RS_DISPATCH(h.scalar_type(), "chunked_cross_entropy", [&] {
+      result.loss_sum += cross_entropy_rows<scalar_t>(lc.data_ptr<scalar_t>(),
+                                                      yc.data_ptr<int64_t>(), n, V, backward,
+                                                      grad_scale);
+    });
+    if (backward) {
+      dh->index_copy_(0, idx, at::mm(lc, w));
+      dw->addmm_(lc.t(), hc);
+    }
+  }
+  return result;
+}
+
+}  // namespace
+
+CrossEntropyResult chunked_cross_entropy_forward(const at::Tensor& h, const at::Tensor& w,
+                                                 const at::Tensor& targets, int64_t chunk_rows) {
+  return chunked_cross_entropy(nullptr, nullptr, h, w, targets, 0.0, chunk_rows);
+}
+
+CrossEntropyResult chunked_cross_entropy_forward_backward(at::Tensor& dh, at::Tensor& dw,
+                                                          const at::Tensor& h,
+                                                          const at::Tensor& w,
+                                                          const at::Tensor& targets,
+                                                          double grad_scale, int64_t chunk_rows) {
+  return chunked_cross_entropy(&dh, &dw, h, w, targets, grad_scale, chunk_rows);
+}
+
+int64_t cross_entropy_chunk_rows(int64_t vocab_size, int64_t bytes) {
+  return std::max<int64_t>(1, bytes / (vocab_size * 4));
+}
+
+}  // namespace ramstream::autograd

@@ -1,0 +1,265 @@
+#include "checkpoint/hf_loader.h"
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <iostream>
+#include <map>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "checkpoint/safetensors.h"
+#include "checkpoint/safetensors_test_util.h"
+#include "model/hf_names.h"
+
+namespace ramstream::checkpoint {
+namespace {
+
+namespace fs = std::filesystem;
+using model::ModelConfig;
+using model::ModelParams;
+using testing::safetensors_bytes;
+using testing::write_file;
+using Named = std::vector<std::pair<std::string, at::Tensor>>;
+
+ModelConfig tiny(const std::string& type, bool tied, bool bias) {
+  ModelConfig c;
+  c.model_type = type;
+  c.vocab_size = 19;
+  c.hidden_size = 8;
+  c.intermediate_size = 12;
+  c.num_layers = 2;
+  c.num_heads = 4;
+  c.num_kv_heads = 2;
+  c.head_dim = 2;
+  c.max_position_embeddings = 32;
+  c.tie_word_embeddings = tied;
+  c.qkv_bias = bias;
+  c.o_bias = bias && type == "llama";
+  return c;
+}
+
+// Random parameters and the HF-named tensors (copies) that hold them.
+std::pair<ModelParams, Named> random_model(const ModelConfig& c, at::ScalarType file_dtype) {
+  ModelParams p = model::allocate_model_params(c, at::kFloat);
+  for_each_param(p, [](const std::string&, at::Tensor& t) { t.copy_(at::randn(t.sizes())); });
+  Named named;
+  for (const std::string& n : model::hf_param_names(c)) {
+    named.emplace_back(n, model::hf_param_view(p, c, n).value().to(file_dtype).clone());
+  }
+  return {std::move(p), std::move(named)};
+}
+
+void expect_equal_params(ModelParams& a, ModelParams& b) {
+  std::map<std::string, at::Tensor> ta;
+  for_each_param(a, [&](const std::string& n, at::Tensor& t) { ta[n] = t; });
+  size_t n = 0;
+  for_each_param(b, [&](const std::string& name, at::Tensor& t) {
+    ++n;
+    EXPECT_TRUE(at::equal(ta.at(name), t)) << name;
+  });
+  EXPECT_EQ(n, ta.size());
+}
+
+class HfLoaderTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    at::manual_seed(7);
+    dir_ = fs::temp_directory_path() / ("ramstream_hf_loader_test_" + std::to_string(::getpid()));
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string path(const std::string& name) {
+    fs::create_directories((dir_ / name).parent_path());
+    return (dir_ / name).string();
+  }
+  std::string load_error(const std::string& p, const ModelConfig& c) {
+    ModelParams q = model::allocate_model_params(c, at::kFloat);
+    Status st = load_hf_weights(p, c, q);
+    EXPECT_FALSE(st.ok());
+    if (st.ok()) return "";
+    // Nothing was written before the error.
+    for_each_param(q, [](const std::string& n, at::Tensor& t) {
+      EXPECT_EQ(t.count_nonzero().item<int64_t>(), 0) << n;
+    });
+    return st.error().message;
+  }
+  fs::path dir_;
+};
+
+TEST_F(HfLoaderTest, RoundTripSingleFile) {
+  for (const ModelConfig& c :
+       {tiny("llama", false, false), tiny("llama", false, true), tiny("qwen2", true, true),
+        tiny("mistral", true, false)}) {
+    SCOPED_TRACE(c.model_type);
+    auto [p, named] = random_model(c, at::kFloat);
+    const std::string file = path("single/model.safetensors");
+    write_file(file, safetensors_bytes(named));
+    for (const std::string& src : {file, path("single")}) {
+      ModelParams q = model::allocate_model_params(c, at::kFloat);
+      Status st = load_hf_weights(src, c, q);
+      ASSERT_TRUE(st.ok()) << st.error().message;
+      expect_equal_params(p, q);
+      EXPECT_EQ(q.lm_head.is_same(q.embedding), c.tie_word_embeddings);
+    }
+  }
+}
+
+TEST_F(HfLoaderTest, Bf16FileIntoFp32Params) {
+  const ModelConfig c = tiny("llama", false, false);
+  auto [p, named] = random_model(c, at::kBFloat16);
+  write_file(path("m.safetensors"), safetensors_bytes(named));
+  ModelParams q = model::allocate_model_params(c, at::kFloat);
+  ASSERT_TRUE(load_hf_weights(path("m.safetensors"), c, q).ok());
+  ModelParams expected = model::clone_model_params(
+      model::clone_model_params(p, at::kBFloat16), at::kFloat);
+  expect_equal_params(expected, q);
+}
+
+TEST_F(HfLoaderTest, TiedModelIgnoresStrayLmHeadAndInvFreq) {
+  const ModelConfig c = tiny("llama", true, false);
+  auto [p, named] = random_model(c, at::kFloat);
+  named.emplace_back("lm_head.weight", at::randn({19, 8}));
+  named.emplace_back("model.layers.0.self_attn.rotary_emb.inv_freq", at::randn({1}));
+  write_file(path("m.safetensors"), safetensors_bytes(named));
+  ModelParams q = model::allocate_model_params(c, at::kFloat);
+  Status st = load_hf_weights(path("m.safetensors"), c, q);
+  ASSERT_TRUE(st.ok()) << st.error().message;
+  expect_equal_params(p, q);
+}
+
+TEST_F(HfLoaderTest, MissingTensorIsNamed) {
+  const ModelConfig c = tiny("llama", false, false);
+  auto [p, named] = random_model(c, at::kFloat);
+  named.erase(named.begin() + 3);  // layer 0 v_proj
+  write_file(path("m.safetensors"), safetensors_bytes(named));
+  const std::string e = load_error(path("m.safetensors"), c);
+  EXPECT_NE(e.find("1 missing"), std::string::npos) << e;
+  EXPECT_NE(e.find("'model.layers.0.self_attn.v_proj.weight'"), std::string::npos) << e;
+  EXPECT_NE(e.find(path("m.safetensors")), std::string::npos) << e;
+
+  // Untied model without lm_head.
+  named = random_model(c, at::kFloat).second;
+  named.pop_back();
+  write_file(path("m.safetensors"), safetensors_bytes(named));
+  EXPECT_NE(load_error(path("m.safetensors"), c).find("'lm_head.weight'"), std::string::npos);
+}
+
+TEST_F(HfLoaderTest, UnexpectedAndMismatchedTensorsAreNamed) {
+  const ModelConfig c = tiny("llama", false, false);
+  Named named = random_model(c, at::kFloat).second;
+  named.emplace_back("model.layers.5.mlp.up_proj.weight", at::zeros({12, 8}));
+  named.emplace_back("model.layers.0.self_attn.q_proj.bias", at::zeros({8}));
+  named.emplace_back("vision_tower.weight", at::zeros({1}));
+  named[1].second = at::zeros({9, 8});  // q_proj: expects [8, 8]
+  const std::string file = path("m.safetensors");
+  write_file(file, safetensors_bytes(named));
+  const std::string e = load_error(file, c);
+  EXPECT_NE(e.find("3 unexpected"), std::string::npos) << e;
+  EXPECT_NE(e.find("model.layers.5.mlp.up_proj.weight"), std::string::npos) << e;
+  EXPECT_NE(e.find("q_proj.bias"), std::string::npos) << e;
+  EXPECT_NE(e.find("vision_tower.weight"), std::string::npos) << e;
+  EXPECT_NE(e.find(file + ": tensor 'model.layers.0.self_attn.q_proj.weight': file has shape "
+                          "[9, 8], model expects [8, 8]"),
+            std::string::npos)
+      << e;
+
+  named = random_model(c, at::kFloat).second;
+  named[0].second = at::zeros({19, 8}, at::kInt);
+  write_file(file, safetensors_bytes(named));
+  EXPECT_NE(load_error(file, c).find("I32"), std::string::npos);
+}
+
+TEST_F(HfLoaderTest, ShardedFolderWithIndex) {
+  const ModelConfig c = tiny("qwen2", false, true);
+  auto [p, named] = random_model(c, at::kFloat);
+  const size_t half = named.size() / 2;
+  Named a(named.begin(), named.begin() + half), b(named.begin() + half, named.end());
+  nlohmann::json index = {{"metadata", {{"total_size", 0}}}, {"weight_map", nlohmann::json::object()}};
+  for (const auto& [n, t] : a) index["weight_map"][n] = "model-00001-of-00002.safetensors";
+  for (const auto& [n, t] : b) index["weight_map"][n] = "model-00002-of-00002.safetensors";
+  write_file(path("sharded/model-00001-of-00002.safetensors"), safetensors_bytes(a));
+  write_file(path("sharded/model-00002-of-00002.safetensors"), safetensors_bytes(b));
+  write_file(path("sharded/model.safetensors.index.json"), index.dump());
+
+  auto files = hf_safetensors_files(path("sharded"));
+  ASSERT_TRUE(files.ok()) << files.error().message;
+  EXPECT_EQ(files.value().size(), 2u);
+  ModelParams q = model::allocate_model_params(c, at::kFloat);
+  Status st = load_hf_weights(path("sharded"), c, q);
+  ASSERT_TRUE(st.ok()) << st.error().message;
+  expect_equal_params(p, q);
+
+  // The index points a tensor at the wrong shard.
+  index["weight_map"][a[0].first] = "model-00002-of-00002.safetensors";
+  write_file(path("sharded/model.safetensors.index.json"), index.dump());
+  EXPECT_NE(load_error(path("sharded"), c).find(a[0].first), std::string::npos);
+
+  // A shard that does not exist, and one that escapes the folder.
+  index["weight_map"][a[0].first] = "model-00003-of-00002.safetensors";
+  write_file(path("sharded/model.safetensors.index.json"), index.dump());
+  EXPECT_NE(load_error(path("sharded"), c).find("model-00003-of-00002.safetensors"),
+            std::string::npos);
+  index["weight_map"][a[0].first] = "../x.safetensors";
+  write_file(path("sharded/model.safetensors.index.json"), index.dump());
+  EXPECT_NE(load_error(path("sharded"), c).find("invalid shard name"), std::string::npos);
+
+  write_file(path("sharded/model.safetensors.index.json"), "{\"weight_map\": 3}");
+  EXPECT_NE(load_error(path("sharded"), c).find("'weight_map'"), std::string::npos);
+  write_file(path("sharded/model.safetensors.index.json"), "{");
+  EXPECT_NE(load_error(path("sharded"), c).find("invalid JSON"), std::string::npos);
+}
+
+TEST_F(HfLoaderTest, BadPaths) {
+  const ModelConfig c = tiny("llama", false, false);
+  fs::create_directories(dir_ / "empty");
+  EXPECT_NE(load_error(path("empty"), c).find("neither"), std::string::npos);
+  EXPECT_NE(load_error(path("nope"), c).find("no such"), std::string::npos);
+  write_file(path("trunc.safetensors"), "abc");
+  EXPECT_NE(load_error(path("trunc.safetensors"), c).find("truncated"), std::string::npos);
+}
+
+// Real transformers-written models, when present: tests/fixtures/hf/<name>/{config.json,
+// model.safetensors}, or the folder named by RAMSTREAM_HF_FIXTURES.
+TEST(HfLoaderFixtures, LoadsRealHuggingFaceFolders) {
+  const char* env = std::getenv("RAMSTREAM_HF_FIXTURES");
+  const fs::path root = env ? fs::path(env) : fs::path("tests/fixtures/hf");
+  std::error_code ec;
+  if (!fs::is_directory(root, ec)) GTEST_SKIP() << "no fixtures at " << root;
+  int loaded = 0;
+  for (const fs::directory_entry& d : fs::directory_iterator(root)) {
+    if (!fs::exists(d.path() / "config.json")) continue;
+    SCOPED_TRACE(d.path().string());
+    Result<ModelConfig> cfg = model::load_model_config((d.path() / "config.json").string());
+    ASSERT_TRUE(cfg.ok()) << cfg.error().message;
+    ModelParams p = model::allocate_model_params(cfg.value(), at::kFloat);
+    Status st = load_hf_weights(d.path().string(), cfg.value(), p);
+    ASSERT_TRUE(st.ok()) << st.error().message;
+    // Every view holds the file's tensor, read independently of the loader's copy path.
+    std::vector<SafetensorsFile> files;
+    const Result<std::vector<std::string>> paths = hf_safetensors_files(d.path().string());
+    ASSERT_TRUE(paths.ok()) << paths.error().message;
+    for (const std::string& f : paths.value()) {
+      files.push_back(SafetensorsFile::open(f).value_or_throw());
+    }
+    for (const std::string& name : model::hf_param_names(cfg.value())) {
+      at::Tensor view = model::hf_param_view(p, cfg.value(), name).value();
+      int found = 0;
+      for (const SafetensorsFile& f : files) {
+        if (!f.contains(name)) continue;
+        ++found;
+        EXPECT_TRUE(at::equal(view, f.tensor(name).value().to(at::kFloat))) << name;
+      }
+      EXPECT_EQ(found, 1) << name;
+    }
+    EXPECT_GT(p.blocks[0].wqkv.abs().sum().item<double>(), 0.0);
+    ++loaded;
+  }
+  if (loaded == 0) GTEST_SKIP() << "no model folders under " << root;
+  std::cout << "loaded " << loaded << " model folders from " << root << "\n";
+}
+
+}  // namespace
+}  // namespace ramstream::checkpoint

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The project's test command (what CI runs through .ci/run):
+#   bash scripts/test.sh [extra ctest args, e.g. -R Autograd or -L cpu]
+# Installs Debian packages if needed (scripts/setup.sh), configures a Release build in build/ with
+# Ninja (ccache is picked up by CMakeLists.txt), builds everything, then runs ctest. Tests that need
+# a GPU skip themselves when none is present.
+# Environment: BUILD_DIR (default build), CCACHE_DIR (default ~/.cache/ramstream-ccache),
+# CMAKE_ARGS (extra configure arguments, word-split, e.g. "-DCMAKE_PREFIX_PATH=...").
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+bash scripts/setup.sh
+
+export CCACHE_DIR="${CCACHE_DIR:-${HOME:-/root}/.cache/ramstream-ccache}"
+mkdir -p "$CCACHE_DIR"
+
+BUILD_DIR="${BUILD_DIR:-build}"
+JOBS="$(nproc)"
+read -r -a extra_cmake_args <<<"${CMAKE_ARGS:-}"
+
+# Ninja, unless BUILD_DIR was already configured with another generator (CMake refuses to switch).
+generator=(-G Ninja)
+if [[ -f "$BUILD_DIR/CMakeCache.txt" ]]; then
+  cached=$(sed -n 's/^CMAKE_GENERATOR:INTERNAL=//p' "$BUILD_DIR/CMakeCache.txt")
+  if [[ -n "$cached" && "$cached" != "Ninja" ]]; then
+    echo "test.sh: $BUILD_DIR was configured with '$cached'; keeping it (rm -rf $BUILD_DIR for Ninja)" >&2
+    generator=()
+  fi
+fi
+
+cmake -S . -B "$BUILD_DIR" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release "${extra_cmake_args[@]}"
+cmake --build "$BUILD_DIR" -j"$JOBS"
+ctest --test-dir "$BUILD_DIR" --output-on-failure -j"$JOBS" "$@"
