@@ -18,9 +18,9 @@ at::Tensor heads_view(const at::Tensor& qkv, const model::ModelConfig& cfg, int6
 }  // namespace
 
 BlockActs BlockActs::allocate(const model::ModelConfig& cfg, int64_t B, int64_t T,
-                              at::ScalarType dtype) {
-  const auto o = at::TensorOptions().dtype(dtype);
-  const auto oa = at::TensorOptions().dtype(acc_dtype(dtype));
+                              at::ScalarType dtype, at::Device device) {
+  const auto o = at::TensorOptions().dtype(dtype).device(device);
+  const auto oa = o.dtype(acc_dtype(dtype));
   const int64_t N = B * T, C = cfg.hidden_size, D = cfg.head_dim;
   BlockActs a;
   a.rstd1 = at::empty({N}, oa);
@@ -46,8 +46,8 @@ int64_t BlockActs::bytes() const {
 }
 
 BlockScratch BlockScratch::allocate(const model::ModelConfig& cfg, int64_t B, int64_t T,
-                                    at::ScalarType dtype) {
-  const auto o = at::TensorOptions().dtype(dtype);
+                                    at::ScalarType dtype, at::Device device) {
+  const auto o = at::TensorOptions().dtype(dtype).device(device);
   const int64_t N = B * T, C = cfg.hidden_size, D = cfg.head_dim, F = cfg.intermediate_size;
   BlockScratch s;
   s.qkv = at::empty({N, cfg.qkv_dim()}, o);
@@ -75,8 +75,8 @@ void block_forward(at::Tensor& y, BlockActs& a, BlockScratch& s, const model::Bl
                    const at::Tensor& x, const RopeTables& rope, const model::ModelConfig& cfg) {
   const int64_t B = a.q.size(0), T = a.q.size(2), N = B * T, C = cfg.hidden_size;
   const int64_t NH = cfg.num_heads, NKV = cfg.num_kv_heads;
-  TORCH_CHECK(x.numel() == N * C && y.numel() == N * C, "block_forward: x/y must hold ", N, "x",
-              C, " elements for the workspace's B=", B, " T=", T);
+  TORCH_CHECK(x.numel() == N * C && y.numel() == N * C, "block_forward: x/y must hold ", N, "x", C,
+              " elements for the workspace's B=", B, " T=", T);
   a.x = x.view({N, C});
   at::Tensor y2 = y.view({N, C});
   const at::Tensor none;
@@ -115,7 +115,7 @@ void block_backward(at::Tensor& dres, model::BlockParams& g, const BlockActs& a,
 
   // Attention branch.
   linear_backward(s.datt, g.wo, g.bo, dres2, a.att, p.wo);
-  attention_backward(s.dq, s.dk, s.dv, s.datt, a.q, a.k, a.v, a.lse);
+  attention_backward(s.dq, s.dk, s.dv, s.datt, a.q, a.k, a.v, a.att, a.lse);
   at::Tensor dheads = heads_view(s.qkv, cfg, B, T);  // qkv scratch now holds its grad
   at::Tensor dq_heads = dheads.narrow(1, 0, NH);
   at::Tensor dk_heads = dheads.narrow(1, NH, NKV);

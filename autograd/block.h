@@ -40,7 +40,7 @@ struct BlockActs {
   at::Tensor gu;     // [N,2F] gate|up projections
 
   static BlockActs allocate(const model::ModelConfig& cfg, int64_t B, int64_t T,
-                            at::ScalarType dtype);
+                            at::ScalarType dtype, at::Device device = at::kCPU);
   int64_t bytes() const;
 };
 
@@ -58,7 +58,7 @@ struct BlockScratch {
   at::Tensor dv;    // [B,NKV,T,D]
 
   static BlockScratch allocate(const model::ModelConfig& cfg, int64_t B, int64_t T,
-                               at::ScalarType dtype);
+                               at::ScalarType dtype, at::Device device = at::kCPU);
   int64_t bytes() const;
 };
 

@@ -24,6 +24,8 @@ testing::TinyOptions opts_with(void (*edit)(testing::TinyOptions&)) {
   return o;
 }
 
+void PrintTo(const BlockCase& c, std::ostream* os) { *os << c.name; }
+
 class BlockTest : public ::testing::TestWithParam<BlockCase> {};
 
 TEST_P(BlockTest, MatchesAutograd) {
@@ -78,8 +80,7 @@ INSTANTIATE_TEST_SUITE_P(
         BlockCase{"qkv_bias", opts_with([](testing::TinyOptions& o) { o.qkv_bias = true; }), 2, 7},
         BlockCase{"qkvo_bias",
                   opts_with([](testing::TinyOptions& o) { o.qkv_bias = o.o_bias = true; }), 1, 5},
-        BlockCase{"llama3_rope",
-                  opts_with([](testing::TinyOptions& o) {
+        BlockCase{"llama3_rope", opts_with([](testing::TinyOptions& o) {
                     o.scaling = model::RopeScalingType::kLlama3;
                     o.head_dim = 16;
                     o.hidden = 64;

@@ -67,7 +67,8 @@ TEST_P(HfParityTest, LogitsLossAndEveryGrad) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, HfParityTest,
-                         ::testing::Values("llama_gqa", "qwen2_bias", "llama3_rope_scaling"));
+                         ::testing::Values("llama_gqa", "qwen2_bias", "llama3_rope_scaling"),
+                         [](const auto& info) { return std::string(info.param); });
 
 }  // namespace
 }  // namespace ramstream::autograd

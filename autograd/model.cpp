@@ -3,18 +3,19 @@
 namespace ramstream::autograd {
 
 ModelWorkspace::ModelWorkspace(const model::ModelConfig& cfg_, int64_t B_, int64_t T_,
-                               at::ScalarType dtype, ActivationMode mode_)
+                               at::ScalarType dtype, ActivationMode mode_, at::Device device)
     : cfg(cfg_), B(B_), T(T_), mode(mode_) {
   TORCH_CHECK(cfg.sliding_window == 0 || T <= cfg.sliding_window, "sequence length ", T,
               " exceeds the model's sliding_window ", cfg.sliding_window,
               ": sliding-window attention is not implemented");
   const int64_t N = B * T, C = cfg.hidden_size, L = cfg.num_layers;
-  const auto o = at::TensorOptions().dtype(dtype);
-  rope = make_rope_tables(cfg, T, dtype);
+  const auto o = at::TensorOptions().dtype(dtype).device(device);
+  rope = make_rope_tables(cfg, T, dtype, device);
   for (int64_t l = 0; l <= L; ++l) checkpoints.push_back(at::empty({N, C}, o));
   const int64_t num_acts = mode == ActivationMode::kSaved ? L : 1;
-  for (int64_t l = 0; l < num_acts; ++l) acts.push_back(BlockActs::allocate(cfg, B, T, dtype));
-  scratch = BlockScratch::allocate(cfg, B, T, dtype);
+  for (int64_t l = 0; l < num_acts; ++l)
+    acts.push_back(BlockActs::allocate(cfg, B, T, dtype, device));
+  scratch = BlockScratch::allocate(cfg, B, T, dtype, device);
   if (mode == ActivationMode::kRecompute) y_recompute = at::empty({N, C}, o);
   final_rstd = at::empty({N}, o.dtype(acc_dtype(dtype)));
   final_h = at::empty({N, C}, o);
@@ -66,8 +67,7 @@ void forward_blocks(const model::ModelParams& p, const at::Tensor& ids, ModelWor
     block_forward(ws.checkpoints[l + 1], a, ws.scratch, p.blocks[l], ws.checkpoints[l], ws.rope,
                   ws.cfg);
   }
-  rmsnorm_forward(ws.final_h, ws.final_rstd, ws.checkpoints[L], p.final_norm,
-                  ws.cfg.rms_norm_eps);
+  rmsnorm_forward(ws.final_h, ws.final_rstd, ws.checkpoints[L], p.final_norm, ws.cfg.rms_norm_eps);
 }
 
 }  // namespace
@@ -87,8 +87,7 @@ CrossEntropyResult model_forward_backward(const model::ModelParams& p, model::Mo
   const int64_t L = ws.cfg.num_layers;
 
   const CrossEntropyResult r = chunked_cross_entropy_forward_backward(
-      ws.dh, g.lm_head, ws.final_h, p.lm_head, targets.reshape({-1}), grad_scale,
-      ws.ce_chunk_rows);
+      ws.dh, g.lm_head, ws.final_h, p.lm_head, targets.reshape({-1}), grad_scale, ws.ce_chunk_rows);
   ws.dres.zero_();
   rmsnorm_backward(ws.dres, g.final_norm, ws.dh, ws.checkpoints[L], p.final_norm, ws.final_rstd);
 

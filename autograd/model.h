@@ -31,7 +31,7 @@ enum class ActivationMode {
 // Buffers for one (B, T) shape; reused across steps.
 struct ModelWorkspace {
   ModelWorkspace(const model::ModelConfig& cfg, int64_t B, int64_t T, at::ScalarType dtype,
-                 ActivationMode mode);
+                 ActivationMode mode, at::Device device = at::kCPU);
 
   model::ModelConfig cfg;
   int64_t B, T;

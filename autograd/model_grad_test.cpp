@@ -49,6 +49,8 @@ double compare_grads(model::ModelParams& ours, model::ModelParams& ref) {
   return worst;
 }
 
+void PrintTo(const ModelCase& c, std::ostream* os) { *os << c.name; }
+
 class ModelTest : public ::testing::TestWithParam<ModelCase> {};
 
 TEST_P(ModelTest, MatchesAutogradInBothActivationModes) {
@@ -92,8 +94,10 @@ TEST_P(ModelTest, MatchesAutogradInBothActivationModes) {
   }
   // Recompute runs the very same ops in the same order: bitwise equal to keeping activations.
   std::vector<at::Tensor> saved, recomputed;
-  model::for_each_param(mode_grads[0], [&](const std::string&, at::Tensor& t) { saved.push_back(t); });
-  model::for_each_param(mode_grads[1], [&](const std::string&, at::Tensor& t) { recomputed.push_back(t); });
+  model::for_each_param(mode_grads[0],
+                        [&](const std::string&, at::Tensor& t) { saved.push_back(t); });
+  model::for_each_param(mode_grads[1],
+                        [&](const std::string&, at::Tensor& t) { recomputed.push_back(t); });
   for (size_t i = 0; i < saved.size(); ++i) EXPECT_TRUE(at::equal(saved[i], recomputed[i]));
 }
 
@@ -105,16 +109,14 @@ INSTANTIATE_TEST_SUITE_P(
         ModelCase{"mha_t1", opts_with([](testing::TinyOptions& o) { o.kv_heads = 4; }), 4, 1},
         ModelCase{"qwen2_bias_tied",
                   opts_with([](testing::TinyOptions& o) { o.qkv_bias = o.tied = true; }), 2, 11},
-        ModelCase{"llama3_rope_tied",
-                  opts_with([](testing::TinyOptions& o) {
+        ModelCase{"llama3_rope_tied", opts_with([](testing::TinyOptions& o) {
                     o.scaling = model::RopeScalingType::kLlama3;
                     o.head_dim = 16;
                     o.hidden = 64;
                     o.tied = true;
                   }),
                   2, 13},
-        ModelCase{"three_layers_attention_bias",
-                  opts_with([](testing::TinyOptions& o) {
+        ModelCase{"three_layers_attention_bias", opts_with([](testing::TinyOptions& o) {
                     o.layers = 3;
                     o.qkv_bias = o.o_bias = true;
                   }),
@@ -132,7 +134,8 @@ TEST(Model, MicroBatchesAccumulateToTheFullBatch) {
 
   ModelWorkspace full(cfg, B, T, at::kDouble, ActivationMode::kRecompute);
   model::ModelParams g_full = model::allocate_model_params(cfg, at::kDouble);
-  const double loss_full = model_forward_backward(params, g_full, ids, targets, scale, full).loss_sum;
+  const double loss_full =
+      model_forward_backward(params, g_full, ids, targets, scale, full).loss_sum;
 
   ModelWorkspace half(cfg, B / 2, T, at::kDouble, ActivationMode::kRecompute);
   model::ModelParams g_acc = model::allocate_model_params(cfg, at::kDouble);

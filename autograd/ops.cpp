@@ -5,8 +5,12 @@
 #include <limits>
 #include <vector>
 
+#include <atomic>
+
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+
+#include "autograd/ops_composite.h"
 
 namespace ramstream::autograd {
 namespace {
@@ -40,7 +44,18 @@ Strided4 strides4(const at::Tensor& t, const char* op) {
   return {t.stride(0), t.stride(1), t.stride(2)};
 }
 
+std::atomic<bool> g_composite_for_testing{false};
+
+// The hand-fused loops below read raw CPU pointers; everything else takes the compositions.
+bool fused(const at::Tensor& t) {
+  return t.is_cpu() && !g_composite_for_testing.load();
+}
+
 }  // namespace
+
+void set_composite_ops_for_testing(bool on) {
+  g_composite_for_testing.store(on);
+}
 
 at::ScalarType acc_dtype(at::ScalarType dtype) {
   return dtype == at::kDouble ? at::kDouble : at::kFloat;
@@ -67,6 +82,7 @@ void rmsnorm_forward(at::Tensor& out, at::Tensor& rstd, const at::Tensor& x, con
   const int64_t C = x.size(-1), N = x.numel() / C;
   TORCH_CHECK(w.numel() == C && rstd.numel() == N && out.numel() == x.numel(),
               "rmsnorm_forward: shape mismatch");
+  if (!fused(x)) return composite::rmsnorm_forward(out, rstd, x, w, eps);
   RS_DISPATCH(x.scalar_type(), "rmsnorm_forward", [&] {
     using A = acc_t<scalar_t>;
     const scalar_t* xp = x.data_ptr<scalar_t>();
@@ -91,6 +107,7 @@ void rmsnorm_backward(at::Tensor& dx, at::Tensor& dw, const at::Tensor& dout, co
                       const at::Tensor& w, const at::Tensor& rstd) {
   check_contiguous(dout, "rmsnorm_backward", "dout");
   check_contiguous(dx, "rmsnorm_backward", "dx");
+  if (!fused(x)) return composite::rmsnorm_backward(dx, dw, dout, x, w, rstd);
   const int64_t C = x.size(-1), N = x.numel() / C;
   RS_DISPATCH(x.scalar_type(), "rmsnorm_backward", [&] {
     using A = acc_t<scalar_t>;
@@ -137,7 +154,8 @@ void rmsnorm_backward(at::Tensor& dx, at::Tensor& dw, const at::Tensor& dout, co
 // ---------------------------------------------------------------------------------------------
 // linear
 
-void linear_forward(at::Tensor& out, const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+void linear_forward(at::Tensor& out, const at::Tensor& x, const at::Tensor& w,
+                    const at::Tensor& b) {
   if (b.defined()) {
     at::addmm_out(out, b, x, w.t());
   } else {
@@ -163,9 +181,9 @@ void rope_apply(const at::Tensor& out, const at::Tensor& x, const at::Tensor& co
   const Strided4 so = strides4(out, op), sx = strides4(x, op);
   const int64_t B = x.size(0), H = x.size(1), T = x.size(2), D = x.size(3), half = D / 2;
   TORCH_CHECK(out.sizes() == x.sizes(), op, ": out ", out.sizes(), " vs x ", x.sizes());
-  TORCH_CHECK(cos.size(0) >= T && cos.size(1) == half && cos.is_contiguous() &&
-                  sin.is_contiguous(),
+  TORCH_CHECK(cos.size(0) >= T && cos.size(1) == half && cos.is_contiguous() && sin.is_contiguous(),
               op, ": cos/sin must be contiguous [>=T, D/2], got ", cos.sizes());
+  if (!fused(x)) return composite::rope_apply(out, x, cos, sin, sign);
   RS_DISPATCH(x.scalar_type(), "rope", [&] {
     using A = acc_t<scalar_t>;
     TORCH_CHECK(cos.scalar_type() == c10::CppTypeToScalarType<A>::value, op,
@@ -277,9 +295,9 @@ AttnDims attn_dims(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
               ": expected q [B,NH,T,D], k/v [B,NKV,T,D], got ", q.sizes(), " ", k.sizes(), " ",
               v.sizes());
   AttnDims d{q.size(0), q.size(1), k.size(1), 0, q.size(2), q.size(3)};
-  TORCH_CHECK(d.NKV > 0 && d.NH % d.NKV == 0 && k.size(0) == d.B && k.size(2) == d.T &&
-                  k.size(3) == d.D,
-              op, ": q ", q.sizes(), " incompatible with k ", k.sizes());
+  TORCH_CHECK(
+      d.NKV > 0 && d.NH % d.NKV == 0 && k.size(0) == d.B && k.size(2) == d.T && k.size(3) == d.D,
+      op, ": q ", q.sizes(), " incompatible with k ", k.sizes());
   d.G = d.NH / d.NKV;
   for (const at::Tensor* t : {&q, &k, &v}) check_contiguous(*t, op, "q/k/v");
   return d;
@@ -291,6 +309,7 @@ void attention_forward(at::Tensor& out, at::Tensor& lse, const at::Tensor& q, co
                        const at::Tensor& v) {
   const AttnDims d = attn_dims(q, k, v, "attention_forward");
   check_contiguous(out, "attention_forward", "out");
+  if (!fused(q)) return composite::attention_forward(out, lse, q, k, v);
   const auto opts = q.options();
   at::Tensor scores = at::empty({d.NKV, d.G * d.T, d.T}, opts);
   at::Tensor ob = at::empty({d.NKV, d.G * d.T, d.D}, opts);
@@ -305,16 +324,19 @@ void attention_forward(at::Tensor& out, at::Tensor& lse, const at::Tensor& q, co
                                     scale);
       at::bmm_out(ob, scores, v[b]);
       // [NKV, G, T, D] -> out[b] as [T, NH, D]
-      out.view({d.B, d.T, d.NH * d.D})[b].view({d.T, d.NKV, d.G, d.D}).copy_(ob.view({d.NKV, d.G, d.T, d.D}).permute({2, 0, 1, 3}));
+      out.view({d.B, d.T, d.NH * d.D})[b]
+          .view({d.T, d.NKV, d.G, d.D})
+          .copy_(ob.view({d.NKV, d.G, d.T, d.D}).permute({2, 0, 1, 3}));
     }
   });
 }
 
 void attention_backward(at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, const at::Tensor& dout,
                         const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                        const at::Tensor& lse) {
+                        const at::Tensor& out, const at::Tensor& lse) {
   const AttnDims d = attn_dims(q, k, v, "attention_backward");
   check_contiguous(dout, "attention_backward", "dout");
+  if (!fused(q)) return composite::attention_backward(dq, dk, dv, dout, q, k, v, out, lse);
   const auto opts = q.options();
   at::Tensor scores = at::empty({d.NKV, d.G * d.T, d.T}, opts);
   at::Tensor dp = at::empty({d.NKV, d.G * d.T, d.T}, opts);
@@ -327,14 +349,14 @@ void attention_backward(at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, const at
       const at::Tensor kb = k[b];
       const at::Tensor vb = v[b];
       // dout[b] [T, NH, D] -> [NKV, G*T, D]
-      dob.copy_(dout.view({d.B, d.T, d.NH * d.D})[b].view({d.T, d.NKV, d.G, d.D}).permute({1, 2, 0, 3}));
+      dob.copy_(
+          dout.view({d.B, d.T, d.NH * d.D})[b].view({d.T, d.NKV, d.G, d.D}).permute({1, 2, 0, 3}));
       const at::Tensor dob2 = dob.view({d.NKV, d.G * d.T, d.D});
       at::bmm_out(scores, qb, kb.transpose(1, 2));
       at::bmm_out(dp, dob2, vb.transpose(1, 2));
       const A* lse_b = lse.data_ptr<A>() + b * d.NH * d.T;
-      causal_softmax_backward_rows<scalar_t>(scores.data_ptr<scalar_t>(),
-                                             dp.data_ptr<scalar_t>(), lse_b, d.NKV * d.G * d.T,
-                                             d.T, scale);
+      causal_softmax_backward_rows<scalar_t>(scores.data_ptr<scalar_t>(), dp.data_ptr<scalar_t>(),
+                                             lse_b, d.NKV * d.G * d.T, d.T, scale);
       // scores now holds p and dp holds ds (scale folded in).
       at::Tensor dvb = dv[b];
       at::Tensor dkb = dk[b];
@@ -355,6 +377,7 @@ void swiglu_forward(at::Tensor& out, const at::Tensor& gu) {
   const int64_t F = gu.size(-1) / 2, N = gu.numel() / (2 * F);
   TORCH_CHECK(out.numel() == N * F, "swiglu_forward: out has ", out.numel(), " elements, want ",
               N * F);
+  if (!fused(gu)) return composite::swiglu_forward(out, gu);
   RS_DISPATCH(gu.scalar_type(), "swiglu_forward", [&] {
     using A = acc_t<scalar_t>;
     const scalar_t* gp = gu.data_ptr<scalar_t>();
@@ -377,6 +400,7 @@ void swiglu_backward(at::Tensor& dgu, const at::Tensor& dout, const at::Tensor& 
   check_contiguous(gu, "swiglu_backward", "gu");
   check_contiguous(dout, "swiglu_backward", "dout");
   check_contiguous(dgu, "swiglu_backward", "dgu");
+  if (!fused(gu)) return composite::swiglu_backward(dgu, dout, gu);
   const int64_t F = gu.size(-1) / 2, N = gu.numel() / (2 * F);
   RS_DISPATCH(gu.scalar_type(), "swiglu_backward", [&] {
     using A = acc_t<scalar_t>;
@@ -459,8 +483,8 @@ CrossEntropyResult chunked_cross_entropy(at::Tensor* dh, at::Tensor* dw, const a
   const at::Tensor rows = at::nonzero(flat_targets != kIgnoreIndex).reshape({-1});
   const int64_t R = rows.numel();
   if (R > 0) {
-    const at::Tensor bad = (flat_targets.index_select(0, rows) < 0) |
-                           (flat_targets.index_select(0, rows) >= V);
+    const at::Tensor bad =
+        (flat_targets.index_select(0, rows) < 0) | (flat_targets.index_select(0, rows) >= V);
     TORCH_CHECK(!bad.any().item<bool>(), "chunked_cross_entropy: target id outside [0, ", V,
                 ") that is not the ignore index ", kIgnoreIndex);
   }
@@ -476,11 +500,14 @@ CrossEntropyResult chunked_cross_entropy(at::Tensor* dh, at::Tensor* dw, const a
     const at::Tensor yc = flat_targets.index_select(0, idx).contiguous();
     at::Tensor lc = logits.narrow(0, 0, n);
     at::mm_out(lc, hc, w.t());
-    RS_DISPATCH(h.scalar_type(), "chunked_cross_entropy", [&] {
-      result.loss_sum += cross_entropy_rows<scalar_t>(lc.data_ptr<scalar_t>(),
-                                                      yc.data_ptr<int64_t>(), n, V, backward,
-                                                      grad_scale);
-    });
+    if (fused(lc)) {
+      RS_DISPATCH(h.scalar_type(), "chunked_cross_entropy", [&] {
+        result.loss_sum += cross_entropy_rows<scalar_t>(
+            lc.data_ptr<scalar_t>(), yc.data_ptr<int64_t>(), n, V, backward, grad_scale);
+      });
+    } else {
+      result.loss_sum += composite::cross_entropy_rows(lc, yc, backward, grad_scale);
+    }
     if (backward) {
       dh->index_copy_(0, idx, at::mm(lc, w));
       dw->addmm_(lc.t(), hc);
@@ -497,8 +524,7 @@ CrossEntropyResult chunked_cross_entropy_forward(const at::Tensor& h, const at::
 }
 
 CrossEntropyResult chunked_cross_entropy_forward_backward(at::Tensor& dh, at::Tensor& dw,
-                                                          const at::Tensor& h,
-                                                          const at::Tensor& w,
+                                                          const at::Tensor& h, const at::Tensor& w,
                                                           const at::Tensor& targets,
                                                           double grad_scale, int64_t chunk_rows) {
   return chunked_cross_entropy(&dh, &dw, h, w, targets, grad_scale, chunk_rows);

@@ -55,7 +55,8 @@ void linear_backward(at::Tensor& dx, at::Tensor& dw, at::Tensor& db, const at::T
 // cos, sin [T, D/2] in the acc dtype (see rope.h for building them).
 // out [B,H,T,D] contiguous, x [B,H,T,D] any strides with the last dim contiguous (a view into the
 // fused qkv projection).
-void rope_forward(at::Tensor& out, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+void rope_forward(at::Tensor& out, const at::Tensor& x, const at::Tensor& cos,
+                  const at::Tensor& sin);
 // dx [B,H,T,D] = (any strides, last dim contiguous), dout [B,H,T,D]. RoPE is a rotation: its
 // backward is the rotation by -angle.
 void rope_backward(at::Tensor& dx, const at::Tensor& dout, const at::Tensor& cos,
@@ -68,10 +69,11 @@ void rope_backward(at::Tensor& dx, const at::Tensor& dout, const at::Tensor& cos
 // q [B,NH,T,D], k, v [B,NKV,T,D]
 void attention_forward(at::Tensor& out, at::Tensor& lse, const at::Tensor& q, const at::Tensor& k,
                        const at::Tensor& v);
-// dq [B,NH,T,D] =, dk, dv [B,NKV,T,D] =, dout [B,T,NH*D]
+// dq [B,NH,T,D] =, dk, dv [B,NKV,T,D] =, dout [B,T,NH*D]; out and lse from the forward (the
+// CPU path needs only lse; the fused CUDA kernels read out too).
 void attention_backward(at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, const at::Tensor& dout,
                         const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                        const at::Tensor& lse);
+                        const at::Tensor& out, const at::Tensor& lse);
 
 // ---- SwiGLU: out = silu(gate) * up, with gu = [gate | up] as produced by the fused projection.
 // out [N,F], gu [N,2F]
@@ -95,10 +97,15 @@ CrossEntropyResult chunked_cross_entropy_forward(const at::Tensor& h, const at::
 // Forward and backward in one pass over the chunks, for the loss `grad_scale * loss_sum` (pass
 // 1/num_targets of the whole step for a mean): dh [N,C] =, dw [V,C] +=.
 CrossEntropyResult chunked_cross_entropy_forward_backward(at::Tensor& dh, at::Tensor& dw,
-                                                          const at::Tensor& h,
-                                                          const at::Tensor& w,
+                                                          const at::Tensor& h, const at::Tensor& w,
                                                           const at::Tensor& targets,
                                                           double grad_scale, int64_t chunk_rows);
+// Which implementation an op runs: hand-fused loops for CPU tensors; ATen compositions for other
+// devices (CUDA, where attention uses libtorch 2.x's flash kernel for bf16/fp16 when present).
+// Tests force the compositions on the CPU so that the math of the CUDA path is checked without a
+// GPU.
+void set_composite_ops_for_testing(bool on);
+
 // Rows per chunk so that one chunk of logits (rows x V in the acc dtype) stays near `bytes`.
 int64_t cross_entropy_chunk_rows(int64_t vocab_size, int64_t bytes = 8 << 20);
 

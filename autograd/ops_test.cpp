@@ -14,7 +14,9 @@ using testing::compare;
 constexpr double kOpTol = 1e-10;
 const auto kF64 = at::TensorOptions().dtype(at::kDouble);
 
-at::Tensor leaf(at::Tensor t) { return t.detach().clone().requires_grad_(true); }
+at::Tensor leaf(at::Tensor t) {
+  return t.detach().clone().requires_grad_(true);
+}
 
 TEST(Ops, Embedding) {
   at::manual_seed(1);
@@ -145,6 +147,10 @@ struct AttnCase {
   int64_t B, NH, NKV, T, D;
 };
 
+void PrintTo(const AttnCase& c, std::ostream* os) {
+  *os << "B" << c.B << " NH" << c.NH << " NKV" << c.NKV << " T" << c.T << " D" << c.D;
+}
+
 class AttentionTest : public ::testing::TestWithParam<AttnCase> {};
 
 TEST_P(AttentionTest, ForwardBackward) {
@@ -162,16 +168,16 @@ TEST_P(AttentionTest, ForwardBackward) {
   const at::Tensor dout = at::randn({c.B, c.T, c.NH * c.D}, kF64);
   ref.backward(dout);
   at::Tensor dq = at::full_like(q0, 7.0), dk = at::full_like(k0, 7.0), dv = at::full_like(v0, 7.0);
-  attention_backward(dq, dk, dv, dout, q0, k0, v0, lse);
+  attention_backward(dq, dk, dv, dout, q0, k0, v0, out, lse);
   EXPECT_LE(compare("attention dq", dq, q.grad()).max_rel, kOpTol);
   EXPECT_LE(compare("attention dk", dk, k.grad()).max_rel, kOpTol);
   EXPECT_LE(compare("attention dv", dv, v.grad()).max_rel, kOpTol);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, AttentionTest,
-                         ::testing::Values(AttnCase{2, 4, 2, 9, 8},    // GQA, odd T
-                                           AttnCase{2, 4, 4, 8, 8},    // MHA
-                                           AttnCase{3, 6, 1, 1, 4},    // MQA, T=1
+                         ::testing::Values(AttnCase{2, 4, 2, 9, 8},     // GQA, odd T
+                                           AttnCase{2, 4, 4, 8, 8},     // MHA
+                                           AttnCase{3, 6, 1, 1, 4},     // MQA, T=1
                                            AttnCase{1, 8, 2, 33, 16}),  // G=4, longer T
                          [](const auto& info) {
                            const AttnCase& c = info.param;
@@ -217,8 +223,8 @@ TEST_P(CrossEntropyTest, ChunkedMatchesFullLogits) {
   const double scale = 1.0 / double(count);
 
   at::Tensor h = leaf(h0), w = leaf(w0);
-  at::Tensor ref = at::cross_entropy_loss(at::linear(h, w), targets, {}, at::Reduction::Sum,
-                                          kIgnoreIndex);
+  at::Tensor ref =
+      at::cross_entropy_loss(at::linear(h, w), targets, {}, at::Reduction::Sum, kIgnoreIndex);
   (ref * scale).backward();
 
   const CrossEntropyResult fwd = chunked_cross_entropy_forward(h0, w0, targets, chunk_rows);
@@ -241,10 +247,8 @@ INSTANTIATE_TEST_SUITE_P(ChunkRows, CrossEntropyTest, ::testing::Values(1, 3, 8,
 
 TEST(Ops, CrossEntropyRejectsOutOfRangeTarget) {
   const at::Tensor h = at::randn({2, 4}, kF64), w = at::randn({5, 4}, kF64);
-  EXPECT_THROW(chunked_cross_entropy_forward(h, w, at::tensor({1, 5}, at::kLong), 4),
-               c10::Error);
-  EXPECT_THROW(chunked_cross_entropy_forward(h, w, at::tensor({-3, 1}, at::kLong), 4),
-               c10::Error);
+  EXPECT_THROW(chunked_cross_entropy_forward(h, w, at::tensor({1, 5}, at::kLong), 4), c10::Error);
+  EXPECT_THROW(chunked_cross_entropy_forward(h, w, at::tensor({-3, 1}, at::kLong), 4), c10::Error);
 }
 
 TEST(Ops, CrossEntropyAllIgnored) {

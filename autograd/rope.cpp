@@ -42,8 +42,8 @@ std::vector<double> rope_inv_freq(const model::ModelConfig& cfg) {
   return inv;
 }
 
-RopeTables make_rope_tables(const model::ModelConfig& cfg, int64_t T,
-                            at::ScalarType compute_dtype) {
+RopeTables make_rope_tables(const model::ModelConfig& cfg, int64_t T, at::ScalarType compute_dtype,
+                            at::Device device) {
   const std::vector<double> inv = rope_inv_freq(cfg);
   const int64_t half = static_cast<int64_t>(inv.size());
   at::Tensor cos = at::empty({T, half}, at::kDouble);
@@ -58,7 +58,7 @@ RopeTables make_rope_tables(const model::ModelConfig& cfg, int64_t T,
     }
   }
   const at::ScalarType acc = acc_dtype(compute_dtype);
-  return {cos.to(acc), sin.to(acc)};
+  return {cos.to(device, acc), sin.to(device, acc)};
 }
 
 }  // namespace ramstream::autograd

@@ -23,6 +23,7 @@ struct RopeTables {
 };
 
 // Positions 0..T-1.
-RopeTables make_rope_tables(const model::ModelConfig& cfg, int64_t T, at::ScalarType compute_dtype);
+RopeTables make_rope_tables(const model::ModelConfig& cfg, int64_t T, at::ScalarType compute_dtype,
+                            at::Device device = at::kCPU);
 
 }  // namespace ramstream::autograd

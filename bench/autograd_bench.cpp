@@ -46,10 +46,14 @@ Args parse(int argc, char** argv) {
       }
       return std::atoll(argv[++i]);
     };
-    if (s == "--json") a.json = true;
-    else if (s == "--batch") a.batch = next();
-    else if (s == "--seq") a.seq = next();
-    else if (s == "--iters") a.iters = next();
+    if (s == "--json")
+      a.json = true;
+    else if (s == "--batch")
+      a.batch = next();
+    else if (s == "--seq")
+      a.seq = next();
+    else if (s == "--iters")
+      a.iters = next();
     else {
       std::fprintf(stderr, "usage: autograd_bench [--json] [--batch B] [--seq T] [--iters N]\n");
       std::exit(2);
@@ -103,15 +107,18 @@ int main(int argc, char** argv) {
   at::manual_seed(0);
   rs::model::ModelParams params = rs::model::allocate_model_params(cfg, at::kFloat);
   rs::model::for_each_param(params, [](const std::string& name, at::Tensor& t) {
-    if (name.find("norm") != std::string::npos) t.fill_(1.0);
-    else t.normal_(0.0, 0.02);
+    if (name.find("norm") != std::string::npos)
+      t.fill_(1.0);
+    else
+      t.normal_(0.0, 0.02);
   });
   const at::Tensor ids = at::randint(0, cfg.vocab_size, {B, T}, at::kLong);
   const at::Tensor targets = rs::autograd::next_token_targets(ids);
   const double scale = 1.0 / double(rs::autograd::count_targets(targets));
 
   rs::model::ModelParams grads = rs::model::allocate_model_params(cfg, at::kFloat);
-  rs::model::ModelParams leaves = rs::autograd::reference::make_leaf_params(params, at::kFloat, cfg);
+  rs::model::ModelParams leaves =
+      rs::autograd::reference::make_leaf_params(params, at::kFloat, cfg);
   const rs::autograd::RopeTables rope = rs::autograd::make_rope_tables(cfg, T, at::kFloat);
 
   auto ours = [&](ActivationMode mode, Measure& m) {
@@ -125,11 +132,13 @@ int main(int argc, char** argv) {
     m.peak_bytes = std::max(m.peak_bytes, mem.peak() - base);
   };
   auto peer = [&](Measure& m) {
-    rs::autograd::reference::zero_grads(leaves);  // grads stay allocated: not counted as step memory
+    rs::autograd::reference::zero_grads(
+        leaves);  // grads stay allocated: not counted as step memory
     mem.reset_peak();
     const int64_t base = mem.current();
     const double t0 = now_ms();
-    at::Tensor loss = rs::autograd::reference::model_loss_sum(leaves, ids, targets, rope, cfg) * scale;
+    at::Tensor loss =
+        rs::autograd::reference::model_loss_sum(leaves, ids, targets, rope, cfg) * scale;
     loss.backward();
     m.loss = loss.item<double>();
     loss = at::Tensor();
@@ -155,7 +164,8 @@ int main(int argc, char** argv) {
               static_cast<long long>(T), at::get_num_threads());
   std::printf("%-26s %10s %14s %10s\n", "implementation", "ms/step", "step MiB", "loss");
   auto row = [&](const char* name, const Measure& m) {
-    std::printf("%-26s %10.1f %14.1f %10.5f\n", name, m.median(), double(m.peak_bytes) / mib, m.loss);
+    std::printf("%-26s %10.1f %14.1f %10.5f\n", name, m.median(), double(m.peak_bytes) / mib,
+                m.loss);
   };
   row("libtorch autograd", m_peer);
   row("ramstream saved", m_saved);

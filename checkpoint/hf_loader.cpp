@@ -6,6 +6,7 @@
 #include <map>
 #include <sstream>
 
+#include <ATen/core/grad_mode.h>
 #include <nlohmann/json.hpp>
 
 #include "checkpoint/safetensors.h"
@@ -57,8 +58,8 @@ Result<Sources> find_sources(const std::string& path) {
       }
       const std::string shard = it.value().get<std::string>();
       // A shard name is a file beside the index, never a path out of the folder.
-      if (shard.empty() || shard == "." || shard == ".." ||
-          shard.find('/') != std::string::npos || shard.find('\\') != std::string::npos) {
+      if (shard.empty() || shard == "." || shard == ".." || shard.find('/') != std::string::npos ||
+          shard.find('\\') != std::string::npos) {
         return Error{s.index_path + ": weight_map['" + it.key() + "']: invalid shard name '" +
                      shard + "'"};
       }

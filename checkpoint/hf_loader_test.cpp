@@ -90,9 +90,8 @@ class HfLoaderTest : public ::testing::Test {
 };
 
 TEST_F(HfLoaderTest, RoundTripSingleFile) {
-  for (const ModelConfig& c :
-       {tiny("llama", false, false), tiny("llama", false, true), tiny("qwen2", true, true),
-        tiny("mistral", true, false)}) {
+  for (const ModelConfig& c : {tiny("llama", false, false), tiny("llama", false, true),
+                               tiny("qwen2", true, true), tiny("mistral", true, false)}) {
     SCOPED_TRACE(c.model_type);
     auto [p, named] = random_model(c, at::kFloat);
     const std::string file = path("single/model.safetensors");
@@ -113,8 +112,8 @@ TEST_F(HfLoaderTest, Bf16FileIntoFp32Params) {
   write_file(path("m.safetensors"), safetensors_bytes(named));
   ModelParams q = model::allocate_model_params(c, at::kFloat);
   ASSERT_TRUE(load_hf_weights(path("m.safetensors"), c, q).ok());
-  ModelParams expected = model::clone_model_params(
-      model::clone_model_params(p, at::kBFloat16), at::kFloat);
+  ModelParams expected =
+      model::clone_model_params(model::clone_model_params(p, at::kBFloat16), at::kFloat);
   expect_equal_params(expected, q);
 }
 
@@ -177,7 +176,8 @@ TEST_F(HfLoaderTest, ShardedFolderWithIndex) {
   auto [p, named] = random_model(c, at::kFloat);
   const size_t half = named.size() / 2;
   Named a(named.begin(), named.begin() + half), b(named.begin() + half, named.end());
-  nlohmann::json index = {{"metadata", {{"total_size", 0}}}, {"weight_map", nlohmann::json::object()}};
+  nlohmann::json index = {{"metadata", {{"total_size", 0}}},
+                          {"weight_map", nlohmann::json::object()}};
   for (const auto& [n, t] : a) index["weight_map"][n] = "model-00001-of-00002.safetensors";
   for (const auto& [n, t] : b) index["weight_map"][n] = "model-00002-of-00002.safetensors";
   write_file(path("sharded/model-00001-of-00002.safetensors"), safetensors_bytes(a));

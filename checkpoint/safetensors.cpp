@@ -15,7 +15,8 @@
 namespace ramstream::checkpoint {
 
 // The data blob is used in place; a big-endian host would need byte swapping.
-static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "safetensors reader assumes little-endian");
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+              "safetensors reader assumes little-endian");
 
 namespace {
 
@@ -29,14 +30,21 @@ struct DtypeRow {
 };
 
 const DtypeRow kDtypes[] = {
-    {"F64", SafetensorsDtype::kF64, 8, at::kDouble},   {"F32", SafetensorsDtype::kF32, 4, at::kFloat},
-    {"F16", SafetensorsDtype::kF16, 2, at::kHalf},     {"BF16", SafetensorsDtype::kBF16, 2, at::kBFloat16},
-    {"I64", SafetensorsDtype::kI64, 8, at::kLong},     {"I32", SafetensorsDtype::kI32, 4, at::kInt},
-    {"I16", SafetensorsDtype::kI16, 2, at::kShort},    {"I8", SafetensorsDtype::kI8, 1, at::kChar},
-    {"U8", SafetensorsDtype::kU8, 1, at::kByte},       {"BOOL", SafetensorsDtype::kBool, 1, at::kBool},
+    {"F64", SafetensorsDtype::kF64, 8, at::kDouble},
+    {"F32", SafetensorsDtype::kF32, 4, at::kFloat},
+    {"F16", SafetensorsDtype::kF16, 2, at::kHalf},
+    {"BF16", SafetensorsDtype::kBF16, 2, at::kBFloat16},
+    {"I64", SafetensorsDtype::kI64, 8, at::kLong},
+    {"I32", SafetensorsDtype::kI32, 4, at::kInt},
+    {"I16", SafetensorsDtype::kI16, 2, at::kShort},
+    {"I8", SafetensorsDtype::kI8, 1, at::kChar},
+    {"U8", SafetensorsDtype::kU8, 1, at::kByte},
+    {"BOOL", SafetensorsDtype::kBool, 1, at::kBool},
 };
 
-const DtypeRow& row_of(SafetensorsDtype d) { return kDtypes[static_cast<int>(d)]; }
+const DtypeRow& row_of(SafetensorsDtype d) {
+  return kDtypes[static_cast<int>(d)];
+}
 
 std::string supported_dtypes() {
   std::string s;
@@ -58,9 +66,15 @@ uint64_t read_u64_le(const uint8_t* p) {
 
 }  // namespace
 
-const char* safetensors_dtype_name(SafetensorsDtype d) { return row_of(d).name; }
-size_t safetensors_dtype_size(SafetensorsDtype d) { return row_of(d).size; }
-at::ScalarType safetensors_dtype_to_torch(SafetensorsDtype d) { return row_of(d).torch; }
+const char* safetensors_dtype_name(SafetensorsDtype d) {
+  return row_of(d).name;
+}
+size_t safetensors_dtype_size(SafetensorsDtype d) {
+  return row_of(d).size;
+}
+at::ScalarType safetensors_dtype_to_torch(SafetensorsDtype d) {
+  return row_of(d).torch;
+}
 
 int64_t SafetensorInfo::numel() const {
   int64_t n = 1;
@@ -122,15 +136,14 @@ Result<SafetensorsFile> SafetensorsFile::open(const std::string& path) {
   std::string duplicate;
   json j;
   try {
-    j = json::parse(
-        header, header + header_len,
-        [&](int depth, json::parse_event_t event, json& parsed) {
-          if (depth == 1 && event == json::parse_event_t::key && duplicate.empty() &&
-              !seen.insert(parsed.get<std::string>()).second) {
-            duplicate = parsed.get<std::string>();
-          }
-          return true;
-        });
+    j = json::parse(header, header + header_len,
+                    [&](int depth, json::parse_event_t event, json& parsed) {
+                      if (depth == 1 && event == json::parse_event_t::key && duplicate.empty() &&
+                          !seen.insert(parsed.get<std::string>()).second) {
+                        duplicate = parsed.get<std::string>();
+                      }
+                      return true;
+                    });
   } catch (const json::exception& e) {
     return fail("invalid JSON header (" + std::to_string(header_len) + " bytes): " + e.what());
   }
@@ -171,8 +184,8 @@ Result<SafetensorsFile> SafetensorsFile::open(const std::string& path) {
       if (dtype == r.name) row = &r;
     }
     if (row == nullptr) {
-      return bad("unsupported dtype '" + dtype.substr(0, 32) + "' (supported: " +
-                 supported_dtypes() + ")");
+      return bad("unsupported dtype '" + dtype.substr(0, 32) +
+                 "' (supported: " + supported_dtypes() + ")");
     }
     info.dtype = row->dtype;
 
@@ -183,7 +196,8 @@ Result<SafetensorsFile> SafetensorsFile::open(const std::string& path) {
     for (const json& d : *sh) {
       const std::string dim = "shape dim " + std::to_string(info.shape.size());
       if (!d.is_number_integer()) return bad(dim + ": expected an integer, got " + d.type_name());
-      if (!d.is_number_unsigned()) return bad(dim + ": negative (" + std::to_string(d.get<int64_t>()) + ")");
+      if (!d.is_number_unsigned())
+        return bad(dim + ": negative (" + std::to_string(d.get<int64_t>()) + ")");
       const uint64_t u = d.get<uint64_t>();
       if (u > static_cast<uint64_t>(INT64_MAX) ||
           __builtin_mul_overflow(numel, static_cast<int64_t>(u), &numel)) {
@@ -197,8 +211,8 @@ Result<SafetensorsFile> SafetensorsFile::open(const std::string& path) {
     }
 
     auto off = v.find("data_offsets");
-    if (off == v.end() || !off->is_array() || off->size() != 2 ||
-        !(*off)[0].is_number_unsigned() || !(*off)[1].is_number_unsigned()) {
+    if (off == v.end() || !off->is_array() || off->size() != 2 || !(*off)[0].is_number_unsigned() ||
+        !(*off)[1].is_number_unsigned()) {
       return bad("'data_offsets' must be [begin, end] with non-negative integers");
     }
     info.begin = (*off)[0].get<uint64_t>();
@@ -271,8 +285,9 @@ Status SafetensorsFile::read_into(const std::string& name, at::Tensor& dst) cons
   const size_t elem = safetensors_dtype_size(in.dtype);
   if (in.dtype != SafetensorsDtype::kBool && reinterpret_cast<uintptr_t>(src) % elem == 0) {
     // copy_ only reads the source, so wrapping the read-only mapping is safe.
-    at::Tensor view = at::from_blob(const_cast<uint8_t*>(src), in.shape,
-                                    at::TensorOptions().dtype(safetensors_dtype_to_torch(in.dtype)));
+    at::Tensor view =
+        at::from_blob(const_cast<uint8_t*>(src), in.shape,
+                      at::TensorOptions().dtype(safetensors_dtype_to_torch(in.dtype)));
     dst.copy_(view);
     return Ok{};
   }

@@ -38,7 +38,8 @@ class SafetensorsTest : public ::testing::Test {
     ASSERT_FALSE(r.ok()) << "opened a bad file";
     const std::string& m = r.error().message;
     EXPECT_EQ(m.rfind(path, 0), 0u) << m;
-    for (const char* n : needles) EXPECT_NE(m.find(n), std::string::npos) << "'" << n << "' in " << m;
+    for (const char* n : needles)
+      EXPECT_NE(m.find(n), std::string::npos) << "'" << n << "' in " << m;
   }
 
   std::filesystem::path dir_;
@@ -98,9 +99,8 @@ TEST_F(SafetensorsTest, ReadIntoConvertsAndChecksShape) {
 
 TEST_F(SafetensorsTest, UnalignedDataIsCopied) {
   // A 1-byte tensor first leaves the F32 tensor at an odd address.
-  const std::string header =
-      R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},)"
-      R"("b":{"dtype":"F32","shape":[2],"data_offsets":[1,9]}})";
+  const std::string header = R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},)"
+                             R"("b":{"dtype":"F32","shape":[2],"data_offsets":[1,9]}})";
   const float vals[2] = {1.5f, -2.0f};
   std::string data(1, '\x07');
   data.append(reinterpret_cast<const char*>(vals), sizeof(vals));
@@ -177,8 +177,9 @@ TEST_F(SafetensorsTest, EmptyHeaderAndGapsAreFine) {
   ASSERT_TRUE(r.ok()) << r.error().message;
   EXPECT_TRUE(r.value().names().empty());
   // Trailing spaces (the reference writer's padding) and an unused gap in the blob.
-  r = SafetensorsFile::open(write(raw_safetensors(
-      R"({"w":{"dtype":"I8","shape":[2],"data_offsets":[4,6]}}   )", std::string("\0\0\0\0\x05\x06", 6))));
+  r = SafetensorsFile::open(
+      write(raw_safetensors(R"({"w":{"dtype":"I8","shape":[2],"data_offsets":[4,6]}}   )",
+                            std::string("\0\0\0\0\x05\x06", 6))));
   ASSERT_TRUE(r.ok()) << r.error().message;
   EXPECT_EQ(r.value().tensor("w").value()[1].item<int8_t>(), 6);
 }

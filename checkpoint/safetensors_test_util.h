@@ -19,17 +19,28 @@ namespace ramstream::checkpoint::testing {
 
 inline const char* dtype_tag(at::ScalarType t) {
   switch (t) {
-    case at::kDouble: return "F64";
-    case at::kFloat: return "F32";
-    case at::kHalf: return "F16";
-    case at::kBFloat16: return "BF16";
-    case at::kLong: return "I64";
-    case at::kInt: return "I32";
-    case at::kShort: return "I16";
-    case at::kChar: return "I8";
-    case at::kByte: return "U8";
-    case at::kBool: return "BOOL";
-    default: return "?";
+    case at::kDouble:
+      return "F64";
+    case at::kFloat:
+      return "F32";
+    case at::kHalf:
+      return "F16";
+    case at::kBFloat16:
+      return "BF16";
+    case at::kLong:
+      return "I64";
+    case at::kInt:
+      return "I32";
+    case at::kShort:
+      return "I16";
+    case at::kChar:
+      return "I8";
+    case at::kByte:
+      return "U8";
+    case at::kBool:
+      return "BOOL";
+    default:
+      return "?";
   }
 }
 
@@ -46,9 +57,8 @@ inline std::string raw_safetensors(const std::string& header, const std::string&
 
 // A well-formed file. The header is padded with spaces to a multiple of 8 bytes as the reference
 // writer does, so the data starts 8-aligned.
-inline std::string safetensors_bytes(
-    const std::vector<std::pair<std::string, at::Tensor>>& tensors,
-    const std::map<std::string, std::string>& metadata = {}) {
+inline std::string safetensors_bytes(const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                                     const std::map<std::string, std::string>& metadata = {}) {
   nlohmann::ordered_json header;
   if (!metadata.empty()) header["__metadata__"] = metadata;
   std::string data;

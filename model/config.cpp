@@ -107,11 +107,11 @@ class Reader {
 };
 
 // Evaluates a Result-returning expression into `lhs`, returning its Error from the caller.
-#define RS_ASSIGN(lhs, expr)                  \
-  do {                                        \
-    auto rs_tmp_ = (expr);                    \
+#define RS_ASSIGN(lhs, expr)                   \
+  do {                                         \
+    auto rs_tmp_ = (expr);                     \
     if (!rs_tmp_.ok()) return rs_tmp_.error(); \
-    lhs = std::move(rs_tmp_).value();         \
+    lhs = std::move(rs_tmp_).value();          \
   } while (0)
 
 // `obj` is either the 4.x `rope_scaling` object or the 5.x `rope_parameters` object; both use the
@@ -171,17 +171,19 @@ Result<int64_t> qwen2_sliding_window(const json& j, const Reader& r, int64_t num
   }
   if (num_sliding == 0) return int64_t{0};
   if (num_sliding != num_layers) {
-    return r.error("use_sliding_window",
-                   "sliding-window attention on " + std::to_string(num_sliding) + " of " +
-                       std::to_string(num_layers) +
-                       " layers is unsupported (only all layers or none)");
+    return r.error("use_sliding_window", "sliding-window attention on " +
+                                             std::to_string(num_sliding) + " of " +
+                                             std::to_string(num_layers) +
+                                             " layers is unsupported (only all layers or none)");
   }
   int64_t window = 0;
   RS_ASSIGN(window, r.int_required("sliding_window"));
   return window;
 }
 
-bool mul_ok(int64_t a, int64_t b, int64_t* out) { return !__builtin_mul_overflow(a, b, out); }
+bool mul_ok(int64_t a, int64_t b, int64_t* out) {
+  return !__builtin_mul_overflow(a, b, out);
+}
 
 }  // namespace
 
@@ -299,8 +301,8 @@ Status validate_model_config(const ModelConfig& c, const std::string& source) {
       {"max_position_embeddings", c.max_position_embeddings},
   };
   for (const auto& [key, v] : positives) {
-    if (v <= 0) return fail("key '" + std::string(key) + "': must be positive, got " +
-                            std::to_string(v));
+    if (v <= 0)
+      return fail("key '" + std::string(key) + "': must be positive, got " + std::to_string(v));
   }
   if (c.num_heads % c.num_kv_heads != 0) {
     return fail("num_attention_heads (" + std::to_string(c.num_heads) +

@@ -42,8 +42,8 @@ struct ModelConfig {
   double rope_theta = 10000.0;
   RopeScaling rope_scaling;
   bool tie_word_embeddings = false;
-  bool qkv_bias = false;  // qwen2 always; llama when attention_bias
-  bool o_bias = false;    // llama when attention_bias
+  bool qkv_bias = false;       // qwen2 always; llama when attention_bias
+  bool o_bias = false;         // llama when attention_bias
   int64_t sliding_window = 0;  // 0: none. Mistral/Qwen2 when enabled.
 
   int64_t q_dim() const { return num_heads * head_dim; }

@@ -42,9 +42,14 @@ json llama_v5() {
 }
 
 json minimal(const std::string& type) {
-  return {{"model_type", type},        {"vocab_size", 64},       {"hidden_size", 32},
-          {"intermediate_size", 48},   {"num_hidden_layers", 2}, {"num_attention_heads", 4},
-          {"max_position_embeddings", 128}, {"rms_norm_eps", 1e-5}};
+  return {{"model_type", type},
+          {"vocab_size", 64},
+          {"hidden_size", 32},
+          {"intermediate_size", 48},
+          {"num_hidden_layers", 2},
+          {"num_attention_heads", 4},
+          {"max_position_embeddings", 128},
+          {"rms_norm_eps", 1e-5}};
 }
 
 ModelConfig parse_ok(const json& j) {

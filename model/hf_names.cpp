@@ -5,26 +5,30 @@
 namespace ramstream::model {
 namespace {
 
+using T = HfTarget;
 using BT = BlockTensor;
+using P = RowPart;
 
+// One row per HF name pattern, in HF named_parameters() order; "{L}" is the layer index.
+// Biases and lm_head rows apply only when the config has them (see present()).
 // clang-format off
 const std::vector<HfNameRow> kHfNameTable = {
-  {"model.embed_tokens.weight",                         HfTarget::kEmbedding, BT::kCount,    RowPart::kAll},
-  {"model.layers.{L}.self_attn.q_proj.weight",          HfTarget::kBlock,     BT::kWqkv,     RowPart::kQ},
-  {"model.layers.{L}.self_attn.q_proj.bias",            HfTarget::kBlock,     BT::kBqkv,     RowPart::kQ},
-  {"model.layers.{L}.self_attn.k_proj.weight",          HfTarget::kBlock,     BT::kWqkv,     RowPart::kK},
-  {"model.layers.{L}.self_attn.k_proj.bias",            HfTarget::kBlock,     BT::kBqkv,     RowPart::kK},
-  {"model.layers.{L}.self_attn.v_proj.weight",          HfTarget::kBlock,     BT::kWqkv,     RowPart::kV},
-  {"model.layers.{L}.self_attn.v_proj.bias",            HfTarget::kBlock,     BT::kBqkv,     RowPart::kV},
-  {"model.layers.{L}.self_attn.o_proj.weight",          HfTarget::kBlock,     BT::kWo,       RowPart::kAll},
-  {"model.layers.{L}.self_attn.o_proj.bias",            HfTarget::kBlock,     BT::kBo,       RowPart::kAll},
-  {"model.layers.{L}.mlp.gate_proj.weight",             HfTarget::kBlock,     BT::kWgu,      RowPart::kGate},
-  {"model.layers.{L}.mlp.up_proj.weight",               HfTarget::kBlock,     BT::kWgu,      RowPart::kUp},
-  {"model.layers.{L}.mlp.down_proj.weight",             HfTarget::kBlock,     BT::kWd,       RowPart::kAll},
-  {"model.layers.{L}.input_layernorm.weight",           HfTarget::kBlock,     BT::kAttnNorm, RowPart::kAll},
-  {"model.layers.{L}.post_attention_layernorm.weight",  HfTarget::kBlock,     BT::kMlpNorm,  RowPart::kAll},
-  {"model.norm.weight",                                 HfTarget::kFinalNorm, BT::kCount,    RowPart::kAll},
-  {"lm_head.weight",                                    HfTarget::kLmHead,    BT::kCount,    RowPart::kAll},
+  {"model.embed_tokens.weight",                         T::kEmbedding,  BT::kCount,    P::kAll},
+  {"model.layers.{L}.self_attn.q_proj.weight",          T::kBlock,      BT::kWqkv,     P::kQ},
+  {"model.layers.{L}.self_attn.q_proj.bias",            T::kBlock,      BT::kBqkv,     P::kQ},
+  {"model.layers.{L}.self_attn.k_proj.weight",          T::kBlock,      BT::kWqkv,     P::kK},
+  {"model.layers.{L}.self_attn.k_proj.bias",            T::kBlock,      BT::kBqkv,     P::kK},
+  {"model.layers.{L}.self_attn.v_proj.weight",          T::kBlock,      BT::kWqkv,     P::kV},
+  {"model.layers.{L}.self_attn.v_proj.bias",            T::kBlock,      BT::kBqkv,     P::kV},
+  {"model.layers.{L}.self_attn.o_proj.weight",          T::kBlock,      BT::kWo,       P::kAll},
+  {"model.layers.{L}.self_attn.o_proj.bias",            T::kBlock,      BT::kBo,       P::kAll},
+  {"model.layers.{L}.mlp.gate_proj.weight",             T::kBlock,      BT::kWgu,      P::kGate},
+  {"model.layers.{L}.mlp.up_proj.weight",               T::kBlock,      BT::kWgu,      P::kUp},
+  {"model.layers.{L}.mlp.down_proj.weight",             T::kBlock,      BT::kWd,       P::kAll},
+  {"model.layers.{L}.input_layernorm.weight",           T::kBlock,      BT::kAttnNorm, P::kAll},
+  {"model.layers.{L}.post_attention_layernorm.weight",  T::kBlock,      BT::kMlpNorm,  P::kAll},
+  {"model.norm.weight",                                 T::kFinalNorm,  BT::kCount,    P::kAll},
+  {"lm_head.weight",                                    T::kLmHead,     BT::kCount,    P::kAll},
 };
 // clang-format on
 
@@ -68,7 +72,9 @@ bool present(const ModelConfig& cfg, const HfNameRow& row) {
 
 }  // namespace
 
-const std::vector<HfNameRow>& hf_name_table() { return kHfNameTable; }
+const std::vector<HfNameRow>& hf_name_table() {
+  return kHfNameTable;
+}
 
 Result<HfParamRef> resolve_hf_name(const ModelConfig& cfg, const std::string& hf_name) {
   HfParamRef ref;
@@ -150,8 +156,8 @@ Result<at::Tensor> hf_param_view(ModelParams& p, const ModelConfig& cfg,
                      std::to_string(p.blocks.size()) + " layers"};
       }
       BlockParams& b = p.blocks[static_cast<size_t>(ref.layer)];
-      at::Tensor* by_slot[] = {&b.attn_norm, &b.wqkv, &b.bqkv,     &b.wo,
-                               &b.bo,        &b.mlp_norm, &b.wgu, &b.wd};
+      at::Tensor* by_slot[] = {&b.attn_norm, &b.wqkv,     &b.bqkv, &b.wo,
+                               &b.bo,        &b.mlp_norm, &b.wgu,  &b.wd};
       target = *by_slot[static_cast<int>(ref.row->block)];
       break;
     }

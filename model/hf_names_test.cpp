@@ -24,8 +24,7 @@ ModelConfig tiny(const std::string& type, bool tied) {
 }
 
 std::string describe(const ModelConfig& c) {
-  return c.model_type + (c.tie_word_embeddings ? " tied" : " untied") +
-         (c.o_bias ? " o_bias" : "");
+  return c.model_type + (c.tie_word_embeddings ? " tied" : " untied") + (c.o_bias ? " o_bias" : "");
 }
 
 // Every HF name maps to a distinct element range of our storage; together they cover every

@@ -3,7 +3,9 @@
 namespace ramstream::model {
 namespace {
 
-int64_t align_up(int64_t n, int64_t a) { return (n + a - 1) / a * a; }
+int64_t align_up(int64_t n, int64_t a) {
+  return (n + a - 1) / a * a;
+}
 
 int64_t product(const std::vector<int64_t>& shape) {
   int64_t n = 1;
@@ -24,7 +26,8 @@ BlockLayout block_layout(const ModelConfig& cfg) {
   };
   set(BlockTensor::kAttnNorm, "attn_norm", {C});
   set(BlockTensor::kWqkv, "wqkv", {QKV, C});
-  set(BlockTensor::kBqkv, "bqkv", cfg.qkv_bias ? std::vector<int64_t>{QKV} : std::vector<int64_t>{});
+  set(BlockTensor::kBqkv, "bqkv",
+      cfg.qkv_bias ? std::vector<int64_t>{QKV} : std::vector<int64_t>{});
   set(BlockTensor::kWo, "wo", {C, cfg.q_dim()});
   set(BlockTensor::kBo, "bo", cfg.o_bias ? std::vector<int64_t>{C} : std::vector<int64_t>{});
   set(BlockTensor::kMlpNorm, "mlp_norm", {C});
@@ -77,17 +80,18 @@ ModelParams allocate_model_params(const ModelConfig& cfg, at::ScalarType dtype) 
     p.blocks.push_back(bind_block_params(p.block_flat.back(), layout));
   }
   p.final_norm = at::zeros({cfg.hidden_size}, opts);
-  p.lm_head = cfg.tie_word_embeddings ? p.embedding
-                                      : at::zeros({cfg.vocab_size, cfg.hidden_size}, opts);
+  p.lm_head =
+      cfg.tie_word_embeddings ? p.embedding : at::zeros({cfg.vocab_size, cfg.hidden_size}, opts);
   return p;
 }
 
-ModelParams clone_model_params(const ModelParams& src, at::ScalarType dtype) {
+ModelParams clone_model_params(const ModelParams& src, at::ScalarType dtype, at::Device device) {
+  auto copy = [&](const at::Tensor& t) {
+    return t.to(device, dtype, /*non_blocking=*/false, /*copy=*/true);
+  };
   ModelParams p;
-  p.embedding = src.embedding.to(dtype, /*non_blocking=*/false, /*copy=*/true);
-  for (const at::Tensor& flat : src.block_flat) {
-    p.block_flat.push_back(flat.to(dtype, false, true));
-  }
+  p.embedding = copy(src.embedding);
+  for (const at::Tensor& flat : src.block_flat) p.block_flat.push_back(copy(flat));
   // Rebind views at the same offsets as the source.
   for (size_t l = 0; l < src.blocks.size(); ++l) {
     const BlockParams& s = src.blocks[l];
@@ -95,14 +99,16 @@ ModelParams clone_model_params(const ModelParams& src, at::ScalarType dtype) {
     const at::Tensor& flat = p.block_flat[l];
     auto rebind = [&](const at::Tensor& v) -> at::Tensor {
       if (!v.defined()) return at::Tensor();
+      TORCH_CHECK(v.is_alias_of(base), "clone_model_params: a view of layer ", l,
+                  " does not point into that layer's flat buffer");
       const int64_t offset = v.storage_offset() - base.storage_offset();
       return flat.as_strided(v.sizes(), v.strides(), flat.storage_offset() + offset);
     };
     p.blocks.push_back({rebind(s.attn_norm), rebind(s.wqkv), rebind(s.bqkv), rebind(s.wo),
                         rebind(s.bo), rebind(s.mlp_norm), rebind(s.wgu), rebind(s.wd)});
   }
-  p.final_norm = src.final_norm.to(dtype, false, true);
-  p.lm_head = src.lm_head.is_same(src.embedding) ? p.embedding : src.lm_head.to(dtype, false, true);
+  p.final_norm = copy(src.final_norm);
+  p.lm_head = src.lm_head.is_same(src.embedding) ? p.embedding : copy(src.lm_head);
   return p;
 }
 

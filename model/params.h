@@ -59,7 +59,7 @@ struct BlockParams {
 BlockParams bind_block_params(const at::Tensor& flat, const BlockLayout& layout);
 
 struct ModelParams {
-  at::Tensor embedding;  // [V, C]
+  at::Tensor embedding;                // [V, C]
   std::vector<at::Tensor> block_flat;  // per layer, [layout.numel]
   std::vector<BlockParams> blocks;     // views into block_flat
   at::Tensor final_norm;               // [C]
@@ -70,8 +70,9 @@ struct ModelParams {
 
 // All tensors zero-filled, in `dtype`, on the CPU.
 ModelParams allocate_model_params(const ModelConfig& cfg, at::ScalarType dtype);
-// Deep copy converting dtype; keeps the tie.
-ModelParams clone_model_params(const ModelParams& p, at::ScalarType dtype);
+// Deep copy converting dtype (and moving to `device`); keeps the tie.
+ModelParams clone_model_params(const ModelParams& p, at::ScalarType dtype,
+                               at::Device device = at::kCPU);
 // Calls fn(name, tensor) for every distinct parameter in a fixed order (embedding, blocks in
 // order with their slot names, final_norm, lm_head unless tied). Names are ours, e.g.
 // "layers.3.wqkv"; model/hf_names.h maps them to Hugging Face names.

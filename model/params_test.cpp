@@ -109,8 +109,8 @@ TEST(ModelParams, CloneConvertsDtypeAndKeepsTie) {
   // Padding of the clone is copied too (the flat buffer is cloned whole).
   EXPECT_EQ(q.block_flat[0].numel(), p.block_flat[0].numel());
 
-  ModelParams u = clone_model_params(allocate_model_params(tiny(false, false), at::kFloat),
-                                     at::kBFloat16);
+  ModelParams u =
+      clone_model_params(allocate_model_params(tiny(false, false), at::kFloat), at::kBFloat16);
   EXPECT_FALSE(u.lm_head.is_same(u.embedding));
   EXPECT_EQ(u.lm_head.scalar_type(), at::kBFloat16);
   EXPECT_FALSE(u.blocks[0].bqkv.defined());

@@ -16,11 +16,20 @@
 // c10::Allocator::allocate lost its `const` in 2.3, which also made copy_data pure virtual.
 #if RAMSTREAM_TORCH_AT_LEAST(2, 3)
 #define RAMSTREAM_ALLOCATE_CONST
-#define RAMSTREAM_ALLOCATOR_COPY_DATA                                                   \
-  void copy_data(void* dest, const void* src, std::size_t count) const override {     \
-    default_copy_data(dest, src, count);                                               \
+#define RAMSTREAM_ALLOCATOR_COPY_DATA                                             \
+  void copy_data(void* dest, const void* src, std::size_t count) const override { \
+    default_copy_data(dest, src, count);                                          \
   }
 #else
 #define RAMSTREAM_ALLOCATE_CONST const
 #define RAMSTREAM_ALLOCATOR_COPY_DATA
+#endif
+
+// at::_scaled_dot_product_flash_attention{,_backward} with the `scale` argument and the
+// (out, logsumexp, cum_seq_q, cum_seq_k, max_q, max_k, philox_seed, philox_offset, ...) result
+// used by autograd/ops_composite.cpp: 2.1 and later, CUDA builds.
+#if RAMSTREAM_TORCH_AT_LEAST(2, 1) && defined(RAMSTREAM_WITH_CUDA)
+#define RAMSTREAM_TORCH_HAS_FLASH_SDPA 1
+#else
+#define RAMSTREAM_TORCH_HAS_FLASH_SDPA 0
 #endif
