@@ -18,13 +18,9 @@ struct BlockCase {
   int64_t B, T;
 };
 
-testing::TinyOptions opts_with(void (*edit)(testing::TinyOptions&)) {
-  testing::TinyOptions o;
-  edit(o);
-  return o;
+void PrintTo(const BlockCase& c, std::ostream* os) {
+  *os << c.name;
 }
-
-void PrintTo(const BlockCase& c, std::ostream* os) { *os << c.name; }
 
 class BlockTest : public ::testing::TestWithParam<BlockCase> {};
 
@@ -75,12 +71,14 @@ INSTANTIATE_TEST_SUITE_P(
     Cases, BlockTest,
     ::testing::Values(
         BlockCase{"gqa", testing::TinyOptions{}, 2, 9},
-        BlockCase{"mha", opts_with([](testing::TinyOptions& o) { o.kv_heads = 4; }), 2, 8},
+        BlockCase{"mha", testing::opts_with([](testing::TinyOptions& o) { o.kv_heads = 4; }), 2, 8},
         BlockCase{"t1", testing::TinyOptions{}, 3, 1},
-        BlockCase{"qkv_bias", opts_with([](testing::TinyOptions& o) { o.qkv_bias = true; }), 2, 7},
-        BlockCase{"qkvo_bias",
-                  opts_with([](testing::TinyOptions& o) { o.qkv_bias = o.o_bias = true; }), 1, 5},
-        BlockCase{"llama3_rope", opts_with([](testing::TinyOptions& o) {
+        BlockCase{"qkv_bias",
+                  testing::opts_with([](testing::TinyOptions& o) { o.model_type = "qwen2"; }), 2,
+                  7},
+        BlockCase{"qkvo_bias", testing::opts_with([](testing::TinyOptions& o) { o.bias = true; }),
+                  1, 5},
+        BlockCase{"llama3_rope", testing::opts_with([](testing::TinyOptions& o) {
                     o.scaling = model::RopeScalingType::kLlama3;
                     o.head_dim = 16;
                     o.hidden = 64;

@@ -27,21 +27,6 @@ StepResult run_step(const model::ModelConfig& cfg, const model::ModelParams& par
   return {r.loss_sum * scale, model::clone_model_params(g, at::kFloat, at::kCPU)};
 }
 
-double worst_grad_error(model::ModelParams& a, model::ModelParams& b) {
-  std::vector<at::Tensor> ta, tb;
-  std::vector<std::string> names;
-  model::for_each_param(a, [&](const std::string& n, at::Tensor& t) {
-    names.push_back(n);
-    ta.push_back(t);
-  });
-  model::for_each_param(b, [&](const std::string&, at::Tensor& t) { tb.push_back(t); });
-  double worst = 0;
-  for (size_t i = 0; i < ta.size(); ++i) {
-    worst = std::max(worst, testing::compare("grad " + names[i], ta[i], tb[i]).max_rel);
-  }
-  return worst;
-}
-
 TEST(CudaModel, StepsTrackCpuFp32) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   testing::TinyOptions o;
@@ -66,10 +51,10 @@ TEST(CudaModel, StepsTrackCpuFp32) {
               gpu16.loss);
   // fp32 on both sides: only summation order differs (cuBLAS vs OpenBLAS), ~1e-6 relative.
   EXPECT_LE(std::abs(gpu32.loss - cpu.loss) / cpu.loss, 1e-5);
-  EXPECT_LE(worst_grad_error(gpu32.grads, cpu.grads), 1e-4);
+  EXPECT_LE(testing::compare_grads(gpu32.grads, cpu.grads), 1e-4);
   // bf16: the same bounds and reasoning as Model.Bf16ComputeTracksFp32 (model_grad_test.cpp).
   EXPECT_LE(std::abs(gpu16.loss - cpu.loss) / cpu.loss, 1e-2);
-  EXPECT_LE(worst_grad_error(gpu16.grads, cpu.grads), 0.1);
+  EXPECT_LE(testing::compare_grads(gpu16.grads, cpu.grads), 0.1);
 }
 
 }  // namespace

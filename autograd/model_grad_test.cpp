@@ -19,12 +19,6 @@ struct ModelCase {
   int64_t B, T;
 };
 
-testing::TinyOptions opts_with(void (*edit)(testing::TinyOptions&)) {
-  testing::TinyOptions o;
-  edit(o);
-  return o;
-}
-
 // Labels with ignored positions: the first token of row 0 and one in the middle of row 1.
 at::Tensor make_labels(const at::Tensor& ids) {
   at::Tensor labels = ids.clone();
@@ -35,21 +29,9 @@ at::Tensor make_labels(const at::Tensor& ids) {
   return labels;
 }
 
-// Compares every parameter grad; returns the largest relative error.
-double compare_grads(model::ModelParams& ours, model::ModelParams& ref) {
-  std::vector<std::pair<std::string, at::Tensor>> a, b;
-  model::for_each_param(ours, [&](const std::string& n, at::Tensor& t) { a.emplace_back(n, t); });
-  model::for_each_param(ref, [&](const std::string& n, at::Tensor& t) { b.emplace_back(n, t); });
-  EXPECT_EQ(a.size(), b.size());
-  double worst = 0;
-  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
-    EXPECT_EQ(a[i].first, b[i].first);
-    worst = std::max(worst, compare("grad " + a[i].first, a[i].second, b[i].second).max_rel);
-  }
-  return worst;
+void PrintTo(const ModelCase& c, std::ostream* os) {
+  *os << c.name;
 }
-
-void PrintTo(const ModelCase& c, std::ostream* os) { *os << c.name; }
 
 class ModelTest : public ::testing::TestWithParam<ModelCase> {};
 
@@ -81,7 +63,7 @@ TEST_P(ModelTest, MatchesAutogradInBothActivationModes) {
         model_forward_backward(params, grads, ids, targets, 1.0 / double(count), ws);
     EXPECT_EQ(r.num_targets, count);
     EXPECT_NEAR(r.loss_sum, loss_ref.item<double>(), kModelTol * loss_ref.item<double>());
-    EXPECT_LE(compare_grads(grads, ref_grads), kModelTol);
+    EXPECT_LE(testing::compare_grads(grads, ref_grads), kModelTol);
     // Tied weights: one tensor holds both contributions.
     EXPECT_EQ(grads.lm_head.is_same(grads.embedding), cfg.tie_word_embeddings);
     mode_grads.push_back(std::move(grads));
@@ -105,20 +87,25 @@ INSTANTIATE_TEST_SUITE_P(
     Cases, ModelTest,
     ::testing::Values(
         ModelCase{"gqa_untied", testing::TinyOptions{}, 2, 9},
-        ModelCase{"gqa_tied", opts_with([](testing::TinyOptions& o) { o.tied = true; }), 2, 8},
-        ModelCase{"mha_t1", opts_with([](testing::TinyOptions& o) { o.kv_heads = 4; }), 4, 1},
-        ModelCase{"qwen2_bias_tied",
-                  opts_with([](testing::TinyOptions& o) { o.qkv_bias = o.tied = true; }), 2, 11},
-        ModelCase{"llama3_rope_tied", opts_with([](testing::TinyOptions& o) {
+        ModelCase{"gqa_tied", testing::opts_with([](testing::TinyOptions& o) { o.tied = true; }), 2,
+                  8},
+        ModelCase{"mha_t1", testing::opts_with([](testing::TinyOptions& o) { o.kv_heads = 4; }), 4,
+                  1},
+        ModelCase{"qwen2_bias_tied", testing::opts_with([](testing::TinyOptions& o) {
+                    o.model_type = "qwen2";
+                    o.tied = true;
+                  }),
+                  2, 11},
+        ModelCase{"llama3_rope_tied", testing::opts_with([](testing::TinyOptions& o) {
                     o.scaling = model::RopeScalingType::kLlama3;
                     o.head_dim = 16;
                     o.hidden = 64;
                     o.tied = true;
                   }),
                   2, 13},
-        ModelCase{"three_layers_attention_bias", opts_with([](testing::TinyOptions& o) {
+        ModelCase{"three_layers_attention_bias", testing::opts_with([](testing::TinyOptions& o) {
                     o.layers = 3;
-                    o.qkv_bias = o.o_bias = true;
+                    o.bias = true;
                   }),
                   1, 6}),
     [](const auto& info) { return std::string(info.param.name); });
@@ -146,7 +133,7 @@ TEST(Model, MicroBatchesAccumulateToTheFullBatch) {
                     .loss_sum;
   }
   EXPECT_NEAR(loss_acc, loss_full, 1e-12 * loss_full);
-  EXPECT_LE(compare_grads(g_acc, g_full), 1e-12);
+  EXPECT_LE(testing::compare_grads(g_acc, g_full), 1e-12);
 }
 
 // bf16 compute (the CUDA backend's dtype) against the same model in fp32. bf16 keeps 8
@@ -175,7 +162,7 @@ TEST(Model, Bf16ComputeTracksFp32) {
   const double l16 = model_forward_backward(p16, g16, ids, targets, scale, ws16).loss_sum;
   std::printf("bf16 vs fp32 loss: %.6f vs %.6f (rel %.3e)\n", l16, l32, std::abs(l16 - l32) / l32);
   EXPECT_LE(std::abs(l16 - l32) / l32, 1e-2);
-  EXPECT_LE(compare_grads(g16, g32), 0.1);
+  EXPECT_LE(testing::compare_grads(g16, g32), 0.1);
 }
 
 }  // namespace

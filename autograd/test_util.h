@@ -1,51 +1,23 @@
-// Helpers shared by the autograd tests: tiny configs, random parameters and the per-tensor
-// error report (max abs and max relative error, printed for every compared tensor).
+// Helpers shared by the autograd tests: random parameters and the per-tensor error report (max abs
+// and max relative error, printed for every compared tensor).
 #pragma once
 
+#include <algorithm>
 #include <cstdio>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <ATen/ATen.h>
 
 #include "model/config.h"
 #include "model/params.h"
+#include "model/testing.h"
 
 namespace ramstream::autograd::testing {
 
-struct TinyOptions {
-  int64_t vocab = 61, hidden = 32, ffn = 48, layers = 2, heads = 4, kv_heads = 2, head_dim = 8;
-  bool tied = false, qkv_bias = false, o_bias = false;
-  model::RopeScalingType scaling = model::RopeScalingType::kNone;
-};
-
-inline model::ModelConfig tiny_config(const TinyOptions& o) {
-  model::ModelConfig c;
-  c.model_type = o.qkv_bias && !o.o_bias ? "qwen2" : "llama";
-  c.vocab_size = o.vocab;
-  c.hidden_size = o.hidden;
-  c.intermediate_size = o.ffn;
-  c.num_layers = o.layers;
-  c.num_heads = o.heads;
-  c.num_kv_heads = o.kv_heads;
-  c.head_dim = o.head_dim;
-  c.max_position_embeddings = 128;
-  c.rms_norm_eps = 1e-5;
-  c.rope_theta = 10000.0;
-  c.tie_word_embeddings = o.tied;
-  c.qkv_bias = o.qkv_bias;
-  c.o_bias = o.o_bias;
-  c.rope_scaling.type = o.scaling;
-  if (o.scaling == model::RopeScalingType::kLlama3) {
-    c.rope_theta = 500000.0;
-    c.rope_scaling.factor = 8.0;
-    c.rope_scaling.low_freq_factor = 1.0;
-    c.rope_scaling.high_freq_factor = 4.0;
-    c.rope_scaling.original_max_position_embeddings = 64;
-  } else if (o.scaling == model::RopeScalingType::kLinear) {
-    c.rope_scaling.factor = 4.0;
-  }
-  return c;
-}
+using model::testing::tiny_config;
+using model::testing::TinyOptions;
 
 // Weights ~ N(0, 0.1^2) (scaled so activations stay O(1)), norm weights ~ 1 + N(0, 0.1^2).
 inline model::ModelParams random_params(const model::ModelConfig& cfg, at::ScalarType dtype,
@@ -79,6 +51,27 @@ inline ErrorReport compare(const std::string& name, const at::Tensor& ours, cons
   r.max_rel = scale > 0 ? r.max_abs / scale : r.max_abs;
   std::printf("  %-28s max abs %.3e  max rel %.3e\n", name.c_str(), r.max_abs, r.max_rel);
   return r;
+}
+
+// Options edited by a (captureless) lambda: keeps test-case tables to one line per case.
+inline TinyOptions opts_with(void (*edit)(TinyOptions&)) {
+  TinyOptions o;
+  edit(o);
+  return o;
+}
+
+// Compares every parameter grad (ours vs ref, same config); returns the largest max_rel.
+inline double compare_grads(model::ModelParams& ours, model::ModelParams& ref) {
+  std::vector<std::pair<std::string, at::Tensor>> a, b;
+  model::for_each_param(ours, [&](const std::string& n, at::Tensor& t) { a.emplace_back(n, t); });
+  model::for_each_param(ref, [&](const std::string& n, at::Tensor& t) { b.emplace_back(n, t); });
+  TORCH_CHECK(a.size() == b.size(), "compare_grads: ", a.size(), " vs ", b.size(), " tensors");
+  double worst = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    TORCH_CHECK(a[i].first == b[i].first, "compare_grads: ", a[i].first, " vs ", b[i].first);
+    worst = std::max(worst, compare("grad " + a[i].first, a[i].second, b[i].second).max_rel);
+  }
+  return worst;
 }
 
 }  // namespace ramstream::autograd::testing

@@ -13,6 +13,7 @@
 #include "checkpoint/safetensors.h"
 #include "checkpoint/safetensors_test_util.h"
 #include "model/hf_names.h"
+#include "model/testing.h"
 
 namespace ramstream::checkpoint {
 namespace {
@@ -25,20 +26,8 @@ using testing::write_file;
 using Named = std::vector<std::pair<std::string, at::Tensor>>;
 
 ModelConfig tiny(const std::string& type, bool tied, bool bias) {
-  ModelConfig c;
-  c.model_type = type;
-  c.vocab_size = 19;
-  c.hidden_size = 8;
-  c.intermediate_size = 12;
-  c.num_layers = 2;
-  c.num_heads = 4;
-  c.num_kv_heads = 2;
-  c.head_dim = 2;
-  c.max_position_embeddings = 32;
-  c.tie_word_embeddings = tied;
-  c.qkv_bias = bias;
-  c.o_bias = bias && type == "llama";
-  return c;
+  return model::testing::tiny_config({type, /*vocab=*/19, /*hidden=*/8, /*ffn=*/12, /*layers=*/2,
+                                      /*heads=*/4, /*kv_heads=*/2, /*head_dim=*/2, tied, bias});
 }
 
 // Random parameters and the HF-named tensors (copies) that hold them.

@@ -1,4 +1,5 @@
 #include "model/hf_names.h"
+#include "model/testing.h"
 
 #include <set>
 
@@ -8,19 +9,8 @@ namespace ramstream::model {
 namespace {
 
 ModelConfig tiny(const std::string& type, bool tied) {
-  ModelConfig c;
-  c.model_type = type;
-  c.vocab_size = 29;
-  c.hidden_size = 16;
-  c.intermediate_size = 24;
-  c.num_layers = 3;
-  c.num_heads = 4;
-  c.num_kv_heads = 2;
-  c.head_dim = 6;
-  c.max_position_embeddings = 64;
-  c.tie_word_embeddings = tied;
-  c.qkv_bias = type == "qwen2";
-  return c;
+  return testing::tiny_config({type, /*vocab=*/29, /*hidden=*/16, /*ffn=*/24, /*layers=*/3,
+                               /*heads=*/4, /*kv_heads=*/2, /*head_dim=*/6, tied});
 }
 
 std::string describe(const ModelConfig& c) {
