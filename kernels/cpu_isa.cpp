@@ -1,0 +1,54 @@
+#include "kernels/cpu_isa.h"
+
+#include <atomic>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/parallel.h"
+
+namespace ramstream::kernels {
+namespace {
+
+Isa detect() {
+#if RAMSTREAM_KERNELS_X86
+  // libgcc sets these only when the OS also saves the YMM state (XGETBV), so true means usable.
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2Fma;
+#endif
+  return Isa::kScalar;
+}
+
+std::atomic<Isa>& current() {
+  static std::atomic<Isa> isa{best_isa()};
+  return isa;
+}
+
+}  // namespace
+
+Isa best_isa() {
+  static const Isa best = detect();
+  return best;
+}
+
+Isa kernel_isa() {
+  return current().load(std::memory_order_relaxed);
+}
+
+void set_kernel_isa(Isa isa) {
+  if (static_cast<int>(isa) > static_cast<int>(best_isa())) {
+    throw std::invalid_argument(std::string("set_kernel_isa: this CPU or build lacks ") +
+                                isa_name(isa) + " (best is " + isa_name(best_isa()) + ")");
+  }
+  current().store(isa, std::memory_order_relaxed);
+}
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kScalar:
+      return "scalar";
+    case Isa::kAvx2Fma:
+      return "avx2+fma";
+  }
+  return "unknown";
+}
+
+}  // namespace ramstream::kernels

@@ -1,0 +1,26 @@
+// Run-time choice of the instruction set used by the CPU kernels.
+//
+// The project is compiled for baseline x86-64 (SSE2 only, no -march=native), so every kernel here
+// has a portable scalar version and an AVX2+FMA version compiled with a function target
+// attribute; the first kernel call picks the best one the CPU supports. Both versions produce the
+// same bits (the scalar one places its FMAs with std::fma where the vector one uses vfmadd), so
+// the choice changes speed, never results. Tests and benchmarks may force the scalar path:
+//
+//   set_kernel_isa(Isa::kScalar);   // e.g. to compare against the AVX2 path
+//   set_kernel_isa(best_isa());     // back to the default
+#pragma once
+
+namespace ramstream::kernels {
+
+enum class Isa { kScalar, kAvx2Fma };
+
+// The best instruction set this CPU and build support.
+Isa best_isa();
+// The instruction set the kernels use now (best_isa() unless set_kernel_isa changed it).
+Isa kernel_isa();
+// Throws std::invalid_argument when `isa` is beyond best_isa(). Not meant to race with running
+// kernels: a kernel reads the choice once per call.
+void set_kernel_isa(Isa isa);
+const char* isa_name(Isa isa);
+
+}  // namespace ramstream::kernels

@@ -1,0 +1,80 @@
+// The authoritative host copy of a model under training: per stage one region holding the fp32
+// master weights, the fp32 Adam moments m and v, and either
+//   - (CUDA backend) the bf16 working copy streamed to the GPU, in the slot layout; the GPU's
+//     bf16 grads land in the same region between the stage's backward and its update, and the
+//     optimizer reads each grad and writes the new bf16 weight in place: 4+4+4+2 = 14 B/param;
+//   - (CPU backend) optionally an fp32 grad region (compute is fp32 and slots fill from the
+//     master). Exact global-norm clipping needs every grad before any update, so it needs them:
+//     4+4+4+4 = 16 B/param. Without clipping the engine stages grads through a ring of a few
+//     stage-sized buffers that the optimizer drains as they land: 12 B/param + O(one layer).
+// All regions of the model live in one host arena (memory/arena.h): NUMA-bound to the GPU's node
+// when known, huge pages, pinned for async copies on the CUDA backend; a machine with too little
+// RAM is refused before anything is allocated, with the estimate and what is available.
+//
+//   ParamStore store(plan, cfg, {.working_copy_bf16 = false});
+//   store.load(initial_params);                    // ModelParams of any dtype
+//   ParamStore::Region& r = store.region(plan.block_index(3));
+//   std::printf("%.2f bytes/param\n", store.bytes_per_param());
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "memory/arena.h"
+#include "model/config.h"
+#include "model/params.h"
+#include "pipeline/stages.h"
+
+namespace ramstream::pipeline {
+
+struct ParamStoreOptions {
+  bool working_copy_bf16 = false;  // CUDA backend layout (see above)
+  bool grad_regions = true;        // CPU backend: fp32 grads per stage (needed for clipping)
+  bool pin = false;                // page-lock the arena (cudaHostRegister) for async copies
+  int numa_node = -1;              // bind to this node (-1: no binding)
+};
+
+class ParamStore {
+ public:
+  struct Region {
+    at::Tensor master;   // fp32 [numel]
+    at::Tensor m, v;     // fp32 [numel]
+    at::Tensor grad;     // fp32 [numel] (CPU backend with grad_regions) or undefined
+    at::Tensor working;  // bf16 [numel] (CUDA backend) or undefined
+  };
+
+  // Throws std::runtime_error (naming the bytes needed and available) when host RAM is short.
+  ParamStore(const StagePlan& plan, const model::ModelConfig& cfg, const ParamStoreOptions& opts);
+  // Persistent bytes a store of `plan` with `opts` needs (for refusing up front).
+  static int64_t bytes_needed(const StagePlan& plan, const ParamStoreOptions& opts);
+
+  const StagePlan& plan() const { return plan_; }
+  const model::ModelConfig& config() const { return cfg_; }
+  Region& region(int64_t stage) { return regions_[static_cast<size_t>(stage)]; }
+  const ParamStoreOptions& options() const { return opts_; }
+
+  // Copies `params` into the masters (any dtype), zeroes m and v, refreshes working copies.
+  void load(const model::ModelParams& params);
+  // Views of the masters as ModelParams (tied embeddings stay tied).
+  model::ModelParams master_params();
+  // master -> bf16 working copy of one stage (no-op without working copies).
+  void refresh_working_copy(int64_t stage);
+
+  int64_t num_params() const { return num_params_; }
+  int64_t persistent_bytes() const { return persistent_bytes_; }
+  double bytes_per_param() const { return double(persistent_bytes_) / double(num_params_); }
+  const memory::HostArena& arena() const { return arena_; }
+
+ private:
+  StagePlan plan_;
+  model::ModelConfig cfg_;
+  ParamStoreOptions opts_;
+  memory::HostArena arena_;  // the one allocation every region views
+  std::vector<Region> regions_;
+  int64_t num_params_ = 0;
+  int64_t persistent_bytes_ = 0;
+};
+
+}  // namespace ramstream::pipeline
