@@ -1,7 +1,9 @@
 #include "pipeline/engine.h"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
+#include <utility>
 
 #include "kernels/reduce.h"
 
@@ -92,6 +94,64 @@ Engine::Engine(Device& device, ParamStore& store, const EngineOptions& options, 
 
 Engine::~Engine() {
   synchronize();
+}
+
+void Engine::mark(Stream& stream, const char* what, int64_t stage) {
+  if (!options_.record_timeline) return;
+  const std::string name = stream.name();
+  stream.host_task([this, name, what, stage] {
+    const double t =
+        std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0_).count();
+    std::lock_guard<std::mutex> lock(timeline_mu_);
+    timeline_.push_back({name, what, stage, t});
+  });
+}
+
+std::vector<TimelineEvent> Engine::timeline() {
+  std::lock_guard<std::mutex> lock(timeline_mu_);
+  std::vector<TimelineEvent> t = timeline_;
+  std::stable_sort(t.begin(), t.end(),
+                   [](const TimelineEvent& a, const TimelineEvent& b) { return a.t_us < b.t_us; });
+  return t;
+}
+
+void Engine::clear_timeline() {
+  std::lock_guard<std::mutex> lock(timeline_mu_);
+  timeline_.clear();
+}
+
+double load_compute_overlap(const std::vector<TimelineEvent>& timeline) {
+  // Pair *_begin/*_end per (stream, stage) into intervals.
+  auto intervals = [&](const std::string& stream) {
+    std::vector<std::pair<double, double>> out;
+    std::vector<std::pair<int64_t, double>> open;
+    for (const TimelineEvent& e : timeline) {
+      if (e.stream != stream) continue;
+      const bool begin = e.what.size() > 6 && e.what.compare(e.what.size() - 6, 6, "_begin") == 0;
+      if (begin) {
+        open.emplace_back(e.stage, e.t_us);
+        continue;
+      }
+      for (auto it = open.begin(); it != open.end(); ++it) {
+        if (it->first == e.stage) {
+          out.emplace_back(it->second, e.t_us);
+          open.erase(it);
+          break;
+        }
+      }
+    }
+    return out;
+  };
+  const auto loads = intervals("h2d");
+  const auto computes = intervals("compute");
+  double load_time = 0, overlapped = 0;
+  for (const auto& l : loads) {
+    load_time += l.second - l.first;
+    for (const auto& c : computes) {
+      overlapped += std::max(0.0, std::min(l.second, c.second) - std::max(l.first, c.first));
+    }
+  }
+  return load_time > 0 ? std::min(1.0, overlapped / load_time) : 0.0;
 }
 
 void Engine::synchronize() {
@@ -222,6 +282,7 @@ int Engine::acquire_slot(int64_t stage, int busy_slot) {
   h2d_->wait(*s.idle);
   const Stage& st = plan_.stages[static_cast<size_t>(stage)];
   const bool bf16 = store_.options().working_copy_bf16;
+  mark(*h2d_, "load_begin", stage);
   auto source = [&](int64_t i) -> const at::Tensor& {
     ParamStore::Region& r = store_.region(i);
     return bf16 ? r.working : r.master;
@@ -238,6 +299,7 @@ int Engine::acquire_slot(int64_t stage, int busy_slot) {
                source(0).data_ptr(), static_cast<size_t>(n) * elem);
     weight_bytes_loaded_ += n * static_cast<int64_t>(elem);
   }
+  mark(*h2d_, "load_end", stage);
   s.loaded->record(*h2d_);
   s.stage = stage;
   s.last_use = ++use_clock_;
@@ -261,6 +323,7 @@ void Engine::forward(bool keep_for_backward) {
     const int next = acquire_slot(s + 1, cur);  // prefetch the next stage meanwhile
     Slot& slot = *slots_[static_cast<size_t>(cur)];
     compute.wait(*slot.loaded);
+    mark(compute, "forward_begin", s);
     const Stage& st = plan_.stages[static_cast<size_t>(s)];
     const SlotViews w = bind_slot(slot.buf, st, plan_);
     for (int64_t mb = 0; mb < M_; ++mb) {
@@ -289,6 +352,7 @@ void Engine::forward(bool keep_for_backward) {
       }
     }
     slot.idle->record(compute);
+    mark(compute, "forward_end", s);
     cur = next;
   }
 }
@@ -311,8 +375,10 @@ void Engine::grads_to_host(int64_t stage, const at::Tensor& grads) {
   Event& ready = tied_source ? *tied_ready_ : *grad_ready_[grad_turn_];
   ready.record(compute);
   d2h_->wait(ready);
+  mark(*d2h_, "grads_begin", stage);
   d2h_->copy(dst.data_ptr(), grads.data_ptr(),
              static_cast<size_t>(st.numel * static_cast<int64_t>(dst.element_size())));
+  mark(*d2h_, "grads_end", stage);
   grads_on_host_[static_cast<size_t>(stage)]->record(*d2h_);
   if (tied_source) {
     tied_free_->record(*d2h_);
@@ -348,6 +414,7 @@ void Engine::schedule_update(int64_t stage) {
   const kernels::AdamWConfig cfg = options_.adamw;
   const int64_t step = step_;
   const void* grad = host_grad_[static_cast<size_t>(stage)];
+  mark(*optimizer_, "update_begin", stage);
   optimizer_->host_task([this, stage, cfg, step, grad] {
     ParamStore::Region& r = store_.region(stage);
     const int64_t n = plan_.stages[static_cast<size_t>(stage)].numel;
@@ -363,6 +430,7 @@ void Engine::schedule_update(int64_t stage) {
       kernels::adamw_update(p, m, v, w, n, cfg, step, clip_coef_, w);
     }
   });
+  mark(*optimizer_, "update_end", stage);
   update_done_[static_cast<size_t>(stage)]->record(*optimizer_);
 }
 
@@ -385,6 +453,7 @@ void Engine::head(int slot_index, bool backward, double grad_scale,
   Stream& compute = dev_.compute_stream();
   Slot& slot = *slots_[static_cast<size_t>(slot_index)];
   compute.wait(*slot.loaded);
+  mark(compute, "head_begin", plan_.head_index());
   const int64_t L = cfg_.num_layers, C = cfg_.hidden_size;
   const SlotViews w = bind_slot(slot.buf, plan_.stages.back(), plan_);
   at::Tensor* g = nullptr;
@@ -422,6 +491,7 @@ void Engine::head(int slot_index, bool backward, double grad_scale,
       ring_[static_cast<size_t>((L % 2) * M_ + mb)]->used->record(compute);
   }
   slot.idle->record(compute);
+  mark(compute, "head_end", plan_.head_index());
   if (backward) grads_to_host(plan_.head_index(), *g);
 }
 
@@ -455,6 +525,7 @@ void Engine::backward(int head_slot) {
     cur = this_slot;
     Slot& slot = *slots_[static_cast<size_t>(cur)];
     compute.wait(*slot.loaded);
+    mark(compute, "backward_begin", stage);
     const model::BlockParams w =
         bind_slot(slot.buf, plan_.stages[static_cast<size_t>(stage)], plan_).block;
     at::Tensor& g = take_grad_buffer();
@@ -474,6 +545,7 @@ void Engine::backward(int head_slot) {
       if (host_mode) ring(l, mb).used->record(compute);
     }
     slot.idle->record(compute);
+    mark(compute, "backward_end", stage);
     grads_to_host(stage, g);
   }
   // Embedding: needs no weights, only the ids and the residual grads.

@@ -24,8 +24,11 @@
 //   engine.synchronize();                                // store now holds the updated weights
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
+#include <mutex>
+#include <string>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -46,7 +49,20 @@ struct EngineOptions {
   double max_grad_norm = 0.0;     // > 0: exact global-norm clipping before any update
   kernels::AdamWConfig adamw;
   CpuDeviceOptions optimizer_queue;  // fault injection for the optimizer worker in tests
+  // Record when each stream reaches the start and end of every load, compute, grad copy and
+  // update (host timestamps taken in stream order; on CUDA through cudaLaunchHostFunc).
+  bool record_timeline = false;
 };
+
+struct TimelineEvent {
+  std::string stream;  // "h2d", "compute", "d2h", "optimizer"
+  std::string what;    // "load", "forward", "head", "backward", "grads", "update" + "_begin"/"_end"
+  int64_t stage = -1;
+  double t_us = 0;  // since the engine was created
+};
+
+// Fraction of the time spent in weight loads during which compute was running too (0..1).
+double load_compute_overlap(const std::vector<TimelineEvent>& timeline);
 
 struct StepStats {
   double loss_sum = 0;
@@ -74,6 +90,9 @@ class Engine {
   double grad_norm();
 
   int64_t step() const { return step_; }
+  // The recorded timeline (call synchronize() first for a complete one).
+  std::vector<TimelineEvent> timeline();
+  void clear_timeline();
   void set_learning_rate(float lr) { options_.adamw.lr = lr; }
   const EngineOptions& options() const { return options_; }
   // Host->device weight bytes copied so far (to check the fixed-traffic property).
@@ -87,6 +106,7 @@ class Engine {
   struct CkptBuffer;
 
   void check_batch(const std::vector<at::Tensor>& ids, const std::vector<at::Tensor>& targets);
+  void mark(Stream& stream, const char* what, int64_t stage);
   // Makes `stage` resident in a slot other than `busy_slot`, loading it if needed.
   int acquire_slot(int64_t stage, int busy_slot);
   void forward(bool keep_for_backward);
@@ -144,6 +164,9 @@ class Engine {
   autograd::RopeTables rope_;
   at::Tensor y_tmp_, final_h_, final_rstd_, dh_;
   int64_t ce_chunk_rows_;
+  std::mutex timeline_mu_;
+  std::vector<TimelineEvent> timeline_;
+  std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
 };
 
 }  // namespace ramstream::pipeline

@@ -7,9 +7,10 @@
 #include <vector>
 
 #include <gtest/gtest.h>
+#include <torch/types.h>  // first: clip_grad.h uses torch::Tensor without including it
+
 #include <torch/nn/utils/clip_grad.h>
 #include <torch/optim/adamw.h>
-#include <torch/types.h>  // clip_grad.h uses torch::Tensor without including it
 
 #include "autograd/reference.h"
 #include "autograd/test_util.h"
@@ -334,6 +335,48 @@ TEST(EngineTest, MatchesLibtorchAutogradAndTorchAdamW) {
                 worst);
     EXPECT_LE(worst, 1e-6);
   }
+}
+
+// The timeline shows the schedule's orderings: no compute before its stage's load finished, no
+// update before its grads reached the host. The overlap figure is printed, not asserted.
+TEST(EngineTest, TimelineOrdersLoadsComputeAndUpdates) {
+  at_testing::TinyOptions to;
+  to.tied = true;
+  to.layers = 3;
+  const model::ModelConfig cfg = at_testing::tiny_config(to);
+  auto dev = make_cpu_device({});
+  ParamStore store(plan_stages(cfg), cfg, {});
+  store.load(at_testing::random_params(cfg, at::kFloat, 66));
+  EngineOptions opts;
+  opts.record_timeline = true;
+  Engine engine(*dev, store, opts, 2, 8);
+  for (int step = 0; step < 2; ++step) {
+    const Batches b = make_batches(cfg, 2, 2, 8, 600 + step);
+    engine.train_step(b.ids, b.targets);
+  }
+  engine.synchronize();
+  const std::vector<TimelineEvent> tl = engine.timeline();
+  auto ends_with = [](const std::string& s, const char* suffix) {
+    const std::string x(suffix);
+    return s.size() >= x.size() && s.compare(s.size() - x.size(), x.size(), x) == 0;
+  };
+  int computes = 0, updates = 0;
+  for (size_t i = 0; i < tl.size(); ++i) {
+    const TimelineEvent& e = tl[i];
+    const bool compute_begin = e.stream == "compute" && ends_with(e.what, "_begin");
+    const bool update_begin = e.what == "update_begin";
+    if (!compute_begin && !update_begin) continue;
+    const char* needed = compute_begin ? "load_end" : "grads_end";
+    // The embedding's backward reads no weights; the head's lm_head may come with its load.
+    bool found = false;
+    for (size_t j = 0; j < i && !found; ++j) found = tl[j].what == needed && tl[j].stage == e.stage;
+    EXPECT_TRUE(found) << e.what << " of stage " << e.stage << " at " << e.t_us << " us";
+    (compute_begin ? computes : updates)++;
+  }
+  const int64_t S = store.plan().num_stages(), L = cfg.num_layers;
+  EXPECT_EQ(computes, 2 * ((S - 1) + 1 + L));  // forward (no head), head, backward blocks
+  EXPECT_EQ(updates, 2 * S);
+  std::printf("load/compute overlap on the CPU backend: %.2f\n", load_compute_overlap(tl));
 }
 
 TEST(EngineTest, RejectsBadConfigurations) {
