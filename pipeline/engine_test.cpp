@@ -379,6 +379,38 @@ TEST(EngineTest, TimelineOrdersLoadsComputeAndUpdates) {
   std::printf("load/compute overlap on the CPU backend: %.2f\n", load_compute_overlap(tl));
 }
 
+// A store larger than the machine's available RAM is refused before anything is allocated, with
+// the estimate and what is available.
+TEST(ParamStoreTest, RefusesTooLittleHostMemoryUpFront) {
+  at_testing::TinyOptions to;
+  to.vocab = 1 << 20;
+  to.hidden = 8192;  // 8.6G embedding parameters: ~137 GB of store
+  const model::ModelConfig cfg = at_testing::tiny_config(to);
+  try {
+    ParamStore store(plan_stages(cfg), cfg, {});
+    FAIL() << "a 137 GB store was accepted";
+  } catch (const std::runtime_error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("parameter store"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("available"), std::string::npos) << msg;
+    std::printf("refusal: %s\n", msg.c_str());
+  }
+}
+
+TEST(ParamStoreTest, ReportsBytesPerParameter) {
+  const model::ModelConfig cfg = at_testing::tiny_config({});
+  const StagePlan plan = plan_stages(cfg);
+  ParamStore cpu_clip(plan, cfg, {});
+  ParamStore cpu_ring(plan, cfg, {/*working_copy_bf16=*/false, /*grad_regions=*/false});
+  ParamStore cuda_layout(plan, cfg, {/*working_copy_bf16=*/true});
+  // Padding between tensors (64-byte alignment) adds a little on this tiny model.
+  EXPECT_NEAR(cpu_clip.bytes_per_param(), 16.0, 0.5);
+  EXPECT_NEAR(cpu_ring.bytes_per_param(), 12.0, 0.5);
+  EXPECT_NEAR(cuda_layout.bytes_per_param(), 14.0, 0.5);
+  EXPECT_EQ(cuda_layout.persistent_bytes(),
+            ParamStore::bytes_needed(plan, {/*working_copy_bf16=*/true}));
+}
+
 TEST(EngineTest, RejectsBadConfigurations) {
   const model::ModelConfig cfg = at_testing::tiny_config({});
   auto dev = make_cpu_device({});
