@@ -215,7 +215,9 @@ void Engine::check_batch(const std::vector<at::Tensor>& ids,
     targets_.push_back(targets[static_cast<size_t>(mb)].reshape({-1}).to(where));
   }
   if (M == M_) return;
-  // Buffers that scale with the number of micro-batches.
+  // Buffers that scale with the number of micro-batches; nothing in flight may still use the old
+  // ones.
+  synchronize();
   M_ = M;
   dres_.clear();
   for (int64_t mb = 0; mb < M; ++mb) dres_.push_back(at::empty({N, C}, o));
