@@ -1,0 +1,22 @@
+// ramstream's public C++ API: one include for programs that drive the library.
+//
+//   #include <ramstream/ramstream.h>
+//   namespace rs = ramstream;
+//   rs::model::ModelConfig cfg = rs::model::load_model_config(dir +
+//   "/config.json").value_or_throw(); rs::pipeline::ParamStore
+//   store(rs::pipeline::plan_stages(cfg), cfg, {});
+//   ... load weights, build a Device and an Engine, call engine.train_step(ids, targets) ...
+// See examples/custom_loop.cpp for a complete training loop.
+#pragma once
+
+#include "autograd/model.h"
+#include "checkpoint/hf_loader.h"
+#include "checkpoint/safetensors.h"
+#include "kernels/adamw.h"
+#include "model/config.h"
+#include "model/hf_names.h"
+#include "model/params.h"
+#include "pipeline/device.h"
+#include "pipeline/engine.h"
+#include "pipeline/param_store.h"
+#include "pipeline/stages.h"
