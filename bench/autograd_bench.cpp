@@ -24,43 +24,12 @@
 #include "autograd/model.h"
 #include "autograd/reference.h"
 #include "bench/memory_counter.h"
+#include "util/bench_flags.h"
 
 namespace rs = ramstream;
 using rs::autograd::ActivationMode;
 
 namespace {
-
-struct Args {
-  int64_t batch = 4, seq = 256, iters = 3;
-  bool json = false;
-};
-
-Args parse(int argc, char** argv) {
-  Args a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string s = argv[i];
-    auto next = [&]() -> int64_t {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "%s needs a value\n", s.c_str());
-        std::exit(2);
-      }
-      return std::atoll(argv[++i]);
-    };
-    if (s == "--json")
-      a.json = true;
-    else if (s == "--batch")
-      a.batch = next();
-    else if (s == "--seq")
-      a.seq = next();
-    else if (s == "--iters")
-      a.iters = next();
-    else {
-      std::fprintf(stderr, "usage: autograd_bench [--json] [--batch B] [--seq T] [--iters N]\n");
-      std::exit(2);
-    }
-  }
-  return a;
-}
 
 rs::model::ModelConfig bench_config() {
   rs::model::ModelConfig c;
@@ -98,20 +67,15 @@ struct Measure {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const Args args = parse(argc, argv);
+  const ramstream::BenchFlags flags = ramstream::parse_bench_flags(
+      argc, argv, "autograd_bench", {{"batch", 4}, {"seq", 256}, {"iters", 3}});
   rs::bench::MemoryCounter& mem = rs::bench::MemoryCounter::install();
   const rs::model::ModelConfig cfg = bench_config();
-  const int64_t B = args.batch, T = args.seq;
+  const int64_t B = flags.value("batch"), T = flags.value("seq");
 
   // Weights ~ N(0, 0.02^2), norms 1: a freshly initialised model.
-  at::manual_seed(0);
   rs::model::ModelParams params = rs::model::allocate_model_params(cfg, at::kFloat);
-  rs::model::for_each_param(params, [](const std::string& name, at::Tensor& t) {
-    if (name.find("norm") != std::string::npos)
-      t.fill_(1.0);
-    else
-      t.normal_(0.0, 0.02);
-  });
+  rs::model::init_params_normal(params, 0.02, 0);
   const at::Tensor ids = at::randint(0, cfg.vocab_size, {B, T}, at::kLong);
   const at::Tensor targets = rs::autograd::next_token_targets(ids);
   const double scale = 1.0 / double(rs::autograd::count_targets(targets));
@@ -152,7 +116,7 @@ int main(int argc, char** argv) {
   ours(ActivationMode::kSaved, warm);
   ours(ActivationMode::kRecompute, warm);
   // Interleaved so that drift of the machine affects all three alike.
-  for (int64_t i = 0; i < args.iters; ++i) {
+  for (int64_t i = 0; i < flags.value("iters"); ++i) {
     peer(m_peer);
     ours(ActivationMode::kSaved, m_saved);
     ours(ActivationMode::kRecompute, m_recompute);
@@ -176,7 +140,7 @@ int main(int argc, char** argv) {
   const double re_mem_ratio = double(m_recompute.peak_bytes) / double(m_peer.peak_bytes);
   std::printf("saved:     time ratio %.3f, peak mem ratio %.3f\n", time_ratio, mem_ratio);
   std::printf("recompute: time ratio %.3f, peak mem ratio %.3f\n", re_time_ratio, re_mem_ratio);
-  if (args.json) {
+  if (flags.json) {
     std::printf(
         "{\"bench\":\"autograd\",\"params\":%lld,\"batch\":%lld,\"seq\":%lld,\"iters\":%lld,"
         "\"threads\":%d,\"peer_ms\":%.2f,\"saved_ms\":%.2f,\"recompute_ms\":%.2f,"
@@ -184,10 +148,10 @@ int main(int argc, char** argv) {
         "\"time_ratio\":%.4f,\"peak_mem_ratio\":%.4f,\"recompute_time_ratio\":%.4f,"
         "\"recompute_peak_mem_ratio\":%.4f}\n",
         static_cast<long long>(params.numel()), static_cast<long long>(B),
-        static_cast<long long>(T), static_cast<long long>(args.iters), at::get_num_threads(),
-        m_peer.median(), m_saved.median(), m_recompute.median(), m_peer.peak_bytes / mib,
-        m_saved.peak_bytes / mib, m_recompute.peak_bytes / mib, time_ratio, mem_ratio,
-        re_time_ratio, re_mem_ratio);
+        static_cast<long long>(T), static_cast<long long>(flags.value("iters")),
+        at::get_num_threads(), m_peer.median(), m_saved.median(), m_recompute.median(),
+        m_peer.peak_bytes / mib, m_saved.peak_bytes / mib, m_recompute.peak_bytes / mib, time_ratio,
+        mem_ratio, re_time_ratio, re_mem_ratio);
   }
   return 0;
 }

@@ -25,42 +25,15 @@
 
 #include "autograd/reference.h"
 #include "pipeline/engine.h"
+#include "util/bench_flags.h"
 
 namespace rs = ramstream;
 
 namespace {
 
 struct Args {
-  int64_t batch = 4, seq = 256, iters = 2;
-  bool json = false;
+  int64_t batch, seq, iters;
 };
-
-Args parse(int argc, char** argv) {
-  Args a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string s = argv[i];
-    auto next = [&]() -> int64_t {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "%s needs a value\n", s.c_str());
-        std::exit(2);
-      }
-      return std::atoll(argv[++i]);
-    };
-    if (s == "--json")
-      a.json = true;
-    else if (s == "--batch")
-      a.batch = next();
-    else if (s == "--seq")
-      a.seq = next();
-    else if (s == "--iters")
-      a.iters = next();
-    else {
-      std::fprintf(stderr, "usage: train_step_bench [--json] [--batch B] [--seq T] [--iters N]\n");
-      std::exit(2);
-    }
-  }
-  return a;
-}
 
 rs::model::ModelConfig bench_config() {
   rs::model::ModelConfig c;
@@ -79,14 +52,8 @@ rs::model::ModelConfig bench_config() {
 }
 
 rs::model::ModelParams init_params(const rs::model::ModelConfig& cfg) {
-  at::manual_seed(0);
   rs::model::ModelParams p = rs::model::allocate_model_params(cfg, at::kFloat);
-  rs::model::for_each_param(p, [](const std::string& name, at::Tensor& t) {
-    if (name.find("norm") != std::string::npos)
-      t.fill_(1.0);
-    else
-      t.normal_(0.0, 0.02);
-  });
+  rs::model::init_params_normal(p, 0.02, 0);
   return p;
 }
 
@@ -197,7 +164,9 @@ PhaseResult run_isolated(Phase phase, const Args& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const Args a = parse(argc, argv);
+  const ramstream::BenchFlags flags = ramstream::parse_bench_flags(
+      argc, argv, "train_step_bench", {{"batch", 4}, {"seq", 256}, {"iters", 2}});
+  const Args a{flags.value("batch"), flags.value("seq"), flags.value("iters")};
   // Nothing touches libtorch, OpenBLAS or TBB in the parent before the children fork.
   const PhaseResult plain = run_isolated(Phase::kPlain, a);
   const PhaseResult streamed = run_isolated(Phase::kStreamedRecompute, a);
@@ -218,7 +187,7 @@ int main(int argc, char** argv) {
   const double rss_ratio = streamed.peak_rss_mib / plain.peak_rss_mib;
   std::printf("time ratio %.3f, keep time ratio %.3f, peak RSS ratio %.3f, host bytes/param %.2f\n",
               time_ratio, keep_ratio, rss_ratio, streamed.bytes_per_param);
-  if (a.json) {
+  if (flags.json) {
     std::printf(
         "{\"bench\":\"train_step\",\"params\":%lld,\"batch\":%lld,\"seq\":%lld,\"iters\":%lld,"
         "\"plain_ms\":%.1f,\"streamed_ms\":%.1f,\"keep_ms\":%.1f,\"plain_peak_rss_mib\":%.1f,"

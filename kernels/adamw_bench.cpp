@@ -23,11 +23,15 @@
 #include <vector>
 
 #include <tbb/task_arena.h>
-#include <torch/torch.h>
+#include <torch/types.h>  // before adamw.h, which uses torch::Tensor
+
+#include <ATen/Parallel.h>
+#include <torch/optim/adamw.h>
 
 #include "kernels/adamw.h"
 #include "kernels/cpu_isa.h"
 #include "kernels/parallel.h"
+#include "util/bench_flags.h"
 
 #if RAMSTREAM_KERNELS_X86
 #include <immintrin.h>
@@ -39,41 +43,6 @@ namespace {
 
 constexpr int64_t kBytesPerParam = 30;         // read p,m,v,g fp32 + write p,m,v fp32 + write bf16
 constexpr int64_t kBytesPerParamInPlace = 28;  // bf16 grads read from the working copy
-
-struct Args {
-  int64_t params = 50'000'000;
-  int iters = 7;  // rounds; each times every variant once
-  bool json = false;
-};
-
-Args parse(int argc, char** argv) {
-  Args a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string s = argv[i];
-    auto next = [&]() -> int64_t {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "%s needs a value\n", s.c_str());
-        std::exit(2);
-      }
-      return std::atoll(argv[++i]);
-    };
-    if (s == "--json") {
-      a.json = true;
-    } else if (s == "--params") {
-      a.params = next();
-    } else if (s == "--iters") {
-      a.iters = static_cast<int>(next());
-    } else {
-      std::fprintf(stderr, "usage: adamw_bench [--json] [--params N] [--iters K]\n");
-      std::exit(2);
-    }
-  }
-  if (a.params < 1 || a.iters < 1) {
-    std::fprintf(stderr, "adamw_bench: --params and --iters must be >= 1\n");
-    std::exit(2);
-  }
-  return a;
-}
 
 // A copy with non-temporal (streaming) stores: no read-for-ownership of the destination, the
 // fastest way to move bytes through memory here. The head up to 32-byte alignment goes by memcpy.
@@ -119,7 +88,13 @@ void measure(std::vector<Variant*> variants, int rounds) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const Args args = parse(argc, argv);
+  const ramstream::BenchFlags flags = ramstream::parse_bench_flags(
+      argc, argv, "adamw_bench", {{"params", 50'000'000}, {"iters", 7}});
+  struct {
+    int64_t params;
+    int iters;
+    bool json;
+  } const args{flags.value("params"), static_cast<int>(flags.value("iters")), flags.json};
   const int64_t n = args.params;
   const int threads_all = tbb::this_task_arena::max_concurrency();
   const int threads_torch = at::get_num_threads();

@@ -23,6 +23,7 @@
 #include <tbb/scalable_allocator.h>
 
 #include "memory/block_pool.h"
+#include "util/bench_flags.h"
 
 namespace rm = ramstream::memory;
 
@@ -31,37 +32,6 @@ namespace {
 constexpr int kThreads = 2;
 constexpr int kWindow = 64;
 constexpr uint64_t kBlockBytes = 64 << 10;
-
-struct Args {
-  uint64_t pairs = 2000000;  // per thread
-  int reps = 7;
-  bool json = false;
-};
-
-Args parse(int argc, char** argv) {
-  Args a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string s = argv[i];
-    auto next = [&]() -> long long {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "%s needs a value\n", s.c_str());
-        std::exit(2);
-      }
-      return std::atoll(argv[++i]);
-    };
-    if (s == "--json") {
-      a.json = true;
-    } else if (s == "--pairs") {
-      a.pairs = static_cast<uint64_t>(std::max(1LL, next()));
-    } else if (s == "--reps") {
-      a.reps = static_cast<int>(std::max(1LL, next()));
-    } else {
-      std::fprintf(stderr, "usage: pool_bench [--json] [--pairs N] [--reps R]\n");
-      std::exit(2);
-    }
-  }
-  return a;
-}
 
 // Runs the pattern on kThreads threads; returns pairs per second over both threads.
 template <class AllocFn, class FreeFn>
@@ -109,7 +79,14 @@ double median(std::vector<double> v) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const Args args = parse(argc, argv);
+  const ramstream::BenchFlags flags =
+      ramstream::parse_bench_flags(argc, argv, "pool_bench", {{"pairs", 2000000}, {"reps", 7}});
+  struct {
+    uint64_t pairs;  // per thread
+    int reps;
+    bool json;
+  } const args{static_cast<uint64_t>(flags.value("pairs")), static_cast<int>(flags.value("reps")),
+               flags.json};
 
   // Window plus what the per-thread caches may hold (2 x 32 each), with room to spare.
   rm::ArenaOptions opts;

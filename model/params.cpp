@@ -85,6 +85,17 @@ ModelParams allocate_model_params(const ModelConfig& cfg, at::ScalarType dtype) 
   return p;
 }
 
+void init_params_normal(ModelParams& p, double stddev, uint64_t seed) {
+  at::manual_seed(seed);
+  for_each_param(p, [&](const std::string& name, at::Tensor& t) {
+    if (name.find("norm") != std::string::npos) {
+      t.fill_(1.0);
+    } else {
+      t.normal_(0.0, stddev);
+    }
+  });
+}
+
 ModelParams clone_model_params(const ModelParams& src, at::ScalarType dtype, at::Device device) {
   auto copy = [&](const at::Tensor& t) {
     return t.to(device, dtype, /*non_blocking=*/false, /*copy=*/true);

@@ -70,6 +70,10 @@ struct ModelParams {
 
 // All tensors zero-filled, in `dtype`, on the CPU.
 ModelParams allocate_model_params(const ModelConfig& cfg, at::ScalarType dtype);
+// A fresh model: norm weights 1, every other tensor N(0, stddev^2) from a generator seeded with
+// `seed` (the usual initialisation for training from scratch and for benchmarks).
+void init_params_normal(ModelParams& p, double stddev, uint64_t seed);
+
 // Deep copy converting dtype (and moving to `device`); keeps the tie.
 ModelParams clone_model_params(const ModelParams& p, at::ScalarType dtype,
                                at::Device device = at::kCPU);

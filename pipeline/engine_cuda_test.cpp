@@ -22,13 +22,7 @@ TEST(EngineCuda, Bf16StreamedStepsTrackCpuFp32) {
   to.tied = true;
   const model::ModelConfig cfg = autograd::testing::tiny_config(to);
   model::ModelParams init = model::allocate_model_params(cfg, at::kFloat);
-  at::manual_seed(71);
-  model::for_each_param(init, [](const std::string& n, at::Tensor& t) {
-    if (n.find("norm") != std::string::npos)
-      t.fill_(1.0);
-    else
-      t.normal_(0.0, 0.02);
-  });
+  model::init_params_normal(init, 0.02, 71);
   const int64_t B = 2, T = 64, steps = 3;
   EngineOptions opts;
   opts.max_grad_norm = 1.0;

@@ -269,13 +269,7 @@ TEST(EngineTest, MatchesLibtorchAutogradAndTorchAdamW) {
     const model::ModelConfig cfg = at_testing::tiny_config(to);
     // A fresh-model init (std 0.02, norms 1), as in real training.
     model::ModelParams init = model::allocate_model_params(cfg, at::kFloat);
-    at::manual_seed(65);
-    model::for_each_param(init, [](const std::string& n, at::Tensor& t) {
-      if (n.find("norm") != std::string::npos)
-        t.fill_(1.0);
-      else
-        t.normal_(0.0, 0.02);
-    });
+    model::init_params_normal(init, 0.02, 65);
     EngineOptions opts;
     opts.max_grad_norm = 0.5;
     opts.adamw.lr = 1e-3f;
