@@ -1,6 +1,7 @@
 // The `ramstream` command line: thin parsing over the library.
 //
-//   ramstream inspect --model DIR      # architecture, parameter counts, host memory per mode
+//   ramstream inspect --model DIR                     # architecture, parameters, host memory
+//   ramstream convert --from FILE.gguf --to DIR [--dtype bf16|fp16|fp32]   # GGUF -> HF folder
 //   ramstream --version
 //
 // Training (`ramstream run RECIPE`), generation and planning subcommands attach here as their
@@ -10,6 +11,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include "checkpoint/gguf.h"
+#include "checkpoint/hf_folder.h"
 #include "checkpoint/hf_loader.h"
 #include "checkpoint/safetensors.h"
 #include "model/config.h"
@@ -86,6 +89,48 @@ int inspect(const std::string& dir) {
   return 0;
 }
 
+// GGUF (llama.cpp) -> Hugging Face folder: dequantised weights, Q/K rows back in HF order.
+int convert(const std::string& from, const std::string& to, const std::string& dtype_name) {
+  at::ScalarType dtype;
+  if (dtype_name == "bf16") {
+    dtype = at::kBFloat16;
+  } else if (dtype_name == "fp16") {
+    dtype = at::kHalf;
+  } else if (dtype_name == "fp32") {
+    dtype = at::kFloat;
+  } else {
+    std::fprintf(stderr, "ramstream convert: --dtype must be bf16, fp16 or fp32, got '%s'\n",
+                 dtype_name.c_str());
+    return 2;
+  }
+  rs::Result<rs::checkpoint::GgufFile> file = rs::checkpoint::GgufFile::open(from);
+  if (!file.ok()) {
+    std::fprintf(stderr, "ramstream convert: %s\n", file.error().message.c_str());
+    return 1;
+  }
+  rs::Result<rs::model::ModelConfig> cfg = rs::checkpoint::gguf_model_config(file.value());
+  if (!cfg.ok()) {
+    std::fprintf(stderr, "ramstream convert: %s\n", cfg.error().message.c_str());
+    return 1;
+  }
+  rs::model::ModelParams params = rs::model::allocate_model_params(cfg.value(), at::kFloat);
+  rs::Status st = rs::checkpoint::gguf_load_weights(file.value(), cfg.value(), params);
+  if (!st.ok()) {
+    std::fprintf(stderr, "ramstream convert: %s\n", st.error().message.c_str());
+    return 1;
+  }
+  rs::checkpoint::HfSaveOptions opts;
+  opts.dtype = dtype;
+  st = rs::checkpoint::save_hf_folder(to, cfg.value(), params, opts);
+  if (!st.ok()) {
+    std::fprintf(stderr, "ramstream convert: %s\n", st.error().message.c_str());
+    return 1;
+  }
+  std::printf("wrote %s: %s, %.3f M parameters as %s (tokenizer files are not written yet)\n",
+              to.c_str(), cfg.value().model_type.c_str(), params.numel() / 1e6, dtype_name.c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -99,7 +144,14 @@ int main(int argc, char** argv) {
       app.add_subcommand("inspect", "architecture, parameter counts and memory needs of a model");
   inspect_cmd->add_option("--model", model_dir, "Hugging Face model folder (config.json, weights)")
       ->required();
+  std::string from, to, dtype = "bf16";
+  CLI::App* convert_cmd =
+      app.add_subcommand("convert", "convert a GGUF (llama.cpp) model to a Hugging Face folder");
+  convert_cmd->add_option("--from", from, "the .gguf file")->required();
+  convert_cmd->add_option("--to", to, "the folder to write (replaced atomically)")->required();
+  convert_cmd->add_option("--dtype", dtype, "weights on disk: bf16 (default), fp16 or fp32");
   CLI11_PARSE(app, argc, argv);
   if (*inspect_cmd) return inspect(model_dir);
+  if (*convert_cmd) return convert(from, to, dtype);
   return 0;
 }

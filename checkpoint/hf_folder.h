@@ -1,0 +1,55 @@
+// Saves our parameters as a Hugging Face model folder that transformers and vLLM load as is.
+//
+// The folder holds config.json (model_config_to_json, plus "dtype"/"torch_dtype" for the chosen
+// dtype, bos/eos/pad token ids carried over from the source config.json, then `extra_config`
+// merged in as an RFC 7396 merge patch: null deletes a key), the weights (model.safetensors, or
+// shards plus model.safetensors.index.json over max_shard_bytes; HF names from model/hf_names.h;
+// a tied model has no lm_head.weight, as transformers writes it), and every non-weight file of
+// `copy_from_dir` (tokenizer.json, tokenizer_config.json, special_tokens_map.json,
+// generation_config.json, chat_template.jinja, tokenizer.model, README.md, ...: all regular
+// files at its top level except weights (*.safetensors, *.bin, *.pt, *.pth, *.ckpt, *.gguf,
+// *.h5, *.msgpack, *.onnx, *.index.json), config.json and leftover temp names). Without a
+// generation_config.json to copy, a minimal one is written when bos or eos ids are known.
+//
+// Weights stream from `params` (typically the fp32 master copy in host RAM) through one 16 MiB
+// staging buffer, converting to `dtype` on the way: saving needs no second copy of the model.
+// The whole folder is staged and published atomically (checkpoint/atomic_file.h): on any error
+// `dir` keeps its previous content, and no half-written folder is ever visible under its name.
+// An existing `dir` is replaced as a whole, not merged into.
+//
+//   HfSaveOptions opts;
+//   opts.copy_from_dir = "/models/smollm2";  // tokenizer, chat template, generation config
+//   Status st = save_hf_folder("out/step_000500", cfg, params, opts);
+//   if (!st.ok()) std::cerr << st.error().message << "\n";
+//   // Later: load_model_config(dir + "/config.json") and load_hf_weights(dir, ...) read it back.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+#include "model/config.h"
+#include "model/params.h"
+#include "util/result.h"
+
+namespace ramstream::checkpoint {
+
+struct HfSaveOptions {
+  at::ScalarType dtype = at::kBFloat16;  // on disk: kBFloat16, kHalf or kFloat
+  uint64_t max_shard_bytes = 5ull << 30;
+  std::string copy_from_dir;  // source HF folder for the non-weight files; empty: none
+  nlohmann::json extra_config = nlohmann::json::object();  // merged into config.json
+  // Called after each tensor is written; an Error aborts the save (progress, tests).
+  std::function<Status(const std::string& hf_name)> after_tensor;
+};
+
+// True for the file names save_hf_folder copies from a source folder (see above).
+bool is_hf_non_weight_file(const std::string& file_name);
+
+Status save_hf_folder(const std::string& dir, const model::ModelConfig& cfg,
+                      model::ModelParams& params, const HfSaveOptions& opts = {});
+
+}  // namespace ramstream::checkpoint
