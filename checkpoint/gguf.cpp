@@ -505,19 +505,6 @@ std::vector<int64_t> GgufTensorInfo::torch_shape() const {
 
 // ---- the file --------------------------------------------------------------------------------
 
-struct GgufFile::Storage {
-  const uint8_t* bytes = nullptr;
-  uint64_t size = 0;
-  void* map = MAP_FAILED;      // mmap'ed files
-  std::vector<uint8_t> owned;  // open_bytes
-  Storage() = default;
-  Storage(const Storage&) = delete;
-  Storage& operator=(const Storage&) = delete;
-  ~Storage() {
-    if (map != MAP_FAILED) ::munmap(map, size);
-  }
-};
-
 namespace {
 
 std::string dims_str(const std::vector<int64_t>& d) {
@@ -640,46 +627,21 @@ Status read_value(Cursor& c, VT type, int depth, GgufValue* out, const std::stri
 }  // namespace
 
 Result<GgufFile> GgufFile::open(const std::string& path) {
-  auto fail = [&](const std::string& what) -> Error { return Error{path + ": " + what}; };
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return fail(std::string("cannot open: ") + std::strerror(errno));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    const int err = errno;
-    ::close(fd);
-    return fail(std::string("cannot stat: ") + std::strerror(err));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    return fail("not a regular file");
-  }
-  auto storage = std::make_shared<Storage>();
-  storage->size = static_cast<uint64_t>(st.st_size);
-  if (storage->size > 0) {  // mmap of 0 bytes fails; parse() reports the truncation
-    storage->map = ::mmap(nullptr, storage->size, PROT_READ, MAP_PRIVATE, fd, 0);
-    const int map_err = errno;
-    ::close(fd);  // the mapping keeps the file alive
-    if (storage->map == MAP_FAILED) return fail(std::string("mmap: ") + std::strerror(map_err));
-    storage->bytes = static_cast<const uint8_t*>(storage->map);
-  } else {
-    ::close(fd);
-  }
-  return parse(std::move(storage), path);
+  Result<std::shared_ptr<const MappedFile>> mapped = MappedFile::open(path);
+  if (!mapped.ok()) return mapped.error();
+  return parse(std::move(mapped).value(), path);
 }
 
 Result<GgufFile> GgufFile::open_bytes(const uint8_t* bytes, size_t size, const std::string& name) {
-  auto storage = std::make_shared<Storage>();
-  storage->owned.assign(bytes, bytes + size);
-  storage->bytes = storage->owned.data();
-  storage->size = size;
-  return parse(std::move(storage), name);
+  return parse(MappedFile::copy_of(bytes, size), name);
 }
 
-Result<GgufFile> GgufFile::parse(std::shared_ptr<const Storage> storage, const std::string& path) {
+Result<GgufFile> GgufFile::parse(std::shared_ptr<const MappedFile> storage,
+                                 const std::string& path) {
   auto fail = [&](const std::string& what) -> Error { return Error{path + ": " + what}; };
   auto failed = [&](const Status& s) -> Error { return fail(s.error().message); };
-  const uint64_t file_size = storage->size;
-  Cursor c(storage->bytes, file_size);
+  const uint64_t file_size = storage->size();
+  Cursor c(storage->data(), file_size);
 
   const uint8_t* magic = nullptr;
   if (!c.bytes(4, &magic, "magic").ok()) {
@@ -919,7 +881,7 @@ Result<const GgufTensorInfo*> GgufFile::info(const std::string& name) const {
 }
 
 const uint8_t* GgufFile::data(const GgufTensorInfo& info) const {
-  return storage_->bytes + data_start_ + info.offset;
+  return storage_->data() + data_start_ + info.offset;
 }
 
 Result<at::Tensor> GgufFile::dequantize(const std::string& name) const {

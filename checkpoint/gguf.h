@@ -57,6 +57,7 @@
 
 #include <ATen/ATen.h>
 
+#include "checkpoint/mapped_file.h"
 #include "model/config.h"
 #include "model/params.h"
 #include "util/result.h"
@@ -324,13 +325,12 @@ class GgufFile {
   Result<at::Tensor> dequantize(const std::string& name) const;
 
  private:
-  struct Storage;
   GgufFile() = default;
-  static Result<GgufFile> parse(std::shared_ptr<const Storage> storage, const std::string& path);
+  static Result<GgufFile> parse(std::shared_ptr<const MappedFile> storage, const std::string& path);
   Error key_error(const std::string& key, const std::string& what) const;
 
   std::string path_;
-  std::shared_ptr<const Storage> storage_;
+  std::shared_ptr<const MappedFile> storage_;
   uint32_t version_ = 0;
   uint64_t alignment_ = kDefaultAlignment;
   uint64_t data_start_ = 0;

@@ -82,42 +82,17 @@ int64_t SafetensorInfo::numel() const {
   return n;
 }
 
-struct SafetensorsFile::Mapping {
-  void* addr = MAP_FAILED;
-  size_t size = 0;
-  ~Mapping() {
-    if (addr != MAP_FAILED) ::munmap(addr, size);
-  }
-  const uint8_t* bytes() const { return static_cast<const uint8_t*>(addr); }
-};
-
 Result<SafetensorsFile> SafetensorsFile::open(const std::string& path) {
   auto fail = [&](const std::string& what) -> Error { return Error{path + ": " + what}; };
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return fail(std::string("cannot open: ") + std::strerror(errno));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    const int err = errno;
-    ::close(fd);
-    return fail(std::string("cannot stat: ") + std::strerror(err));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    return fail("not a regular file");
-  }
-  const uint64_t file_size = static_cast<uint64_t>(st.st_size);
+  Result<std::shared_ptr<const MappedFile>> mapped = MappedFile::open(path);
+  if (!mapped.ok()) return mapped.error();
+  std::shared_ptr<const MappedFile> mapping = std::move(mapped).value();
+  const uint64_t file_size = mapping->size();
   if (file_size < 8) {
-    ::close(fd);
     return fail("truncated: " + std::to_string(file_size) +
                 " bytes, shorter than the 8-byte header length");
   }
-  auto mapping = std::make_shared<Mapping>();
-  mapping->size = static_cast<size_t>(file_size);
-  mapping->addr = ::mmap(nullptr, mapping->size, PROT_READ, MAP_PRIVATE, fd, 0);
-  const int map_err = errno;
-  ::close(fd);  // the mapping keeps the file alive
-  if (mapping->addr == MAP_FAILED) return fail(std::string("mmap: ") + std::strerror(map_err));
-  const uint8_t* base = mapping->bytes();
+  const uint8_t* base = mapping->data();
 
   const uint64_t header_len = read_u64_le(base);
   if (header_len > kMaxHeaderBytes) {
@@ -255,7 +230,7 @@ Result<const SafetensorInfo*> SafetensorsFile::info(const std::string& name) con
 }
 
 const uint8_t* SafetensorsFile::data(const SafetensorInfo& info) const {
-  return mapping_->bytes() + data_start_ + info.begin;
+  return mapping_->data() + data_start_ + info.begin;
 }
 
 Result<at::Tensor> SafetensorsFile::tensor(const std::string& name) const {

@@ -34,6 +34,7 @@
 
 #include <ATen/ATen.h>
 
+#include "checkpoint/mapped_file.h"
 #include "util/result.h"
 
 namespace ramstream::checkpoint {
@@ -77,11 +78,10 @@ class SafetensorsFile {
   const uint8_t* data(const SafetensorInfo& info) const;
 
  private:
-  struct Mapping;
   SafetensorsFile() = default;
 
   std::string path_;
-  std::shared_ptr<Mapping> mapping_;
+  std::shared_ptr<const MappedFile> mapping_;
   uint64_t data_start_ = 0;
   std::vector<SafetensorInfo> infos_;  // file order
   std::vector<std::string> names_;
