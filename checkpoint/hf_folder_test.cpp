@@ -61,18 +61,6 @@ Loaded load_folder(const fs::path& dir) {
   return l;
 }
 
-void expect_equal_params(ModelParams& a, ModelParams& b) {
-  std::map<std::string, at::Tensor> ta;
-  for_each_param(a, [&](const std::string& n, at::Tensor& t) { ta[n] = t; });
-  size_t n = 0;
-  for_each_param(b, [&](const std::string& name, at::Tensor& t) {
-    ++n;
-    ASSERT_TRUE(ta.count(name)) << name;
-    EXPECT_TRUE(at::equal(ta.at(name), t)) << name;
-  });
-  EXPECT_EQ(n, ta.size());
-}
-
 ModelParams random_params(const ModelConfig& c) {
   ModelParams p = model::allocate_model_params(c, at::kFloat);
   for_each_param(p, [](const std::string&, at::Tensor& t) { t.copy_(at::randn(t.sizes())); });
@@ -106,7 +94,7 @@ TEST_F(HfFolderTest, FixturesRoundTripBitwiseInFp32) {
 
     Loaded b = load_folder(out);
     EXPECT_EQ(model::model_config_to_json(a.cfg), model::model_config_to_json(b.cfg));
-    expect_equal_params(a.params, b.params);
+    model::testing::expect_equal_params(a.params, b.params);
 
     // Each tensor's bytes equal the transformers-written file's, and the names are the same set
     // (so a tied model has no lm_head.weight, exactly like the fixture).
@@ -179,7 +167,7 @@ TEST_F(HfFolderTest, ShardsWithIndexAndReloads) {
   EXPECT_EQ(index["weight_map"].size(), model::hf_param_names(c).size());
   EXPECT_FALSE(fs::exists(out / "model.safetensors"));
   Loaded back = load_folder(out);
-  expect_equal_params(p, back.params);
+  model::testing::expect_equal_params(p, back.params);
 }
 
 TEST_F(HfFolderTest, CopiesNonWeightFilesAndMergesConfig) {
@@ -304,7 +292,7 @@ TEST_F(HfFolderTest, FailedSaveLeavesTargetUntouched) {
   EXPECT_FALSE(fs::exists(out / "marker.txt"));
   EXPECT_EQ(listing(dir_), std::vector<std::string>{"ckpt"});
   Loaded back = load_folder(out);
-  expect_equal_params(changed, back.params);
+  model::testing::expect_equal_params(changed, back.params);
 }
 
 TEST_F(HfFolderTest, RefusesBadOptionsBeforeCreatingAnything) {

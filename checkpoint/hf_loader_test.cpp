@@ -41,17 +41,6 @@ std::pair<ModelParams, Named> random_model(const ModelConfig& c, at::ScalarType 
   return {std::move(p), std::move(named)};
 }
 
-void expect_equal_params(ModelParams& a, ModelParams& b) {
-  std::map<std::string, at::Tensor> ta;
-  for_each_param(a, [&](const std::string& n, at::Tensor& t) { ta[n] = t; });
-  size_t n = 0;
-  for_each_param(b, [&](const std::string& name, at::Tensor& t) {
-    ++n;
-    EXPECT_TRUE(at::equal(ta.at(name), t)) << name;
-  });
-  EXPECT_EQ(n, ta.size());
-}
-
 class HfLoaderTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -89,7 +78,7 @@ TEST_F(HfLoaderTest, RoundTripSingleFile) {
       ModelParams q = model::allocate_model_params(c, at::kFloat);
       Status st = load_hf_weights(src, c, q);
       ASSERT_TRUE(st.ok()) << st.error().message;
-      expect_equal_params(p, q);
+      model::testing::expect_equal_params(p, q);
       EXPECT_EQ(q.lm_head.is_same(q.embedding), c.tie_word_embeddings);
     }
   }
@@ -103,7 +92,7 @@ TEST_F(HfLoaderTest, Bf16FileIntoFp32Params) {
   ASSERT_TRUE(load_hf_weights(path("m.safetensors"), c, q).ok());
   ModelParams expected =
       model::clone_model_params(model::clone_model_params(p, at::kBFloat16), at::kFloat);
-  expect_equal_params(expected, q);
+  model::testing::expect_equal_params(expected, q);
 }
 
 TEST_F(HfLoaderTest, TiedModelIgnoresStrayLmHeadAndInvFreq) {
@@ -115,7 +104,7 @@ TEST_F(HfLoaderTest, TiedModelIgnoresStrayLmHeadAndInvFreq) {
   ModelParams q = model::allocate_model_params(c, at::kFloat);
   Status st = load_hf_weights(path("m.safetensors"), c, q);
   ASSERT_TRUE(st.ok()) << st.error().message;
-  expect_equal_params(p, q);
+  model::testing::expect_equal_params(p, q);
 }
 
 TEST_F(HfLoaderTest, MissingTensorIsNamed) {
@@ -179,7 +168,7 @@ TEST_F(HfLoaderTest, ShardedFolderWithIndex) {
   ModelParams q = model::allocate_model_params(c, at::kFloat);
   Status st = load_hf_weights(path("sharded"), c, q);
   ASSERT_TRUE(st.ok()) << st.error().message;
-  expect_equal_params(p, q);
+  model::testing::expect_equal_params(p, q);
 
   // The index points a tensor at the wrong shard.
   index["weight_map"][a[0].first] = "model-00002-of-00002.safetensors";

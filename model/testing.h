@@ -4,9 +4,13 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 
+#include <gtest/gtest.h>
+
 #include "model/config.h"
+#include "model/params.h"
 
 namespace ramstream::model::testing {
 
@@ -47,6 +51,19 @@ inline ModelConfig tiny_config(const TinyOptions& o) {
     c.rope_scaling.factor = 4.0;
   }
   return c;
+}
+
+// Every parameter of `a` and `b` has the same name and the same values, bit for bit.
+inline void expect_equal_params(ModelParams& a, ModelParams& b) {
+  std::map<std::string, at::Tensor> ta;
+  for_each_param(a, [&](const std::string& n, at::Tensor& t) { ta[n] = t; });
+  size_t n = 0;
+  for_each_param(b, [&](const std::string& name, at::Tensor& t) {
+    ++n;
+    ASSERT_TRUE(ta.count(name)) << name;
+    EXPECT_TRUE(at::equal(ta.at(name), t)) << name;
+  });
+  EXPECT_EQ(n, ta.size());
 }
 
 }  // namespace ramstream::model::testing
