@@ -7,7 +7,7 @@ ModelWorkspace::ModelWorkspace(const model::ModelConfig& cfg_, int64_t B_, int64
     : cfg(cfg_), B(B_), T(T_), mode(mode_) {
   TORCH_CHECK(cfg.sliding_window == 0 || T <= cfg.sliding_window, "sequence length ", T,
               " exceeds the model's sliding_window ", cfg.sliding_window,
-              ": sliding-window attention is not implemented");
+              ": sliding-window attention is unsupported (full causal attention only)");
   const int64_t N = B * T, C = cfg.hidden_size, L = cfg.num_layers;
   const auto o = at::TensorOptions().dtype(dtype).device(device);
   rope = make_rope_tables(cfg, T, dtype, device);
