@@ -24,6 +24,7 @@
 #include <torch/optim/adamw.h>
 
 #include "autograd/reference.h"
+#include "bench/bench_model.h"
 #include "pipeline/engine.h"
 #include "util/bench_flags.h"
 
@@ -34,22 +35,6 @@ namespace {
 struct Args {
   int64_t batch, seq, iters;
 };
-
-rs::model::ModelConfig bench_config() {
-  rs::model::ModelConfig c;
-  c.model_type = "llama";
-  c.vocab_size = 16384;
-  c.hidden_size = 512;
-  c.intermediate_size = 1408;
-  c.num_layers = 14;
-  c.num_heads = 8;
-  c.num_kv_heads = 4;
-  c.head_dim = 64;
-  c.max_position_embeddings = 4096;
-  c.rms_norm_eps = 1e-5;
-  c.tie_word_embeddings = true;
-  return c;
-}
 
 rs::model::ModelParams init_params(const rs::model::ModelConfig& cfg) {
   rs::model::ModelParams p = rs::model::allocate_model_params(cfg, at::kFloat);
@@ -83,7 +68,7 @@ struct PhaseResult {
 enum class Phase { kPlain, kStreamedRecompute, kStreamedKeep };
 
 PhaseResult run_phase(Phase phase, const Args& a) {
-  const rs::model::ModelConfig cfg = bench_config();
+  const rs::model::ModelConfig cfg = rs::bench::model_50m_config();
   const rs::model::ModelParams init = init_params(cfg);
   at::manual_seed(1);
   const at::Tensor ids = at::randint(0, cfg.vocab_size, {a.batch, a.seq}, at::kLong);

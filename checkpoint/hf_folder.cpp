@@ -1,5 +1,6 @@
 #include "checkpoint/hf_folder.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <vector>
@@ -36,16 +37,6 @@ const char* dtype_config_name(at::ScalarType t) {
 // folder keeps the source's so generation still stops at eos.
 constexpr const char* kTokenIdKeys[] = {"bos_token_id", "eos_token_id", "pad_token_id"};
 
-Result<json> read_json(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Error{path + ": cannot open"};
-  try {
-    return json::parse(in);
-  } catch (const json::exception& e) {
-    return Error{path + ": invalid JSON: " + e.what()};
-  }
-}
-
 Status copy_non_weight_files(const std::string& from, const std::string& to) {
   std::error_code ec;
   if (!fs::is_directory(from, ec)) return Error{from + ": copy_from_dir is not a folder"};
@@ -77,8 +68,17 @@ bool is_hf_non_weight_file(const std::string& f) {
   return f.find(".tmp-") == std::string::npos && f.find(".old-") == std::string::npos;
 }
 
-Status save_hf_folder(const std::string& dir, const model::ModelConfig& cfg,
-                      model::ModelParams& params, const HfSaveOptions& opts) {
+namespace {
+
+// What a save writes, computed and checked before any file exists.
+struct PreparedFolder {
+  std::vector<TensorSource> sources;  // in the order they are written
+  json config;
+  bool source_has_generation_config = false;
+};
+
+Result<PreparedFolder> prepare_hf_folder(const std::string& dir, const model::ModelConfig& cfg,
+                                         model::ModelParams& params, const HfSaveOptions& opts) {
   const char* dtype_name = dtype_config_name(opts.dtype);
   if (dtype_name == nullptr) {
     return Error{dir + ": cannot save weights as " + std::string(c10::toString(opts.dtype)) +
@@ -86,18 +86,28 @@ Status save_hf_folder(const std::string& dir, const model::ModelConfig& cfg,
   }
   if (!opts.extra_config.is_object()) return Error{dir + ": extra_config must be a JSON object"};
 
-  // Everything that can be checked is checked before the staging folder exists.
-  std::vector<TensorSource> sources;
-  for (const std::string& name : model::hf_param_names(cfg)) {
+  PreparedFolder out;
+  std::vector<std::string> names = model::hf_param_names(cfg);
+  if (!opts.tensor_order.empty()) {
+    std::vector<std::string> want = names, got = opts.tensor_order;
+    std::sort(want.begin(), want.end());
+    std::sort(got.begin(), got.end());
+    if (want != got) {
+      return Error{dir + ": tensor_order must list each of the model's " +
+                   std::to_string(want.size()) + " weight names exactly once (got " +
+                   std::to_string(got.size()) + " names)"};
+    }
+    names = opts.tensor_order;
+  }
+  for (const std::string& name : names) {
     Result<at::Tensor> view = model::hf_param_view(params, cfg, name);
     if (!view.ok()) return Error{dir + ": " + view.error().message};
-    sources.push_back(TensorSource::from_tensor(name, view.value(), opts.dtype));
+    out.sources.push_back(TensorSource::from_tensor(name, view.value(), opts.dtype));
   }
 
-  json config = model::model_config_to_json(cfg);
-  config["dtype"] = dtype_name;        // transformers >= 4.56
-  config["torch_dtype"] = dtype_name;  // older readers
-  bool source_has_generation_config = false;
+  out.config = model::model_config_to_json(cfg);
+  out.config["dtype"] = dtype_name;        // transformers >= 4.56
+  out.config["torch_dtype"] = dtype_name;  // older readers
   if (!opts.copy_from_dir.empty()) {
     std::error_code ec;
     if (!fs::is_directory(opts.copy_from_dir, ec)) {
@@ -105,36 +115,39 @@ Status save_hf_folder(const std::string& dir, const model::ModelConfig& cfg,
     }
     const fs::path src_config = fs::path(opts.copy_from_dir) / "config.json";
     if (fs::exists(src_config, ec)) {
-      Result<json> src = read_json(src_config.string());
+      Result<json> src = model::read_json_file(src_config.string());
       if (!src.ok()) return src.error();
       for (const char* key : kTokenIdKeys) {
-        if (src.value().is_object() && src.value().contains(key)) config[key] = src.value()[key];
+        if (src.value().is_object() && src.value().contains(key)) {
+          out.config[key] = src.value()[key];
+        }
       }
     }
-    source_has_generation_config =
+    out.source_has_generation_config =
         fs::is_regular_file(fs::path(opts.copy_from_dir) / "generation_config.json", ec);
   }
-  config.merge_patch(opts.extra_config);
+  out.config.merge_patch(opts.extra_config);
+  return out;
+}
 
-  Result<StagedDir> stage = StagedDir::create(dir);
-  if (!stage.ok()) return stage.error();
-  const std::string staging = stage.value().path();
-
+Status write_prepared(const std::string& dir, const PreparedFolder& folder,
+                      const HfSaveOptions& opts) {
   if (!opts.copy_from_dir.empty()) {
-    Status st = copy_non_weight_files(opts.copy_from_dir, staging);
+    Status st = copy_non_weight_files(opts.copy_from_dir, dir);
     if (!st.ok()) return st;
   }
+  const json& config = folder.config;
   // replace: invalid UTF-8 from extra_config must not throw out of a save.
   const std::string config_text = config.dump(2, ' ', false, json::error_handler_t::replace);
-  Status st = write_file_atomic(staging + "/config.json", config_text + "\n");
+  Status st = write_file_atomic(dir + "/config.json", config_text + "\n");
   if (!st.ok()) return st;
-  if (!source_has_generation_config) {
+  if (!folder.source_has_generation_config) {
     json gen = {{"_from_model_config", true}};
     for (const char* key : kTokenIdKeys) {
       if (config.contains(key) && !config[key].is_null()) gen[key] = config[key];
     }
     if (gen.contains("bos_token_id") || gen.contains("eos_token_id")) {
-      st = write_file_atomic(staging + "/generation_config.json", gen.dump(2) + "\n");
+      st = write_file_atomic(dir + "/generation_config.json", gen.dump(2) + "\n");
       if (!st.ok()) return st;
     }
   }
@@ -142,9 +155,32 @@ Status save_hf_folder(const std::string& dir, const model::ModelConfig& cfg,
   SafetensorsWriteOptions wopts;
   wopts.after_tensor = opts.after_tensor;
   Result<SafetensorsFolder> weights =
-      write_safetensors_folder(staging, sources, opts.max_shard_bytes, wopts);
+      write_safetensors_folder(dir, folder.sources, opts.max_shard_bytes, wopts);
   if (!weights.ok()) return weights.error();
+  return Ok{};
+}
+
+}  // namespace
+
+Status save_hf_folder(const std::string& dir, const model::ModelConfig& cfg,
+                      model::ModelParams& params, const HfSaveOptions& opts) {
+  // Everything that can be checked is checked before the staging folder exists.
+  Result<PreparedFolder> folder = prepare_hf_folder(dir, cfg, params, opts);
+  if (!folder.ok()) return folder.error();
+  Result<StagedDir> stage = StagedDir::create(dir);
+  if (!stage.ok()) return stage.error();
+  Status st = write_prepared(stage.value().path(), folder.value(), opts);
+  if (!st.ok()) return st;
   return stage.value().commit();
+}
+
+Status write_hf_folder_files(const std::string& dir, const model::ModelConfig& cfg,
+                             model::ModelParams& params, const HfSaveOptions& opts) {
+  Result<PreparedFolder> folder = prepare_hf_folder(dir, cfg, params, opts);
+  if (!folder.ok()) return folder.error();
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return Error{dir + ": not a folder to write the model into"};
+  return write_prepared(dir, folder.value(), opts);
 }
 
 }  // namespace ramstream::checkpoint

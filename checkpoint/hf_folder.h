@@ -22,11 +22,15 @@
 //   Status st = save_hf_folder("out/step_000500", cfg, params, opts);
 //   if (!st.ok()) std::cerr << st.error().message << "\n";
 //   // Later: load_model_config(dir + "/config.json") and load_hf_weights(dir, ...) read it back.
+//
+// A caller that adds files of its own to the same folder (a training checkpoint) stages it itself
+// and calls write_hf_folder_files() into the staging folder, then commits the whole.
 #pragma once
 
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
@@ -44,6 +48,10 @@ struct HfSaveOptions {
   nlohmann::json extra_config = nlohmann::json::object();  // merged into config.json
   // Called after each tensor is written; an Error aborts the save (progress, tests).
   std::function<Status(const std::string& hf_name)> after_tensor;
+  // The order the weights are written in (and after_tensor called in): a permutation of
+  // hf_param_names(cfg). Empty: HF order. Loaders do not care (the header and the index map
+  // names); a checkpoint writer uses it to finish one stage's tensors before the next stage's.
+  std::vector<std::string> tensor_order;
 };
 
 // True for the file names save_hf_folder copies from a source folder (see above).
@@ -51,5 +59,11 @@ bool is_hf_non_weight_file(const std::string& file_name);
 
 Status save_hf_folder(const std::string& dir, const model::ModelConfig& cfg,
                       model::ModelParams& params, const HfSaveOptions& opts = {});
+
+// The same files written into the existing folder `dir` with no staging of the folder (each
+// file is still written atomically): for callers that stage and commit a larger folder
+// themselves. Everything that can be checked is checked before the first file is written.
+Status write_hf_folder_files(const std::string& dir, const model::ModelConfig& cfg,
+                             model::ModelParams& params, const HfSaveOptions& opts = {});
 
 }  // namespace ramstream::checkpoint

@@ -256,7 +256,7 @@ Result<ModelConfig> model_config_from_json(const json& j, const std::string& sou
   return c;
 }
 
-Result<ModelConfig> load_model_config(const std::string& path) {
+Result<json> read_json_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return Error{path + ": cannot open: " + std::strerror(errno)};
   std::stringstream ss;
@@ -281,7 +281,13 @@ Result<ModelConfig> load_model_config(const std::string& path) {
     return Error{path + ":" + std::to_string(line) + ":" + std::to_string(col) +
                  ": invalid JSON (byte " + std::to_string(e.byte) + "): " + e.what()};
   }
-  return model_config_from_json(j, path);
+  return j;
+}
+
+Result<ModelConfig> load_model_config(const std::string& path) {
+  Result<json> j = read_json_file(path);
+  if (!j.ok()) return j.error();
+  return model_config_from_json(j.value(), path);
 }
 
 Status validate_model_config(const ModelConfig& c, const std::string& source) {

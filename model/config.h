@@ -54,6 +54,8 @@ struct ModelConfig {
 // `source` names the origin in error messages (a path, or "<string>").
 Result<ModelConfig> model_config_from_json(const nlohmann::json& j, const std::string& source);
 Result<ModelConfig> load_model_config(const std::string& path);
+// A whole JSON file; errors name the path and, for syntax errors, line:column.
+Result<nlohmann::json> read_json_file(const std::string& path);
 // Checks invariants (positive sizes, NH % NKV, even head_dim); used by both loaders.
 Status validate_model_config(const ModelConfig& cfg, const std::string& source);
 nlohmann::json model_config_to_json(const ModelConfig& cfg);

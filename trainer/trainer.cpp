@@ -1,0 +1,733 @@
+#include "trainer/trainer.h"
+
+#include <unistd.h>
+
+#include <sys/stat.h>
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "checkpoint/atomic_file.h"
+#include "checkpoint/gguf.h"
+#include "checkpoint/hf_loader.h"
+#include "checkpoint/train_state.h"
+#include "data/chat.h"
+#include "memory/arena.h"
+#include "memory/topology.h"
+#include "model/params.h"
+#include "pipeline/device.h"
+#include "pipeline/param_store.h"
+#include "pipeline/stages.h"
+#include "trainer/generate.h"
+#include "trainer/lr_schedule.h"
+
+namespace ramstream::trainer {
+
+namespace {
+
+std::atomic<int> g_stop_signals{0};
+
+extern "C" void on_stop_signal(int) {
+  if (g_stop_signals.fetch_add(1) >= 1) _exit(130);  // second signal: leave now
+}
+
+constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+
+double host_rss_gib() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stod(line.substr(6)) * 1024.0 / kGiB;
+  }
+  return 0;
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+bool is_dir(const std::string& p) {
+  struct stat st {};
+  return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+// FNV-1a, for the config hash stored in checkpoints.
+std::string fnv1a_hex(const std::string& s) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
+std::string strip(const std::string& s) {
+  const size_t b = s.find_first_not_of(" \t\r\n");
+  if (b == std::string::npos) return "";
+  const size_t e = s.find_last_not_of(" \t\r\n");
+  return s.substr(b, e - b + 1);
+}
+
+std::string one_line(std::string s) {
+  for (char& c : s) {
+    if (c == '\n' || c == '\r' || c == '\t') c = ' ';
+  }
+  return s;
+}
+
+}  // namespace
+
+void install_stop_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+}
+bool stop_requested() {
+  return g_stop_signals.load() > 0;
+}
+void clear_stop_request() {
+  g_stop_signals.store(0);
+}
+
+struct Trainer::State {
+  Recipe recipe;
+  FILE* log = stdout;
+  model::ModelConfig cfg;
+  std::unique_ptr<data::Tokenizer> tokenizer;
+  data::ChatFormat chat;
+  std::string tokenizer_dir;  // non-weight files copied into every saved model folder
+  data::Dataset dataset;
+  std::unique_ptr<data::DataLoader> loader;
+  std::unique_ptr<pipeline::Device> device;
+  std::unique_ptr<pipeline::ParamStore> store;
+  std::unique_ptr<pipeline::Engine> engine;
+  std::unique_ptr<checkpoint::AsyncCheckpointWriter> writer;
+  bool cuda = false;
+  std::string config_hash;
+  LrSchedule schedule;
+  std::FILE* metrics = nullptr;
+  int64_t tokens_per_step = 0;
+  double flops_per_token = 0, peak_flops = 0;
+
+  ~State() {
+    if (metrics) std::fclose(metrics);
+  }
+
+  void metric(const nlohmann::json& j) {
+    if (!metrics) return;
+    const std::string line = j.dump() + "\n";
+    std::fwrite(line.data(), 1, line.size(), metrics);
+    std::fflush(metrics);
+  }
+};
+
+namespace {
+
+using State = Trainer::State;
+
+// Model weights and tokenizer from an HF folder or a GGUF file.
+Status load_model(State& s, model::ModelParams& weights) {
+  const std::string& path = s.recipe.model_path;
+  if (ends_with(path, ".gguf")) {
+    Result<checkpoint::GgufFile> f = checkpoint::GgufFile::open(path);
+    if (!f.ok()) return f.error();
+    Result<model::ModelConfig> cfg = checkpoint::gguf_model_config(f.value());
+    if (!cfg.ok()) return cfg.error();
+    s.cfg = cfg.value();
+    weights = model::allocate_model_params(s.cfg, at::kFloat);
+    Status st = checkpoint::gguf_load_weights(f.value(), s.cfg, weights);
+    if (!st.ok()) return st;
+    Result<checkpoint::GgufTokenizer> meta = checkpoint::gguf_tokenizer(f.value());
+    if (!meta.ok()) return meta.error();
+    Result<data::Tokenizer> tok = data::Tokenizer::from_gguf(meta.value(), path);
+    if (!tok.ok()) return tok.error();
+    s.tokenizer = std::make_unique<data::Tokenizer>(std::move(tok).value());
+    // Saved model folders get HF tokenizer files written from the GGUF vocabulary.
+    s.tokenizer_dir = s.recipe.output_dir + "/.tokenizer";
+    ::mkdir(s.recipe.output_dir.c_str(), 0755);
+    ::mkdir(s.tokenizer_dir.c_str(), 0755);
+    return s.tokenizer->save(s.tokenizer_dir);
+  }
+  if (!is_dir(path)) {
+    return Error{"model.path '" + path + "': neither a model folder nor a .gguf file"};
+  }
+  Result<model::ModelConfig> cfg = model::load_model_config(path + "/config.json");
+  if (!cfg.ok()) return cfg.error();
+  s.cfg = cfg.value();
+  weights = model::allocate_model_params(s.cfg, at::kFloat);
+  Status st = checkpoint::load_hf_weights(path, s.cfg, weights);
+  if (!st.ok()) return st;
+  Result<data::Tokenizer> tok = data::Tokenizer::from_model(path);
+  if (!tok.ok()) return tok.error();
+  s.tokenizer = std::make_unique<data::Tokenizer>(std::move(tok).value());
+  s.tokenizer_dir = path;
+  return Ok{};
+}
+
+data::DatasetOptions dataset_options(const Recipe& r, const std::string& path) {
+  data::DatasetOptions o;
+  o.path = path;
+  o.format = r.data_format;
+  o.columns = r.data_columns;
+  o.system_prompt = r.system_prompt;
+  o.train_on_prompt = r.train_on_prompt;
+  o.skip_malformed = r.skip_malformed;
+  o.max_seq_len = r.max_seq_len;
+  o.pack = r.pack;
+  o.seed = r.seed;
+  o.cache_dir = r.cache_dir == "auto" ? r.output_dir + "/.data_cache" : r.cache_dir;
+  return o;
+}
+
+Status load_data(State& s) {
+  const Recipe& r = s.recipe;
+  if (r.chat_format == "auto") {
+    Result<data::ChatFormat> f = data::detect_chat_format(s.tokenizer->chat_template());
+    if (!f.ok()) return Error{r.model_path + ": " + f.error().message};
+    s.chat = f.value();
+  } else {
+    Result<data::ChatFormat> f = data::chat_format_from_name(r.chat_format);
+    if (!f.ok()) return f.error();
+    s.chat = f.value();
+  }
+  data::DatasetOptions train_opts = dataset_options(r, r.data_path);
+  if (r.val_path.empty()) {
+    train_opts.val_size = r.val_size;
+    train_opts.val_fraction = r.val_fraction;
+  }
+  Result<data::Dataset> ds = data::load_dataset(train_opts, *s.tokenizer, s.chat);
+  if (!ds.ok()) return ds.error();
+  s.dataset = std::move(ds).value();
+  if (!r.val_path.empty()) {
+    data::DatasetOptions val_opts = dataset_options(r, r.val_path);
+    val_opts.val_fraction = 0;
+    val_opts.val_size = 0;
+    Result<data::Dataset> val = data::load_dataset(val_opts, *s.tokenizer, s.chat);
+    if (!val.ok()) return val.error();
+    s.dataset.val_rows = std::move(val.value().train_rows);
+    for (std::string& w : val.value().warnings) s.dataset.warnings.push_back(std::move(w));
+    Result<std::vector<data::RawExample>> raw = data::read_examples(val_opts);
+    if (!raw.ok()) return raw.error();
+    s.dataset.val_examples = std::move(raw).value();
+  }
+  if (s.dataset.train_rows.empty()) return Error{r.data_path + ": no training rows"};
+  s.loader = std::make_unique<data::DataLoader>(s.dataset.train_rows, r.batch_size, r.seed);
+  return Ok{};
+}
+
+void print_startup(State& s, uint64_t need_bytes) {
+  const Recipe& r = s.recipe;
+  const model::ModelConfig& c = s.cfg;
+  FILE* o = s.log;
+  const int64_t stages = s.store->plan().num_stages();
+  std::fprintf(o, "ramstream run: %s\n", r.source.c_str());
+  std::fprintf(o, "  model        %s (%s)\n", r.model_path.c_str(), c.model_type.c_str());
+  std::fprintf(
+      o,
+      "  dims         %lld layers, hidden %lld, MLP %lld, heads %lld/%lld x %lld, vocab %lld%s\n",
+      (long long)c.num_layers, (long long)c.hidden_size, (long long)c.intermediate_size,
+      (long long)c.num_heads, (long long)c.num_kv_heads, (long long)c.head_dim,
+      (long long)c.vocab_size, c.tie_word_embeddings ? " (tied)" : "");
+  std::fprintf(o, "  parameters   %.1f M\n", double(s.store->num_params()) / 1e6);
+  std::fprintf(o, "  host RAM     %.2f GiB needed (%.1f B/param), %.2f GiB available\n",
+               double(need_bytes) / kGiB, s.store->bytes_per_param(),
+               double(memory::host_memory_available_bytes()) / kGiB);
+  std::fprintf(o, "  device       %s, %lld of %lld stages resident at a time (%lld streamed)\n",
+               s.device->describe().c_str(), (long long)r.num_slots, (long long)stages,
+               (long long)std::max<int64_t>(0, stages - r.num_slots));
+  std::fprintf(o, "  batch        %lld rows x %lld tokens x %lld accumulation = %lld tokens/step\n",
+               (long long)r.batch_size, (long long)r.max_seq_len, (long long)r.grad_accum,
+               (long long)s.tokens_per_step);
+  std::fprintf(o,
+               "  data         %s: %lld examples -> %zu train rows (%lld tokens, %lld trained), "
+               "%zu val rows%s\n",
+               r.data_path.c_str(), (long long)s.dataset.num_examples, s.dataset.train_rows.size(),
+               (long long)s.dataset.train_tokens, (long long)s.dataset.trained_tokens,
+               s.dataset.val_rows.size(), s.dataset.from_cache ? " (cached)" : "");
+  if (s.dataset.num_skipped > 0 || s.dataset.num_truncated > 0) {
+    std::fprintf(o, "               %lld malformed records skipped, %lld examples truncated\n",
+                 (long long)s.dataset.num_skipped, (long long)s.dataset.num_truncated);
+  }
+  for (const std::string& w : s.dataset.warnings) std::fprintf(o, "  warning: %s\n", w.c_str());
+  std::fprintf(o, "  schedule     %lld steps, lr %.3g (%s, warmup %lld), clip %.3g, seed %llu\n",
+               (long long)r.max_steps, r.lr, r.lr_schedule.c_str(), (long long)r.warmup_steps,
+               r.max_grad_norm, (unsigned long long)r.seed);
+  std::fprintf(o, "  output       %s\n", r.output_dir.c_str());
+  std::fflush(o);
+}
+
+}  // namespace
+
+Trainer::Trainer(std::unique_ptr<State> state) : s_(std::move(state)) {}
+Trainer::~Trainer() {
+  if (s_ && s_->writer) {
+    Status st = s_->writer->wait();
+    (void)st;
+  }
+}
+
+pipeline::Engine& Trainer::engine() {
+  return *s_->engine;
+}
+const data::Tokenizer& Trainer::tokenizer() const {
+  return *s_->tokenizer;
+}
+const model::ModelConfig& Trainer::model_config() const {
+  return s_->cfg;
+}
+const data::Dataset& Trainer::dataset() const {
+  return s_->dataset;
+}
+
+Result<std::unique_ptr<Trainer>> Trainer::create(const Recipe& recipe, FILE* log) {
+  auto s = std::make_unique<State>();
+  s->recipe = recipe;
+  s->log = log;
+  const Recipe& r = s->recipe;
+
+  if (r.device == "cuda" && !pipeline::cuda_device_available()) {
+    return Error{"engine.device is cuda but no CUDA device is available"};
+  }
+  s->cuda = r.device == "cuda" || (r.device == "auto" && pipeline::cuda_device_available());
+
+  model::ModelParams weights;
+  Status st = load_model(*s, weights);
+  if (!st.ok()) return st.error();
+  if (s->tokenizer->vocab_size() > s->cfg.vocab_size) {
+    return Error{r.model_path + ": the tokenizer has " +
+                 std::to_string(s->tokenizer->vocab_size()) + " tokens but the model only " +
+                 std::to_string(s->cfg.vocab_size)};
+  }
+  st = load_data(*s);
+  if (!st.ok()) return st.error();
+
+  const pipeline::StagePlan plan = pipeline::plan_stages(s->cfg);
+  pipeline::ParamStoreOptions so;
+  so.working_copy_bf16 = s->cuda;
+  so.pin = s->cuda;
+  so.grad_regions = !s->cuda && r.max_grad_norm > 0;
+  const uint64_t need = static_cast<uint64_t>(pipeline::ParamStore::bytes_needed(plan, so));
+  st = memory::check_host_memory(need, "parameter store");
+  if (!st.ok()) return st.error();
+  s->device = s->cuda ? pipeline::make_cuda_device(0) : pipeline::make_cpu_device({});
+  s->store = std::make_unique<pipeline::ParamStore>(plan, s->cfg, so);
+  s->store->load(weights);
+  weights = model::ModelParams{};  // the store holds the only copy from here on
+
+  pipeline::EngineOptions eo;
+  eo.num_slots = static_cast<int>(r.num_slots);
+  eo.activations = r.activations == "keep" ? autograd::ActivationMode::kSaved
+                                           : autograd::ActivationMode::kRecompute;
+  eo.host_checkpoints = r.host_checkpoints;
+  eo.max_grad_norm = r.max_grad_norm;
+  eo.skip_nonfinite = r.nan_policy == "skip";
+  eo.adamw.lr = static_cast<float>(r.lr);
+  eo.adamw.beta1 = static_cast<float>(r.beta1);
+  eo.adamw.beta2 = static_cast<float>(r.beta2);
+  eo.adamw.eps = static_cast<float>(r.eps);
+  eo.adamw.weight_decay = static_cast<float>(r.weight_decay);
+  try {
+    s->engine =
+        std::make_unique<pipeline::Engine>(*s->device, *s->store, eo, r.batch_size, r.max_seq_len);
+  } catch (const std::exception& e) {
+    return Error{std::string("engine: ") + e.what()};
+  }
+  s->writer = std::make_unique<checkpoint::AsyncCheckpointWriter>(*s->engine, *s->store);
+  s->config_hash = fnv1a_hex(model::model_config_to_json(s->cfg).dump());
+  s->schedule.kind = LrSchedule::kind_from_name(r.lr_schedule);
+  s->schedule.peak = r.lr;
+  s->schedule.warmup_steps = r.warmup_steps;
+  s->schedule.total_steps = r.max_steps;
+  s->schedule.min_ratio = r.min_lr_ratio;
+  s->tokens_per_step = r.batch_size * r.max_seq_len * r.grad_accum;
+  // 6 flops per parameter per token (forward + backward), plus attention's score and value
+  // matmuls; recompute adds one more forward of the blocks.
+  const double n = double(s->store->num_params());
+  const double attn =
+      12.0 * double(s->cfg.num_layers) * double(s->cfg.q_dim()) * double(r.max_seq_len) / 2;
+  s->flops_per_token = 6.0 * n + attn;
+  // Peak: bf16 dense tensor-core rate on CUDA (H100 SXM), else 2 FMA x 8 fp32 lanes per core
+  // per cycle (AVX2) at the reported clock. A rough yardstick for MFU, not a measurement.
+  if (s->cuda) {
+    s->peak_flops = 989e12;
+  } else {
+    double mhz = 2500;
+    std::ifstream cpuinfo("/proc/cpuinfo");
+    std::string line;
+    while (std::getline(cpuinfo, line)) {
+      if (line.rfind("cpu MHz", 0) == 0) {
+        mhz = std::stod(line.substr(line.find(':') + 1));
+        break;
+      }
+    }
+    s->peak_flops = 32.0 * mhz * 1e6 * double(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
+  }
+
+  ::mkdir(r.output_dir.c_str(), 0755);
+  st = checkpoint::write_file_atomic(r.output_dir + "/recipe.yaml", recipe_to_yaml(r));
+  if (!st.ok()) return st.error();
+  s->metrics = std::fopen((r.output_dir + "/metrics.jsonl").c_str(), "a");
+  if (!s->metrics) return Error{r.output_dir + "/metrics.jsonl: cannot open for appending"};
+  print_startup(*s, need);
+  return std::unique_ptr<Trainer>(new Trainer(std::move(s)));
+}
+
+EvalResult Trainer::evaluate() {
+  State& s = *s_;
+  const Recipe& r = s.recipe;
+  EvalResult out;
+  s.engine->synchronize();
+  // Validation loss over up to eval.max_rows rows.
+  const auto& rows = s.dataset.val_rows;
+  const int64_t nrows = std::min<int64_t>(static_cast<int64_t>(rows.size()), r.eval_max_rows);
+  double loss_sum = 0;
+  int64_t count = 0;
+  const int64_t B = r.batch_size, T = r.max_seq_len;
+  for (int64_t first = 0; first + B <= nrows; first += B) {
+    at::Tensor ids = at::empty({B, T}, at::kLong), tg = at::empty({B, T}, at::kLong);
+    for (int64_t b = 0; b < B; ++b) {
+      const data::TokenRow& row = rows[static_cast<size_t>(first + b)];
+      for (int64_t t = 0; t < T; ++t) {
+        ids[b][t] = int64_t{row.ids[static_cast<size_t>(t)]};
+        tg[b][t] = int64_t{row.labels[static_cast<size_t>(t)]};
+      }
+    }
+    if (autograd::count_targets(tg) == 0) continue;
+    const autograd::CrossEntropyResult ce = s.engine->evaluate({ids}, {tg});
+    loss_sum += ce.loss_sum;
+    count += ce.num_targets;
+  }
+  if (count > 0) {
+    out.val_loss = loss_sum / double(count);
+    out.val_tokens = count;
+  }
+  if (!r.eval_accuracy) return out;
+
+  // Exact match: greedy reply to each validation conversation minus its last assistant turn.
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<std::string> expected, shown;
+  for (const data::RawExample& ex : s.dataset.val_examples) {
+    if (static_cast<int64_t>(prompts.size()) >= r.eval_max_examples) break;
+    if (ex.messages.size() < 2 || ex.messages.back().role != "assistant") continue;
+    std::vector<data::ChatMessage> convo(ex.messages.begin(), ex.messages.end() - 1);
+    if (!r.system_prompt.empty() && convo.front().role != "system") {
+      convo.insert(convo.begin(), data::ChatMessage{"system", r.system_prompt});
+    }
+    const std::string text = data::render_generation_prompt(s.chat, convo);
+    std::vector<int32_t> ids = s.tokenizer->encode(text);
+    if (s.tokenizer->add_bos() && s.tokenizer->bos_id() >= 0 &&
+        (ids.empty() || ids.front() != s.tokenizer->bos_id())) {
+      ids.insert(ids.begin(), s.tokenizer->bos_id());
+    }
+    prompts.push_back(std::move(ids));
+    expected.push_back(strip(ex.messages.back().content));
+    shown.push_back(convo.back().content);
+  }
+  if (prompts.empty()) return out;
+  GenerateOptions go;
+  go.max_new_tokens = r.max_new_tokens;
+  if (s.tokenizer->eos_id() >= 0) go.stop_ids.push_back(s.tokenizer->eos_id());
+  for (const char* end : {"<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>"}) {
+    const int32_t id = s.tokenizer->token_to_id(end);
+    if (id >= 0) go.stop_ids.push_back(id);
+  }
+  model::ModelParams params = s.store->master_params();
+  model::ModelParams on_device;
+  if (s.cuda) {
+    try {
+      on_device = model::clone_model_params(params, at::kBFloat16, at::Device(at::kCUDA, 0));
+    } catch (const std::exception&) {
+      on_device = model::ModelParams{};  // not enough device memory: generate on the host
+    }
+  }
+  const auto gen =
+      greedy_generate(on_device.embedding.defined() ? on_device : params, s.cfg, prompts, go);
+  for (size_t i = 0; i < gen.size(); ++i) {
+    std::vector<int32_t> ids = gen[i];
+    while (!ids.empty() &&
+           std::find(go.stop_ids.begin(), go.stop_ids.end(), ids.back()) != go.stop_ids.end()) {
+      ids.pop_back();
+    }
+    const std::string got = strip(s.tokenizer->decode(ids, /*skip_special=*/true));
+    const bool ok = got == expected[i];
+    out.correct += ok ? 1 : 0;
+    if (out.samples.size() < 3) {
+      out.samples.push_back(one_line(shown[i]).substr(0, 60) + " -> \"" + one_line(got) +
+                            "\" (expected \"" + expected[i] + "\")" + (ok ? "" : " x"));
+    }
+  }
+  out.total = static_cast<int64_t>(gen.size());
+  out.accuracy = double(out.correct) / double(out.total);
+  return out;
+}
+
+namespace {
+
+nlohmann::json trainer_json(const State& s) {
+  const data::DataCursor c = s.loader->cursor();
+  return {{"data_cursor", {{"epoch", c.epoch}, {"index", c.index}}},
+          {"rng", {{"data_order_seed", s.recipe.seed}}},
+          {"lr_schedule",
+           {{"kind", s.recipe.lr_schedule},
+            {"peak", s.schedule.peak},
+            {"warmup_steps", s.schedule.warmup_steps},
+            {"total_steps", s.schedule.total_steps},
+            {"min_ratio", s.schedule.min_ratio}}}};
+}
+
+checkpoint::CheckpointOptions checkpoint_options(const State& s) {
+  checkpoint::CheckpointOptions o;
+  o.keep_last_n = static_cast<int>(s.recipe.keep_last_n);
+  o.hf.copy_from_dir = s.tokenizer_dir;
+  o.hf.dtype = s.recipe.save_dtype == "fp32"   ? at::kFloat
+               : s.recipe.save_dtype == "fp16" ? at::kHalf
+                                               : at::kBFloat16;
+  return o;
+}
+
+void log_eval(State& s, const char* when, int64_t step, const EvalResult& e) {
+  std::fprintf(s.log, "eval %-6s step %lld:", when, (long long)step);
+  if (e.val_loss >= 0)
+    std::fprintf(s.log, " val loss %.4f (%lld tokens)", e.val_loss, (long long)e.val_tokens);
+  if (e.accuracy >= 0) {
+    std::fprintf(s.log, " accuracy %.1f%% (%lld/%lld exact)", 100 * e.accuracy,
+                 (long long)e.correct, (long long)e.total);
+  }
+  std::fprintf(s.log, "\n");
+  for (const std::string& line : e.samples) std::fprintf(s.log, "    %s\n", line.c_str());
+  std::fflush(s.log);
+  nlohmann::json j = {{"event", "eval"}, {"when", when}, {"step", step}};
+  if (e.val_loss >= 0) j["val_loss"] = e.val_loss;
+  if (e.accuracy >= 0) {
+    j["accuracy"] = e.accuracy;
+    j["correct"] = e.correct;
+    j["total"] = e.total;
+  }
+  s.metric(j);
+}
+
+}  // namespace
+
+Result<TrainSummary> Trainer::train() {
+  State& s = *s_;
+  const Recipe& r = s.recipe;
+  TrainSummary sum;
+  install_stop_handlers();
+
+  // Resume.
+  int64_t step = 0;
+  if (r.resume != "never") {
+    checkpoint::LoadCheckpointOptions lo;
+    lo.expected_config_hash = s.config_hash;
+    std::string path;
+    if (r.resume == "auto") {
+      std::vector<std::string> problems;
+      Result<checkpoint::CheckpointRef> latest =
+          checkpoint::find_latest_valid_checkpoint(r.output_dir, &problems);
+      for (const std::string& p : problems) std::fprintf(s.log, "warning: %s\n", p.c_str());
+      if (latest.ok()) path = latest.value().path;
+      lo.verify_checksums = false;  // find_latest_valid_checkpoint just verified it
+    } else {
+      path = r.resume;
+    }
+    if (!path.empty()) {
+      Result<checkpoint::TrainStateMeta> meta = checkpoint::load_checkpoint(path, *s.store, lo);
+      if (!meta.ok()) return meta.error();
+      step = meta.value().step;
+      s.engine->set_step(step);
+      const nlohmann::json& t = meta.value().trainer;
+      try {
+        s.loader->seek(data::DataCursor{t.at("data_cursor").at("epoch").get<int64_t>(),
+                                        t.at("data_cursor").at("index").get<int64_t>()});
+      } catch (const std::exception& e) {
+        return Error{path + "/trainer_state/state.json: bad data_cursor: " + e.what()};
+      }
+      std::fprintf(s.log, "resumed from %s (step %lld)\n", path.c_str(), (long long)step);
+    }
+  }
+  sum.first_step = step;
+
+  if (r.eval_before && step == 0) {
+    sum.before = evaluate();
+    log_eval(s, "before", step, sum.before);
+  }
+
+  const bool tty = r.progress == "bar" || (r.progress == "auto" && isatty(fileno(s.log)));
+  const auto run_start = std::chrono::steady_clock::now();
+  int64_t tokens_run = 0;
+  bool save_pending = false;
+  auto save = [&](bool async) -> Status {
+    if (save_pending) {
+      s.engine->synchronize();
+      Status st = s.writer->wait();
+      save_pending = false;
+      if (!st.ok()) return st;
+    }
+    s.engine->synchronize();
+    const checkpoint::CheckpointOptions o = checkpoint_options(s);
+    if (async) {
+      s.writer->start(r.output_dir, step, trainer_json(s), s.config_hash, o);
+      save_pending = true;
+      sum.last_checkpoint = checkpoint::checkpoint_dir(r.output_dir, step);
+      return Ok{};
+    }
+    Status st = checkpoint::save_checkpoint(r.output_dir, step, *s.store, trainer_json(s),
+                                            s.config_hash, o);
+    if (st.ok()) sum.last_checkpoint = checkpoint::checkpoint_dir(r.output_dir, step);
+    return st;
+  };
+
+  int64_t consecutive_nan = 0;
+  std::vector<at::Tensor> ids(static_cast<size_t>(r.grad_accum)), tgs(ids.size());
+  while (step < r.max_steps) {
+    if (stop_requested()) break;
+    const auto t0 = std::chrono::steady_clock::now();
+    const int64_t loaded0 = s.engine->weight_bytes_loaded();
+    for (size_t m = 0; m < ids.size(); ++m) {
+      data::Batch b = s.loader->next();
+      ids[m] = at::from_blob(b.ids.data(), {b.batch, b.seq_len}, at::kLong).clone();
+      tgs[m] = at::from_blob(b.targets.data(), {b.batch, b.seq_len}, at::kLong).clone();
+    }
+    const double lr = s.schedule.at(step + 1);
+    s.engine->set_learning_rate(static_cast<float>(lr));
+    pipeline::StepStats st;
+    try {
+      st = s.engine->train_step(ids, tgs);
+    } catch (const std::exception& e) {
+      return Error{"step " + std::to_string(step + 1) + ": " + e.what()};
+    }
+    ++step;
+    // A finished background save releases its gate at this step boundary.
+    if (save_pending && !s.writer->busy()) {
+      s.engine->synchronize();
+      Status ws = s.writer->wait();
+      save_pending = false;
+      if (!ws.ok()) return Error{"saving checkpoint: " + ws.error().message};
+      if (!tty) std::fprintf(s.log, "saved %s\n", sum.last_checkpoint.c_str());
+    }
+    const double loss = st.loss();
+    if (!std::isfinite(loss) || st.skipped) {
+      if (r.nan_policy == "skip" && st.skipped) {
+        ++sum.nan_steps_skipped;
+        std::fprintf(s.log, "step %lld: loss %g, grad norm %g: update skipped (nan_policy skip)\n",
+                     (long long)step, loss, st.grad_norm);
+        if (++consecutive_nan >= 10) {
+          return Error{
+              "10 consecutive steps with a non-finite loss or grad norm; stopping (the "
+              "last checkpoint, if any, is " +
+              sum.last_checkpoint + ")"};
+        }
+        continue;
+      }
+      if (save_pending) {
+        s.engine->synchronize();
+        Status ws = s.writer->wait();  // it holds the state of an earlier, finite step
+        (void)ws;
+      }
+      return Error{"step " + std::to_string(step) + ": loss is " + std::to_string(loss) +
+                   "; stopping without saving (nan_policy stop; lower train.lr or enable "
+                   "clipping). Last checkpoint: " +
+                   (sum.last_checkpoint.empty() ? "none" : sum.last_checkpoint)};
+    }
+    consecutive_nan = 0;
+    const double secs =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    tokens_run += s.tokens_per_step;
+    if (sum.first_loss < 0) sum.first_loss = loss;
+    sum.last_loss = loss;
+    const double gn = st.grad_norm >= 0 ? st.grad_norm : s.engine->grad_norm();
+    const double tok_s = double(s.tokens_per_step) / secs;
+    const double load_gbs = double(s.engine->weight_bytes_loaded() - loaded0) / secs / 1e9;
+    const double mfu = tok_s * s.flops_per_token / s.peak_flops;
+    const double rss = host_rss_gib();
+    if (step % r.log_every == 0 || step == r.max_steps) {
+      nlohmann::json j = {{"step", step},
+                          {"loss", loss},
+                          {"lr", lr},
+                          {"grad_norm", gn},
+                          {"tokens_per_s", tok_s},
+                          {"host_rss_gib", rss},
+                          {"ms", secs * 1e3},
+                          {"mfu", mfu},
+                          {"load_gb_s", load_gbs},
+                          {"epoch", s.loader->cursor().epoch}};
+      if (s.cuda) j["gpu_mem_gib"] = double(s.engine->device_bytes()) / kGiB;
+      s.metric(j);
+      if (tty) {
+        const int width = 30;
+        const int filled = static_cast<int>(width * step / std::max<int64_t>(1, r.max_steps));
+        const double elapsed =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
+        const double eta = elapsed / double(step - sum.first_step) * double(r.max_steps - step);
+        std::fprintf(s.log, "\r[%s%s] %lld/%lld loss %.4f lr %.2e %.0f tok/s eta %.0fs   ",
+                     std::string(filled, '=').c_str(), std::string(width - filled, ' ').c_str(),
+                     (long long)step, (long long)r.max_steps, loss, lr, tok_s, eta);
+      } else {
+        std::fprintf(
+            s.log,
+            "step %lld/%lld loss %.4f grad_norm %.3f lr %.3e %.0f ms %.1f tok/s mfu %.1f%% "
+            "rss %.2f GiB load %.2f GB/s",
+            (long long)step, (long long)r.max_steps, loss, gn, lr, secs * 1e3, tok_s, 100 * mfu,
+            rss, load_gbs);
+        if (s.cuda) std::fprintf(s.log, " gpu %.2f GiB", double(s.engine->device_bytes()) / kGiB);
+        std::fprintf(s.log, "\n");
+      }
+      std::fflush(s.log);
+    }
+    if (r.eval_every > 0 && step % r.eval_every == 0 && step < r.max_steps) {
+      if (tty) std::fprintf(s.log, "\n");
+      log_eval(s, "during", step, evaluate());
+    }
+    if (r.save_every > 0 && step % r.save_every == 0 && step < r.max_steps) {
+      Status ss = save(r.async_save);
+      if (!ss.ok()) return Error{"saving checkpoint: " + ss.error().message};
+    }
+  }
+  if (tty) std::fprintf(s.log, "\n");
+  sum.last_step = step;
+  const double total_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
+  sum.tokens_per_s = total_s > 0 ? double(tokens_run) / total_s : 0;
+
+  if (stop_requested()) {
+    sum.interrupted = true;
+    std::fprintf(s.log, "interrupted: saving step %lld before exiting\n", (long long)step);
+    Status ss = save(/*async=*/false);
+    if (!ss.ok()) return Error{"saving checkpoint: " + ss.error().message};
+    std::fprintf(s.log, "saved %s\n", sum.last_checkpoint.c_str());
+    clear_stop_request();
+    return sum;
+  }
+  if (r.eval_at_end) {
+    sum.after = evaluate();
+    log_eval(s, "after", step, sum.after);
+  }
+  if (r.save_at_end && step > sum.first_step) {
+    Status ss = save(/*async=*/false);
+    if (!ss.ok()) return Error{"saving checkpoint: " + ss.error().message};
+    std::fprintf(s.log, "saved %s\n", sum.last_checkpoint.c_str());
+  } else if (save_pending) {
+    s.engine->synchronize();
+    Status ws = s.writer->wait();
+    save_pending = false;
+    if (!ws.ok()) return Error{"saving checkpoint: " + ws.error().message};
+  }
+  s.metric({{"event", "done"},
+            {"step", step},
+            {"tokens_per_s", sum.tokens_per_s},
+            {"first_loss", sum.first_loss},
+            {"last_loss", sum.last_loss}});
+  return sum;
+}
+
+}  // namespace ramstream::trainer
