@@ -162,6 +162,15 @@ Status write_prepared(const std::string& dir, const PreparedFolder& folder,
 
 }  // namespace
 
+json token_ids_config(int64_t bos_id, int64_t eos_id, int64_t pad_id) {
+  json j = json::object();
+  const int64_t ids[] = {bos_id, eos_id, pad_id};
+  for (size_t i = 0; i < 3; ++i) {
+    if (ids[i] >= 0) j[kTokenIdKeys[i]] = ids[i];
+  }
+  return j;
+}
+
 Status save_hf_folder(const std::string& dir, const model::ModelConfig& cfg,
                       model::ModelParams& params, const HfSaveOptions& opts) {
   // Everything that can be checked is checked before the staging folder exists.

@@ -54,6 +54,11 @@ struct HfSaveOptions {
   std::vector<std::string> tensor_order;
 };
 
+// {"bos_token_id", "eos_token_id", "pad_token_id"} for the ids >= 0: the extra_config that gives a
+// model without a source config.json (a GGUF import) its token ids and a generation_config.json,
+// so that generation stops at eos.
+nlohmann::json token_ids_config(int64_t bos_id, int64_t eos_id, int64_t pad_id);
+
 // True for the file names save_hf_folder copies from a source folder (see above).
 bool is_hf_non_weight_file(const std::string& file_name);
 

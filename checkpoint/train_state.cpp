@@ -293,6 +293,11 @@ Status run_save(const SaveJob& job, ParamStore& store, CheckpointStats* stats) {
   auto write_stages_through = [&](size_t last) -> Status {
     for (; written <= last && written < job.order.size(); ++written) {
       const int64_t s = job.order[written];
+      // Never a checkpoint of broken weights (a diverged run): resuming from it could not recover.
+      if (!at::isfinite(store.region(s).master).all().item<bool>()) {
+        return Error{target + ": not saved: stage " + plan.stages[static_cast<size_t>(s)].name() +
+                     " has non-finite weights (the run diverged)"};
+      }
       std::vector<TensorSource> src;
       for (const std::string& name : by_stage.value()[static_cast<size_t>(s)]) {
         for (int k = 0; k < 3; ++k) {

@@ -10,6 +10,8 @@
 //                                          "step", "config_hash", "trainer": {...caller's...},
 //                                          "stages": [stage names], "files": {"<relative path>":
 //                                          {"bytes", "crc32c"}}, "state_crc32c"}
+// A store whose master weights are not all finite (a diverged run) is refused with an error, so
+// such a state never becomes a checkpoint.
 // state.json is written last and lists every other file of the folder with its size and CRC-32C
 // (hex); "state_crc32c" is the CRC-32C of state.json's own content without that key (compact
 // dump), so a flipped bit anywhere in the folder is found. The whole folder is staged under

@@ -892,5 +892,33 @@ TEST(TrainStateKillTest, KillDuringASaveLeavesThePreviousCheckpointValid) {
   EXPECT_EQ(meta.value().trainer.at("cursor"), N);
 }
 
+// The trainer loads a model straight into the store's masters (no second copy of the model):
+// the result must equal copying a separately loaded model in with ParamStore::load.
+TEST(LoadIntoStore, HfWeightsStraightIntoMastersEqualStoreLoad) {
+  const std::string dir = "tests/fixtures/hf/qwen2_bias";
+  const model::ModelConfig cfg = model::load_model_config(dir + "/config.json").value_or_throw();
+  const pipeline::StagePlan plan = pipeline::plan_stages(cfg);
+  for (bool bf16_working : {false, true}) {
+    pipeline::ParamStoreOptions so;
+    so.working_copy_bf16 = bf16_working;
+    pipeline::ParamStore direct(plan, cfg, so), copied(plan, cfg, so);
+    model::ModelParams masters = direct.master_params();
+    ASSERT_TRUE(load_hf_weights(dir, cfg, masters).ok());
+    direct.refresh_working_copies();
+    model::ModelParams separate = model::allocate_model_params(cfg, at::kFloat);
+    ASSERT_TRUE(load_hf_weights(dir, cfg, separate).ok());
+    copied.load(separate);
+    for (int64_t s = 0; s < plan.num_stages(); ++s) {
+      const pipeline::ParamStore::Region& a = direct.region(s);
+      const pipeline::ParamStore::Region& b = copied.region(s);
+      EXPECT_TRUE(a.master.equal(b.master)) << "stage " << s;
+      EXPECT_TRUE(a.m.equal(b.m) && a.v.equal(b.v)) << "stage " << s;
+      if (bf16_working) {
+        EXPECT_TRUE(a.working.equal(b.working)) << "stage " << s;
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace ramstream::checkpoint

@@ -164,6 +164,8 @@ int convert(const std::string& from, const std::string& to, const std::string& d
         return 1;
       }
       opts.copy_from_dir = scratch;
+      opts.extra_config = rs::checkpoint::token_ids_config(
+          tok.value().bos_id(), tok.value().eos_id(), tok.value().pad_id());
       tokenizer_note = "tokenizer.json (" + std::to_string(tok.value().vocab_size()) + " tokens)";
     }
   }

@@ -76,6 +76,10 @@ void ParamStore::load(const model::ModelParams& params) {
     r.m.zero_();
     r.v.zero_();
   }
+  refresh_working_copies();
+}
+
+void ParamStore::refresh_working_copies() {
   for (int64_t s = 0; s < plan_.num_stages(); ++s) refresh_working_copy(s);
 }
 

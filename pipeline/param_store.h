@@ -61,6 +61,10 @@ class ParamStore {
   model::ModelParams master_params();
   // master -> bf16 working copy of one stage (no-op without working copies).
   void refresh_working_copy(int64_t stage);
+  // The same for every stage: after weights were loaded straight into master_params() (e.g.
+  // checkpoint::load_hf_weights(dir, cfg, masters)), which needs no second copy of the model.
+  // m and v are zero in a new store.
+  void refresh_working_copies();
 
   int64_t num_params() const { return num_params_; }
   int64_t persistent_bytes() const { return persistent_bytes_; }

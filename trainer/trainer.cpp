@@ -9,6 +9,7 @@
 #include <cmath>
 #include <csignal>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <sstream>
@@ -135,8 +136,9 @@ namespace {
 
 using State = Trainer::State;
 
-// Model weights and tokenizer from an HF folder or a GGUF file.
-Status load_model(State& s, model::ModelParams& weights) {
+// The model's config and tokenizer, from an HF folder or a GGUF file (weights come later,
+// straight into the parameter store).
+Status load_model_meta(State& s) {
   const std::string& path = s.recipe.model_path;
   if (ends_with(path, ".gguf")) {
     Result<checkpoint::GgufFile> f = checkpoint::GgufFile::open(path);
@@ -144,9 +146,6 @@ Status load_model(State& s, model::ModelParams& weights) {
     Result<model::ModelConfig> cfg = checkpoint::gguf_model_config(f.value());
     if (!cfg.ok()) return cfg.error();
     s.cfg = cfg.value();
-    weights = model::allocate_model_params(s.cfg, at::kFloat);
-    Status st = checkpoint::gguf_load_weights(f.value(), s.cfg, weights);
-    if (!st.ok()) return st;
     Result<checkpoint::GgufTokenizer> meta = checkpoint::gguf_tokenizer(f.value());
     if (!meta.ok()) return meta.error();
     Result<data::Tokenizer> tok = data::Tokenizer::from_gguf(meta.value(), path);
@@ -154,8 +153,9 @@ Status load_model(State& s, model::ModelParams& weights) {
     s.tokenizer = std::make_unique<data::Tokenizer>(std::move(tok).value());
     // Saved model folders get HF tokenizer files written from the GGUF vocabulary.
     s.tokenizer_dir = s.recipe.output_dir + "/.tokenizer";
-    ::mkdir(s.recipe.output_dir.c_str(), 0755);
-    ::mkdir(s.tokenizer_dir.c_str(), 0755);
+    std::error_code ec;
+    std::filesystem::create_directories(s.tokenizer_dir, ec);
+    if (ec) return Error{s.tokenizer_dir + ": cannot create: " + ec.message()};
     return s.tokenizer->save(s.tokenizer_dir);
   }
   if (!is_dir(path)) {
@@ -164,13 +164,27 @@ Status load_model(State& s, model::ModelParams& weights) {
   Result<model::ModelConfig> cfg = model::load_model_config(path + "/config.json");
   if (!cfg.ok()) return cfg.error();
   s.cfg = cfg.value();
-  weights = model::allocate_model_params(s.cfg, at::kFloat);
-  Status st = checkpoint::load_hf_weights(path, s.cfg, weights);
-  if (!st.ok()) return st;
   Result<data::Tokenizer> tok = data::Tokenizer::from_model(path);
   if (!tok.ok()) return tok.error();
   s.tokenizer = std::make_unique<data::Tokenizer>(std::move(tok).value());
   s.tokenizer_dir = path;
+  return Ok{};
+}
+
+// Weights straight into the store's fp32 masters, dequantised or converted on the way.
+Status load_weights(State& s) {
+  const std::string& path = s.recipe.model_path;
+  model::ModelParams masters = s.store->master_params();
+  Status st = Ok{};
+  if (ends_with(path, ".gguf")) {
+    Result<checkpoint::GgufFile> f = checkpoint::GgufFile::open(path);
+    if (!f.ok()) return f.error();
+    st = checkpoint::gguf_load_weights(f.value(), s.cfg, masters);
+  } else {
+    st = checkpoint::load_hf_weights(path, s.cfg, masters);
+  }
+  if (!st.ok()) return st;
+  s.store->refresh_working_copies();
   return Ok{};
 }
 
@@ -300,8 +314,7 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Recipe& recipe, FILE* log
   }
   s->cuda = r.device == "cuda" || (r.device == "auto" && pipeline::cuda_device_available());
 
-  model::ModelParams weights;
-  Status st = load_model(*s, weights);
+  Status st = load_model_meta(*s);
   if (!st.ok()) return st.error();
   if (s->tokenizer->vocab_size() > s->cfg.vocab_size) {
     return Error{r.model_path + ": the tokenizer has " +
@@ -321,8 +334,8 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Recipe& recipe, FILE* log
   if (!st.ok()) return st.error();
   s->device = s->cuda ? pipeline::make_cuda_device(0) : pipeline::make_cpu_device({});
   s->store = std::make_unique<pipeline::ParamStore>(plan, s->cfg, so);
-  s->store->load(weights);
-  weights = model::ModelParams{};  // the store holds the only copy from here on
+  st = load_weights(*s);
+  if (!st.ok()) return st.error();
 
   pipeline::EngineOptions eo;
   eo.num_slots = static_cast<int>(r.num_slots);
@@ -373,7 +386,9 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Recipe& recipe, FILE* log
     s->peak_flops = 32.0 * mhz * 1e6 * double(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
   }
 
-  ::mkdir(r.output_dir.c_str(), 0755);
+  std::error_code ec;
+  std::filesystem::create_directories(r.output_dir, ec);
+  if (ec) return Error{r.output_dir + ": cannot create: " + ec.message()};
   st = checkpoint::write_file_atomic(r.output_dir + "/recipe.yaml", recipe_to_yaml(r));
   if (!st.ok()) return st.error();
   s->metrics = std::fopen((r.output_dir + "/metrics.jsonl").c_str(), "a");
@@ -489,6 +504,9 @@ checkpoint::CheckpointOptions checkpoint_options(const State& s) {
   checkpoint::CheckpointOptions o;
   o.keep_last_n = static_cast<int>(s.recipe.keep_last_n);
   o.hf.copy_from_dir = s.tokenizer_dir;
+  // A GGUF import has no source config.json to take the token ids from.
+  o.hf.extra_config = checkpoint::token_ids_config(s.tokenizer->bos_id(), s.tokenizer->eos_id(),
+                                                   s.tokenizer->pad_id());
   o.hf.dtype = s.recipe.save_dtype == "fp32"   ? at::kFloat
                : s.recipe.save_dtype == "fp16" ? at::kHalf
                                                : at::kBFloat16;
@@ -565,24 +583,28 @@ Result<TrainSummary> Trainer::train() {
   const bool tty = r.progress == "bar" || (r.progress == "auto" && isatty(fileno(s.log)));
   const auto run_start = std::chrono::steady_clock::now();
   int64_t tokens_run = 0;
-  bool save_pending = false;
+  std::string pending_save;  // the folder a background save is writing, "" when none
+  // Waits for the background save (at a step boundary) and removes its gate.
+  auto finish_pending_save = [&]() -> Status {
+    if (pending_save.empty()) return Ok{};
+    s.engine->synchronize();
+    Status st = s.writer->wait();
+    if (st.ok()) sum.last_checkpoint = pending_save;
+    pending_save.clear();
+    return st;
+  };
   auto save = [&](bool async) -> Status {
-    if (save_pending) {
-      s.engine->synchronize();
-      Status st = s.writer->wait();
-      save_pending = false;
-      if (!st.ok()) return st;
-    }
+    Status st = finish_pending_save();
+    if (!st.ok()) return st;
     s.engine->synchronize();
     const checkpoint::CheckpointOptions o = checkpoint_options(s);
     if (async) {
       s.writer->start(r.output_dir, step, trainer_json(s), s.config_hash, o);
-      save_pending = true;
-      sum.last_checkpoint = checkpoint::checkpoint_dir(r.output_dir, step);
+      pending_save = checkpoint::checkpoint_dir(r.output_dir, step);
       return Ok{};
     }
-    Status st = checkpoint::save_checkpoint(r.output_dir, step, *s.store, trainer_json(s),
-                                            s.config_hash, o);
+    st = checkpoint::save_checkpoint(r.output_dir, step, *s.store, trainer_json(s), s.config_hash,
+                                     o);
     if (st.ok()) sum.last_checkpoint = checkpoint::checkpoint_dir(r.output_dir, step);
     return st;
   };
@@ -607,14 +629,6 @@ Result<TrainSummary> Trainer::train() {
       return Error{"step " + std::to_string(step + 1) + ": " + e.what()};
     }
     ++step;
-    // A finished background save releases its gate at this step boundary.
-    if (save_pending && !s.writer->busy()) {
-      s.engine->synchronize();
-      Status ws = s.writer->wait();
-      save_pending = false;
-      if (!ws.ok()) return Error{"saving checkpoint: " + ws.error().message};
-      if (!tty) std::fprintf(s.log, "saved %s\n", sum.last_checkpoint.c_str());
-    }
     const double loss = st.loss();
     if (!std::isfinite(loss) || st.skipped) {
       if (r.nan_policy == "skip" && st.skipped) {
@@ -623,23 +637,28 @@ Result<TrainSummary> Trainer::train() {
                      (long long)step, loss, st.grad_norm);
         if (++consecutive_nan >= 10) {
           return Error{
-              "10 consecutive steps with a non-finite loss or grad norm; stopping (the "
-              "last checkpoint, if any, is " +
-              sum.last_checkpoint + ")"};
+              "10 consecutive steps with a non-finite loss or grad norm; stopping. Last "
+              "checkpoint: " +
+              (sum.last_checkpoint.empty() ? "none" : sum.last_checkpoint)};
         }
         continue;
       }
-      if (save_pending) {
-        s.engine->synchronize();
-        Status ws = s.writer->wait();  // it holds the state of an earlier, finite step
-        (void)ws;
-      }
+      // An earlier step's save may still be running; it either completes with that step's
+      // finite state or refuses diverged weights.
+      Status ws = finish_pending_save();
+      (void)ws;
       return Error{"step " + std::to_string(step) + ": loss is " + std::to_string(loss) +
                    "; stopping without saving (nan_policy stop; lower train.lr or enable "
                    "clipping). Last checkpoint: " +
                    (sum.last_checkpoint.empty() ? "none" : sum.last_checkpoint)};
     }
     consecutive_nan = 0;
+    // A finished background save releases its gate at this step boundary.
+    if (!pending_save.empty() && !s.writer->busy()) {
+      Status ws = finish_pending_save();
+      if (!ws.ok()) return Error{"saving checkpoint: " + ws.error().message};
+      if (!tty) std::fprintf(s.log, "saved %s\n", sum.last_checkpoint.c_str());
+    }
     const double secs =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     tokens_run += s.tokens_per_step;
@@ -647,7 +666,8 @@ Result<TrainSummary> Trainer::train() {
     sum.last_loss = loss;
     const double gn = st.grad_norm >= 0 ? st.grad_norm : s.engine->grad_norm();
     const double tok_s = double(s.tokens_per_step) / secs;
-    const double load_gbs = double(s.engine->weight_bytes_loaded() - loaded0) / secs / 1e9;
+    // Weight bytes copied host -> device (on the CPU backend: into the slots) per second.
+    const double h2d_gbs = double(s.engine->weight_bytes_loaded() - loaded0) / secs / 1e9;
     const double mfu = tok_s * s.flops_per_token / s.peak_flops;
     const double rss = host_rss_gib();
     if (step % r.log_every == 0 || step == r.max_steps) {
@@ -659,7 +679,7 @@ Result<TrainSummary> Trainer::train() {
                           {"host_rss_gib", rss},
                           {"ms", secs * 1e3},
                           {"mfu", mfu},
-                          {"load_gb_s", load_gbs},
+                          {"h2d_gb_s", h2d_gbs},
                           {"epoch", s.loader->cursor().epoch}};
       if (s.cuda) j["gpu_mem_gib"] = double(s.engine->device_bytes()) / kGiB;
       s.metric(j);
@@ -676,9 +696,9 @@ Result<TrainSummary> Trainer::train() {
         std::fprintf(
             s.log,
             "step %lld/%lld loss %.4f grad_norm %.3f lr %.3e %.0f ms %.1f tok/s mfu %.1f%% "
-            "rss %.2f GiB load %.2f GB/s",
+            "rss %.2f GiB h2d %.2f GB/s",
             (long long)step, (long long)r.max_steps, loss, gn, lr, secs * 1e3, tok_s, 100 * mfu,
-            rss, load_gbs);
+            rss, h2d_gbs);
         if (s.cuda) std::fprintf(s.log, " gpu %.2f GiB", double(s.engine->device_bytes()) / kGiB);
         std::fprintf(s.log, "\n");
       }
@@ -716,10 +736,8 @@ Result<TrainSummary> Trainer::train() {
     Status ss = save(/*async=*/false);
     if (!ss.ok()) return Error{"saving checkpoint: " + ss.error().message};
     std::fprintf(s.log, "saved %s\n", sum.last_checkpoint.c_str());
-  } else if (save_pending) {
-    s.engine->synchronize();
-    Status ws = s.writer->wait();
-    save_pending = false;
+  } else {
+    Status ws = finish_pending_save();
     if (!ws.ok()) return Error{"saving checkpoint: " + ws.error().message};
   }
   s.metric({{"event", "done"},

@@ -1,6 +1,7 @@
 // End to end on the tiny-debug recipe (tests/fixtures/tiny_chat_model + the bundled tasks): the
 // loss falls, metrics and checkpoints are written, a run resumed from a mid-epoch checkpoint
 // continues bitwise like an uninterrupted one, and SIGINT saves and stops cleanly.
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -141,6 +142,51 @@ TEST(TrainerRun, SigintSavesACheckpointAndStops) {
   EXPECT_LT(s.value().last_step, 1000000);
   EXPECT_EQ(s.value().last_checkpoint, checkpoint::checkpoint_dir(out, s.value().last_step));
   EXPECT_TRUE(checkpoint::verify_checkpoint(s.value().last_checkpoint).ok());
+}
+
+// A learning rate that blows the model up: the run stops with an error at the first non-finite
+// loss, and every checkpoint on disk verifies and holds finite weights (saves run every step,
+// overlapped with the next one, so the last save is in flight when the loss turns NaN).
+TEST(TrainerRun, NonFiniteLossNeverReachesACheckpoint) {
+  const std::string out = fresh_dir("nan");
+  auto t = Trainer::create(
+      tiny(out, {"train.lr=1e30", "train.max_grad_norm=0", "train.warmup_steps=0",
+                 "train.max_steps=200", "eval.before=false", "eval.every=0", "checkpoint.every=1",
+                 "checkpoint.keep_last_n=0", "log.every=1000"}));
+  ASSERT_TRUE(t.ok()) << t.error().message;
+  Result<TrainSummary> s = t.value()->train();
+  ASSERT_FALSE(s.ok());
+  std::printf("%s\n", s.error().message.c_str());
+  // Either the loss turned non-finite, or a save found diverged weights first.
+  EXPECT_TRUE(s.error().message.find("stopping without saving") != std::string::npos ||
+              s.error().message.find("non-finite weights") != std::string::npos);
+  Result<std::vector<checkpoint::CheckpointRef>> all = checkpoint::list_checkpoints(out);
+  ASSERT_TRUE(all.ok()) << all.error().message;
+  ASSERT_FALSE(all.value().empty());
+  for (const checkpoint::CheckpointRef& ref : all.value()) {
+    ASSERT_TRUE(checkpoint::verify_checkpoint(ref.path).ok()) << ref.path;
+  }
+  // The newest checkpoint's weights are finite: load it into a fresh trainer's store.
+  auto again = Trainer::create(tiny(
+      out, {"train.max_steps=0", "eval.before=false", "eval.at_end=true", "eval.accuracy=false"}));
+  ASSERT_TRUE(again.ok()) << again.error().message;
+  Result<TrainSummary> resumed = again.value()->train();
+  ASSERT_TRUE(resumed.ok()) << resumed.error().message;
+  EXPECT_TRUE(std::isfinite(resumed.value().after.val_loss)) << resumed.value().after.val_loss;
+}
+
+// With clipping and nan_policy skip, a step with a non-finite grad norm changes nothing; a run
+// that only produces such steps gives up after 10 of them.
+TEST(TrainerRun, NanPolicySkipDropsUpdatesThenGivesUp) {
+  const std::string out = fresh_dir("nan_skip");
+  auto t = Trainer::create(tiny(
+      out, {"train.lr=1e30", "train.warmup_steps=0", "train.max_steps=200", "train.nan_policy=skip",
+            "eval.before=false", "eval.every=0", "checkpoint.every=0", "log.every=1000"}));
+  ASSERT_TRUE(t.ok()) << t.error().message;
+  Result<TrainSummary> s = t.value()->train();
+  ASSERT_FALSE(s.ok());
+  std::printf("%s\n", s.error().message.c_str());
+  EXPECT_NE(s.error().message.find("10 consecutive steps"), std::string::npos);
 }
 
 }  // namespace

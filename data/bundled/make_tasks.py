@@ -7,13 +7,14 @@ where PROMPT ends with a fixed instruction ("Answer with just the number." / "An
 list.") so that ANSWER is the only correct reply and exact match can grade a generation.
 
 Families (--families, --mix):
-  add      two 2-3 digit numbers:           "What is 347 + 86? ..."            -> "433"
-  sub      a - b with a >= b:               "What is 512 - 79? ..."            -> "433"
-  sort     3-6 distinct numbers 0-99:       "Sort these numbers in ascending order: 12, 3, 7. ..."
+  add      two 2-digit numbers:             "What is 47 + 86? ..."             -> "133"
+  sub      a - b with a >= b:               "What is 92 - 79? ..."             -> "13"
+  sort     3-4 distinct numbers 0-99:       "Sort these numbers in ascending order: 12, 3, 7. ..."
                                                                                -> "3, 7, 12"
-  count    a letter in an English word:     "How many times does the letter 'r' appear in the
+  count    a letter in an English word, the answers 0, 1, 2 and 3 equally often:
+                                            "How many times does the letter 'r' appear in the
                                              word 'strawberry'? ..."           -> "3"
-  convert  km->m, kg->g, hours->minutes and back, integer results:
+  convert  km->m, kg->g, m->cm and back, integer results:
                                             "Convert 7 km to meters. ..."      -> "7000"
   compare  the larger of two distinct numbers: "Which is larger: 347 or 92? ..." -> "347"
 
@@ -66,10 +67,10 @@ CONVERSIONS = [
     ("kilometers", "meters", 1000, "up"),
     ("kg", "grams", 1000, "up"),
     ("kilograms", "grams", 1000, "up"),
-    ("hours", "minutes", 60, "up"),
+    ("meters", "centimeters", 100, "up"),
     ("meters", "kilometers", 1000, "down"),
     ("grams", "kilograms", 1000, "down"),
-    ("minutes", "hours", 60, "down"),
+    ("centimeters", "meters", 100, "down"),
 ]
 
 
@@ -81,15 +82,21 @@ def two_or_three_digits(rng):
     return rng.randrange(10, 1000)
 
 
+def two_digits(rng):
+    return rng.randrange(10, 100)
+
+
+# Operands of the arithmetic families: a 135M model learns 2-digit sums from a few hundred
+# examples but barely moves on 3-digit ones within the default recipe's budget.
 def make_add(rng):
-    a, b = two_or_three_digits(rng), two_or_three_digits(rng)
+    a, b = two_digits(rng), two_digits(rng)
     q = rng.choice(["What is {a} + {b}?", "Compute {a} + {b}.", "Add {a} and {b}.",
                     "What is the sum of {a} and {b}?"]).format(a=a, b=b)
     return f"{q} {NUMBER}", str(a + b)
 
 
 def make_sub(rng):
-    a, b = two_or_three_digits(rng), two_or_three_digits(rng)
+    a, b = two_digits(rng), two_digits(rng)
     if a < b:
         a, b = b, a
     q = rng.choice(["What is {a} - {b}?", "Compute {a} - {b}.", "Subtract {b} from {a}.",
@@ -98,7 +105,8 @@ def make_sub(rng):
 
 
 def make_sort(rng):
-    k = rng.randrange(3, 7)
+    # At most 4 numbers: a sorted list then fits in 16 generated tokens (digits are single tokens).
+    k = rng.randrange(3, 5)
     xs = []
     while len(xs) < k:
         x = rng.randrange(0, 100)
@@ -110,12 +118,14 @@ def make_sort(rng):
     return f"{q} {LIST}", fmt_list(sorted(xs))
 
 
+# (word, letter) pairs by how often the letter occurs (0-3): drawing the answer first keeps the
+# answers balanced, so a model cannot score by always answering "1".
+PAIRS_BY_COUNT = {n: [(w, c) for w in WORDS for c in "abcdefghijklmnopqrstuvwxyz"
+                      if w.count(c) == n] for n in range(4)}
+
+
 def make_count(rng):
-    word = rng.choice(WORDS)
-    if rng.randrange(10) < 8:
-        letter = rng.choice(sorted(set(word)))
-    else:
-        letter = rng.choice("abcdefghijklmnopqrstuvwxyz")
+    word, letter = rng.choice(PAIRS_BY_COUNT[rng.randrange(4)])
     q = rng.choice(["How many times does the letter '{c}' appear in the word '{w}'?",
                     "Count the letter '{c}' in the word '{w}'.",
                     "How many '{c}' letters are in '{w}'?"]).format(c=letter, w=word)

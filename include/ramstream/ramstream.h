@@ -6,7 +6,11 @@
 //   "/config.json").value_or_throw(); rs::pipeline::ParamStore
 //   store(rs::pipeline::plan_stages(cfg), cfg, {});
 //   ... load weights, build a Device and an Engine, call engine.train_step(ids, targets) ...
-// See examples/custom_loop.cpp for a complete training loop.
+// See examples/custom_loop.cpp for a complete training loop on the Engine; trainer/trainer.h runs
+// a whole recipe:
+//   auto recipe = rs::trainer::load_recipe("smollm2-135m-full-sft", {"train.max_steps=20"});
+//   auto trainer = rs::trainer::Trainer::create(recipe.value()).value_or_throw();
+//   trainer->train();
 #pragma once
 
 #include "autograd/model.h"
@@ -20,3 +24,5 @@
 #include "pipeline/engine.h"
 #include "pipeline/param_store.h"
 #include "pipeline/stages.h"
+#include "trainer/recipe.h"
+#include "trainer/trainer.h"
