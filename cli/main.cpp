@@ -199,9 +199,12 @@ int run(const std::string& recipe_name, const std::vector<std::string>& override
     return 1;
   }
   const rs::trainer::TrainSummary& s = sum.value();
-  std::printf("done: steps %lld..%lld, loss %.4f -> %.4f, %.1f tokens/s%s\n",
-              static_cast<long long>(s.first_step), static_cast<long long>(s.last_step),
-              s.first_loss, s.last_loss, s.tokens_per_s, s.interrupted ? " (interrupted)" : "");
+  std::printf("done: steps %lld..%lld", static_cast<long long>(s.first_step),
+              static_cast<long long>(s.last_step));
+  if (s.last_step > s.first_step) {
+    std::printf(", loss %.4f -> %.4f, %.1f tokens/s", s.first_loss, s.last_loss, s.tokens_per_s);
+  }
+  std::printf("%s\n", s.interrupted ? " (interrupted)" : "");
   if (s.before.accuracy >= 0 && s.after.accuracy >= 0) {
     std::printf("held-out accuracy: %.1f%% before -> %.1f%% after (%lld examples)\n",
                 100 * s.before.accuracy, 100 * s.after.accuracy,

@@ -574,6 +574,13 @@ Result<TrainSummary> Trainer::train() {
     }
   }
   sum.first_step = step;
+  if (step >= r.max_steps && step > 0) {
+    std::fprintf(s.log,
+                 "nothing to train: the checkpoint is at step %lld and train.max_steps is %lld; "
+                 "raise train.max_steps, or start over with checkpoint.resume=never or another "
+                 "output_dir\n",
+                 (long long)step, (long long)r.max_steps);
+  }
 
   if (r.eval_before && step == 0) {
     sum.before = evaluate();
