@@ -1,12 +1,11 @@
 #include "data/unicode_utf8.h"
 
 #include <array>
+#include <cstdlib>
 #include <stdexcept>
 #include <utility>
 
-#include <unicode/bytestream.h>
-#include <unicode/normalizer2.h>
-#include <unicode/stringpiece.h>
+#include <utf8proc.h>
 
 namespace ramstream::data {
 namespace {
@@ -145,18 +144,31 @@ const char* white_space_class_body() {
 }
 
 std::string nfc_normalize(std::string_view text) {
-  UErrorCode status = U_ZERO_ERROR;
-  const icu::Normalizer2* nfc = icu::Normalizer2::getNFCInstance(status);
-  if (U_FAILURE(status))
-    throw std::runtime_error("ICU: no NFC normalizer: " + std::string(u_errorName(status)));
-  const icu::StringPiece piece(text.data(), static_cast<int32_t>(text.size()));
-  if (nfc->isNormalizedUTF8(piece, status) && U_SUCCESS(status)) return std::string(text);
-  status = U_ZERO_ERROR;
-  std::string out;
-  icu::StringByteSink<std::string> sink(&out, static_cast<int32_t>(text.size()));
-  nfc->normalizeUTF8(0, piece, sink, nullptr, status);
-  if (U_FAILURE(status))
-    throw std::runtime_error("ICU NFC failed: " + std::string(u_errorName(status)));
+  // Fast path: every code point below U+0300 is a starter that nothing composes with from the
+  // left (NFC_Quick_Check=Yes), and in UTF-8 such text has no byte >= 0xCC (0xCC 0x80 is
+  // U+0300). Most tokenizer input is ASCII or Latin-1 and is returned as is.
+  bool below_0300 = true;
+  for (char c : text) {
+    if (static_cast<uint8_t>(c) >= 0xCC) {
+      below_0300 = false;
+      break;
+    }
+  }
+  if (below_0300) return std::string(text);
+  utf8proc_uint8_t* mapped = nullptr;
+  // An explicit length (no UTF8PROC_NULLTERM): embedded NUL bytes are characters like any other.
+  const utf8proc_ssize_t n =
+      utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(text.data()),
+                   static_cast<utf8proc_ssize_t>(text.size()), &mapped,
+                   static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_COMPOSE));
+  if (n < 0) {
+    std::free(mapped);
+    throw std::runtime_error("NFC normalization (utf8proc " + std::string(utf8proc_version()) +
+                             ") failed on " + std::to_string(text.size()) +
+                             " bytes: " + utf8proc_errmsg(n));
+  }
+  std::string out(reinterpret_cast<const char*>(mapped), static_cast<size_t>(n));
+  std::free(mapped);
   return out;
 }
 

@@ -17,7 +17,7 @@ PACKAGES=(
   # host memory and threading
   libhwloc-dev libnuma-dev libtbb-dev
   # logging, config, CLI, tokenizer regexes and NFC
-  libspdlog-dev libfmt-dev libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libpcre2-dev libicu-dev
+  libspdlog-dev libfmt-dev libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libpcre2-dev libutf8proc-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   # clang 14: libFuzzer (clang-rt) and formatting
