@@ -1,6 +1,9 @@
 // The model on a CUDA device (ctest label "gpu"; skipped where there is none): bf16 compute with
 // libtorch's flash attention against the CPU fp32 reference, and fp32 on the GPU (the ATen
 // compositions) against the same reference.
+#include <string>
+#include <tuple>
+
 #include <gtest/gtest.h>
 
 #include "autograd/model.h"
@@ -18,7 +21,7 @@ StepResult run_step(const model::ModelConfig& cfg, const model::ModelParams& par
                     const at::Tensor& ids, const at::Tensor& targets, at::ScalarType dtype,
                     at::Device device) {
   const model::ModelParams p = model::clone_model_params(params_cpu, dtype, device);
-  model::ModelParams g = model::clone_model_params(params_cpu, dtype, device);
+  model::ModelParams g = model::clone_model_params(params_cpu, acc_dtype(dtype), device);
   model::for_each_param(g, [](const std::string&, at::Tensor& t) { t.zero_(); });
   ModelWorkspace ws(cfg, ids.size(0), ids.size(1), dtype, ActivationMode::kRecompute, device);
   const double scale = 1.0 / double(count_targets(targets));
@@ -56,6 +59,37 @@ TEST(CudaModel, StepsTrackCpuFp32) {
   EXPECT_LE(std::abs(gpu16.loss - cpu.loss) / cpu.loss, 1e-2);
   EXPECT_LE(testing::compare_grads(gpu16.grads, cpu.grads), 0.1);
 }
+
+#if RAMSTREAM_WITH_CUDA
+// The weight-grad GEMM with an fp32 accumulator (cuBLAS, kernels/gemm_cuda.h) against its CPU
+// reference (the bf16 inputs widened to fp32): the same products, summed in another order.
+TEST(CudaModel, WeightGradGemmMatchesCpuReference) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  at::manual_seed(53);
+  const at::Device cuda(at::kCUDA, 0);
+  for (const auto& [N, OC, IC] :
+       {std::tuple<int64_t, int64_t, int64_t>{64, 48, 80}, {1000, 256, 512}, {3, 1, 7}}) {
+    SCOPED_TRACE("N=" + std::to_string(N) + " OC=" + std::to_string(OC) +
+                 " IC=" + std::to_string(IC));
+    const at::Tensor dout = at::randn({N, OC}).to(at::kBFloat16);
+    // x as a column slice of a wider matrix: a row stride longer than its rows.
+    const at::Tensor wide = at::randn({N, IC + 16}).to(at::kBFloat16);
+    const at::Tensor x = wide.narrow(1, 8, IC);
+    const at::Tensor start = at::randn({OC, IC});
+    at::Tensor cpu = start.clone();
+    accumulate_weight_grad(cpu, dout, x);
+    at::Tensor gpu = start.to(cuda);
+    const at::Tensor xg = wide.to(cuda).narrow(1, 8, IC);
+    ASSERT_TRUE(cuda_accumulate_weight_grad(gpu, dout.to(cuda), xg));
+    const double err = (gpu.cpu() - cpu).abs().max().item<double>();
+    const double scale = cpu.abs().max().item<double>();
+    std::printf("weight-grad GEMM N=%lld: max abs diff %.3e (scale %.3e)\n", (long long)N, err,
+                scale);
+    // fp32 sums of N exact products in two orders: ~N * 2^-24 relative at worst.
+    EXPECT_LE(err, 1e-5 * scale * std::max<double>(1.0, double(N) / 64));
+  }
+}
+#endif  // RAMSTREAM_WITH_CUDA
 
 }  // namespace
 }  // namespace ramstream::autograd

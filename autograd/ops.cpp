@@ -69,7 +69,9 @@ void embedding_forward(at::Tensor& out, const at::Tensor& ids, const at::Tensor&
 }
 
 void embedding_backward(at::Tensor& dwte, const at::Tensor& dout, const at::Tensor& ids) {
-  dwte.index_add_(0, ids.reshape({-1}), dout.reshape({-1, dwte.size(1)}));
+  const at::Tensor rows = dout.reshape({-1, dwte.size(1)});
+  dwte.index_add_(0, ids.reshape({-1}),
+                  rows.scalar_type() == dwte.scalar_type() ? rows : rows.to(dwte.scalar_type()));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -116,6 +118,9 @@ void rmsnorm_backward(at::Tensor& dx, at::Tensor& dw, const at::Tensor& dout, co
     const scalar_t* gp = dout.data_ptr<scalar_t>();
     const A* rp = rstd.data_ptr<A>();
     scalar_t* dxp = dx.data_ptr<scalar_t>();
+    TORCH_CHECK(dw.scalar_type() == c10::CppTypeToScalarType<A>::value,
+                "rmsnorm_backward: dw must be in the acc dtype ",
+                c10::CppTypeToScalarType<A>::value, ", got ", dw.scalar_type());
     // dw partial sums per thread, reduced at the end, so the result does not depend on how
     // parallel_for split the rows (it does depend on the thread count, like any reduction).
     const int nthreads = at::get_num_threads();
@@ -142,11 +147,11 @@ void rmsnorm_backward(at::Tensor& dx, at::Tensor& dw, const at::Tensor& dout, co
         }
       }
     });
-    scalar_t* dwp = dw.data_ptr<scalar_t>();
+    A* dwp = dw.data_ptr<A>();
     for (int64_t c = 0; c < C; ++c) {
-      A s = A(dwp[c]);
+      A s = dwp[c];
       for (int t = 0; t < nthreads; ++t) s += dw_partial[static_cast<size_t>(t) * C + c];
-      dwp[c] = scalar_t(s);
+      dwp[c] = s;
     }
   });
 }
@@ -163,11 +168,32 @@ void linear_forward(at::Tensor& out, const at::Tensor& x, const at::Tensor& w,
   }
 }
 
+void accumulate_weight_grad(at::Tensor& dw, const at::Tensor& dout, const at::Tensor& x) {
+  TORCH_CHECK(dout.dim() == 2 && x.dim() == 2 && dw.dim() == 2 && dout.size(0) == x.size(0) &&
+                  dw.size(0) == dout.size(1) && dw.size(1) == x.size(1),
+              "accumulate_weight_grad: dw [OC,IC] += dout[N,OC]^T x[N,IC], got dw ", dw.sizes(),
+              " dout ", dout.sizes(), " x ", x.sizes());
+  TORCH_CHECK(dout.scalar_type() == x.scalar_type(), "accumulate_weight_grad: dout ",
+              dout.scalar_type(), " and x ", x.scalar_type(), " differ");
+  if (dw.scalar_type() == x.scalar_type()) {
+    dw.addmm_(dout.t(), x);
+    return;
+  }
+  TORCH_CHECK(dw.scalar_type() == acc_dtype(x.scalar_type()), "accumulate_weight_grad: dw must be ",
+              x.scalar_type(), " or its acc dtype, got ", dw.scalar_type());
+#if RAMSTREAM_WITH_CUDA
+  if (dw.is_cuda() && cuda_accumulate_weight_grad(dw, dout, x)) return;
+#endif
+  // The products of two bf16 values are exact in fp32, so widening first and summing in fp32 is
+  // what the CUDA path's fp32-output GEMM computes too (up to summation order).
+  dw.addmm_(dout.t().to(dw.scalar_type()), x.to(dw.scalar_type()));
+}
+
 void linear_backward(at::Tensor& dx, at::Tensor& dw, at::Tensor& db, const at::Tensor& dout,
                      const at::Tensor& x, const at::Tensor& w) {
   if (dx.defined()) at::mm_out(dx, dout, w);
-  dw.addmm_(dout.t(), x);
-  if (db.defined()) db.add_(dout.sum(0));
+  accumulate_weight_grad(dw, dout, x);
+  if (db.defined()) db.add_(at::sum(dout, {0}, /*keepdim=*/false, db.scalar_type()));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -467,67 +493,111 @@ double cross_entropy_rows(scalar_t* logits, const int64_t* targets, int64_t R, i
   return total;
 }
 
-CrossEntropyResult chunked_cross_entropy(at::Tensor* dh, at::Tensor* dw, const at::Tensor& h,
-                                         const at::Tensor& w, const at::Tensor& targets,
-                                         double grad_scale, int64_t chunk_rows) {
+void cross_entropy(at::Tensor& loss_sum, at::Tensor* dh, at::Tensor* dw, const at::Tensor& h,
+                   const at::Tensor& w, const LossRows& rows, double grad_scale,
+                   int64_t chunk_rows) {
   TORCH_CHECK(h.dim() == 2 && w.dim() == 2 && h.size(1) == w.size(1),
-              "chunked_cross_entropy: h [N,C] and w [V,C] expected, got ", h.sizes(), " ",
-              w.sizes());
-  TORCH_CHECK(targets.scalar_type() == at::kLong && targets.numel() == h.size(0),
-              "chunked_cross_entropy: targets must be int64 [N]");
-  const int64_t V = w.size(0);
-  const at::Tensor flat_targets = targets.reshape({-1});
+              "cross_entropy: h [N,C] and w [V,C] expected, got ", h.sizes(), " ", w.sizes());
+  TORCH_CHECK(loss_sum.numel() == 1 && loss_sum.scalar_type() == at::kDouble &&
+                  loss_sum.device() == h.device(),
+              "cross_entropy: loss_sum must be a float64 scalar on ", h.device());
+  const int64_t V = w.size(0), R = rows.count();
+  TORCH_CHECK(R == 0 || (rows.index.device() == h.device() && rows.target.numel() == R),
+              "cross_entropy: the loss rows must be on ", h.device(), " with one target each");
   const bool backward = dh != nullptr;
-  if (backward) dh->zero_();  // ignored rows get zero grad
-  // Only counted rows are pushed through the head.
-  const at::Tensor rows = at::nonzero(flat_targets != kIgnoreIndex).reshape({-1});
-  const int64_t R = rows.numel();
-  if (R > 0) {
-    const at::Tensor bad =
-        (flat_targets.index_select(0, rows) < 0) | (flat_targets.index_select(0, rows) >= V);
-    TORCH_CHECK(!bad.any().item<bool>(), "chunked_cross_entropy: target id outside [0, ", V,
-                ") that is not the ignore index ", kIgnoreIndex);
-  }
-  CrossEntropyResult result;
-  result.num_targets = R;
+  if (backward) dh->zero_();  // rows without a target get zero grad
   chunk_rows = std::max<int64_t>(1, chunk_rows);
   at::Tensor logits = at::empty({std::min(chunk_rows, std::max<int64_t>(R, 1)), V}, h.options());
-  at::Tensor hc_buf, dhc_buf;
   for (int64_t start = 0; start < R; start += chunk_rows) {
     const int64_t n = std::min(chunk_rows, R - start);
-    const at::Tensor idx = rows.narrow(0, start, n);
+    const at::Tensor idx = rows.index.narrow(0, start, n);
+    const at::Tensor yc = rows.target.narrow(0, start, n);
     const at::Tensor hc = h.index_select(0, idx);
-    const at::Tensor yc = flat_targets.index_select(0, idx).contiguous();
     at::Tensor lc = logits.narrow(0, 0, n);
     at::mm_out(lc, hc, w.t());
     if (fused(lc)) {
-      RS_DISPATCH(h.scalar_type(), "chunked_cross_entropy", [&] {
-        result.loss_sum += cross_entropy_rows<scalar_t>(
-            lc.data_ptr<scalar_t>(), yc.data_ptr<int64_t>(), n, V, backward, grad_scale);
+      RS_DISPATCH(h.scalar_type(), "cross_entropy", [&] {
+        loss_sum.add_(cross_entropy_rows<scalar_t>(lc.data_ptr<scalar_t>(), yc.data_ptr<int64_t>(),
+                                                   n, V, backward, grad_scale));
       });
     } else {
-      result.loss_sum += composite::cross_entropy_rows(lc, yc, backward, grad_scale);
+      composite::cross_entropy_rows(loss_sum, lc, yc, backward, grad_scale);
     }
     if (backward) {
       dh->index_copy_(0, idx, at::mm(lc, w));
-      dw->addmm_(lc.t(), hc);
+      accumulate_weight_grad(*dw, lc, hc);
     }
   }
-  return result;
+}
+
+}  // namespace
+
+LossRows find_loss_rows(const at::Tensor& targets, int64_t vocab) {
+  TORCH_CHECK(targets.scalar_type() == at::kLong, "find_loss_rows: targets must be int64, got ",
+              targets.scalar_type());
+  const at::Tensor flat = targets.to(at::kCPU).contiguous().reshape({-1});
+  const int64_t* t = flat.data_ptr<int64_t>();
+  const int64_t N = flat.numel();
+  int64_t R = 0;
+  for (int64_t i = 0; i < N; ++i) {
+    if (t[i] == kIgnoreIndex) continue;
+    TORCH_CHECK(t[i] >= 0 && t[i] < vocab, "target ", t[i], " at position ", i, " is outside [0, ",
+                vocab, ") and not the ignore index ", kIgnoreIndex);
+    ++R;
+  }
+  LossRows rows;
+  rows.index = at::empty({R}, at::kLong);
+  rows.target = at::empty({R}, at::kLong);
+  int64_t* ip = rows.index.data_ptr<int64_t>();
+  int64_t* tp = rows.target.data_ptr<int64_t>();
+  for (int64_t i = 0, r = 0; i < N; ++i) {
+    if (t[i] == kIgnoreIndex) continue;
+    ip[r] = i;
+    tp[r++] = t[i];
+  }
+  return rows;
+}
+
+LossRows LossRows::to(const at::Device& device) const {
+  return LossRows{index.to(device), target.to(device)};
+}
+
+void cross_entropy_forward(at::Tensor& loss_sum, const at::Tensor& h, const at::Tensor& w,
+                           const LossRows& rows, int64_t chunk_rows) {
+  cross_entropy(loss_sum, nullptr, nullptr, h, w, rows, 0.0, chunk_rows);
+}
+
+void cross_entropy_forward_backward(at::Tensor& loss_sum, at::Tensor& dh, at::Tensor& dw,
+                                    const at::Tensor& h, const at::Tensor& w, const LossRows& rows,
+                                    double grad_scale, int64_t chunk_rows) {
+  cross_entropy(loss_sum, &dh, &dw, h, w, rows, grad_scale, chunk_rows);
+}
+
+namespace {
+
+CrossEntropyResult cross_entropy_read_back(at::Tensor* dh, at::Tensor* dw, const at::Tensor& h,
+                                           const at::Tensor& w, const at::Tensor& targets,
+                                           double grad_scale, int64_t chunk_rows) {
+  TORCH_CHECK(targets.numel() == h.size(0), "cross_entropy: ", targets.numel(), " targets for ",
+              h.size(0), " rows");
+  const LossRows rows = find_loss_rows(targets, w.size(0)).to(h.device());
+  at::Tensor loss = at::zeros({}, h.options().dtype(at::kDouble));
+  cross_entropy(loss, dh, dw, h, w, rows, grad_scale, chunk_rows);
+  return {loss.item<double>(), rows.count()};
 }
 
 }  // namespace
 
 CrossEntropyResult chunked_cross_entropy_forward(const at::Tensor& h, const at::Tensor& w,
                                                  const at::Tensor& targets, int64_t chunk_rows) {
-  return chunked_cross_entropy(nullptr, nullptr, h, w, targets, 0.0, chunk_rows);
+  return cross_entropy_read_back(nullptr, nullptr, h, w, targets, 0.0, chunk_rows);
 }
 
 CrossEntropyResult chunked_cross_entropy_forward_backward(at::Tensor& dh, at::Tensor& dw,
                                                           const at::Tensor& h, const at::Tensor& w,
                                                           const at::Tensor& targets,
                                                           double grad_scale, int64_t chunk_rows) {
-  return chunked_cross_entropy(&dh, &dw, h, w, targets, grad_scale, chunk_rows);
+  return cross_entropy_read_back(&dh, &dw, h, w, targets, grad_scale, chunk_rows);
 }
 
 int64_t cross_entropy_chunk_rows(int64_t vocab_size, int64_t bytes) {

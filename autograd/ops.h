@@ -4,7 +4,10 @@
 // heads, G = NH/NKV, D head dim, F MLP width, QKV = (NH + 2*NKV)*D.
 //
 // The grad contract (every *_backward here and in block.h / model.h keeps it):
-//   - parameter grads ACCUMULATE (+=), so micro-batches and tied weights sum for free;
+//   - parameter grads ACCUMULATE (+=), so micro-batches and tied weights sum for free, and they
+//     are held in the acc dtype (fp32 for bf16 activations): thousands of small contributions
+//     (one per cross-entropy chunk per micro-batch, frequent tokens in the embedding) would round
+//     away in bf16;
 //   - activation grads OVERWRITE (=), so no buffer needs zeroing between ops;
 //   - except the residual stream: rmsnorm_backward ADDS into dx, because its input x is the
 //     residual stream whose grad already holds the skip connection's contribution.
@@ -32,23 +35,28 @@ at::ScalarType acc_dtype(at::ScalarType dtype);
 // ---- embedding: out[n] = wte[ids[n]]
 // out [N,C], ids [N] int64, wte [V,C]
 void embedding_forward(at::Tensor& out, const at::Tensor& ids, const at::Tensor& wte);
-// dwte [V,C] +=, dout [N,C]
+// dwte [V,C] += (acc dtype), dout [N,C]
 void embedding_backward(at::Tensor& dwte, const at::Tensor& dout, const at::Tensor& ids);
 
 // ---- RMSNorm: out = x * rstd * w, rstd = 1/sqrt(mean(x^2) + eps)
 // out [N,C], rstd [N] (acc dtype), x [N,C], w [C]
 void rmsnorm_forward(at::Tensor& out, at::Tensor& rstd, const at::Tensor& x, const at::Tensor& w,
                      double eps);
-// dx [N,C] += (residual stream), dw [C] +=, dout [N,C]
+// dx [N,C] += (residual stream), dw [C] += (acc dtype), dout [N,C]
 void rmsnorm_backward(at::Tensor& dx, at::Tensor& dw, const at::Tensor& dout, const at::Tensor& x,
                       const at::Tensor& w, const at::Tensor& rstd);
 
 // ---- linear: out = x @ w^T + b
 // out [N,OC], x [N,IC], w [OC,IC], b [OC] or undefined
 void linear_forward(at::Tensor& out, const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
-// dx [N,IC] = (skipped when undefined), dw [OC,IC] +=, db [OC] += (skipped when undefined)
+// dx [N,IC] = (skipped when undefined), dw [OC,IC] +=, db [OC] += (skipped when undefined);
+// dw and db in the dtype of x or its acc dtype.
 void linear_backward(at::Tensor& dx, at::Tensor& dw, at::Tensor& db, const at::Tensor& dout,
                      const at::Tensor& x, const at::Tensor& w);
+// dw [OC,IC] += dout[N,OC]^T x[N,IC], summed in dw's dtype: with bf16 inputs and an fp32 dw no
+// partial sum is rounded to bf16 (CUDA: one cuBLAS GEMM with an fp32 output; CPU: the inputs
+// widened to fp32, whose products of bf16 values are exact).
+void accumulate_weight_grad(at::Tensor& dw, const at::Tensor& dout, const at::Tensor& x);
 
 // ---- RoPE, rotate-half layout (Hugging Face): for i < D/2, with (a, b) = (x[i], x[i + D/2]),
 //      out[i] = a*cos - b*sin, out[i + D/2] = b*cos + a*sin, angle = pos * inv_freq[i].
@@ -86,16 +94,37 @@ void swiglu_backward(at::Tensor& dgu, const at::Tensor& dout, const at::Tensor& 
 void residual_forward(at::Tensor& out, const at::Tensor& x, const at::Tensor& y);
 
 // ---- LM head + cross-entropy, in chunks of rows so that N x V logits never exist at once.
-// h [N,C] (final-normed hidden), w [V,C], targets [N] int64 (kIgnoreIndex rows are skipped).
-// Returns the SUM of -log p(target) over counted rows and the number of counted rows.
+// h [N,C] (final-normed hidden), w [V,C]. Only the rows with a target go through the head. They
+// are found on the host, where the targets come from, so the step never asks the device how many
+// there are (no nonzero(), no item()); the loss is summed on the device.
+struct LossRows {
+  at::Tensor index;   // [R] int64: the rows of the batch that carry a loss
+  at::Tensor target;  // [R] int64: their targets, each in [0, V)
+  int64_t count() const { return index.defined() ? index.numel() : 0; }
+  LossRows to(const at::Device& device) const;
+};
+// targets [N] (or [B,T]) int64, read on the host; kIgnoreIndex rows are skipped. Throws c10::Error
+// naming the first position whose target is outside [0, vocab) and not the ignore index.
+LossRows find_loss_rows(const at::Tensor& targets, int64_t vocab);
+
+// loss_sum [] float64 on h's device += SUM of -log p(target) over the rows.
+void cross_entropy_forward(at::Tensor& loss_sum, const at::Tensor& h, const at::Tensor& w,
+                           const LossRows& rows, int64_t chunk_rows);
+// Forward and backward in one pass over the chunks, for the loss `grad_scale * loss_sum` (pass
+// 1/num_targets of the whole step for a mean): dh [N,C] = (zero on rows without a target),
+// dw [V,C] += (acc dtype or h's dtype).
+void cross_entropy_forward_backward(at::Tensor& loss_sum, at::Tensor& dh, at::Tensor& dw,
+                                    const at::Tensor& h, const at::Tensor& w, const LossRows& rows,
+                                    double grad_scale, int64_t chunk_rows);
+
+// The same for whole-model code and tests: targets [N] int64 on any device (read to the host),
+// the loss read back.
 struct CrossEntropyResult {
   double loss_sum = 0.0;
   int64_t num_targets = 0;
 };
 CrossEntropyResult chunked_cross_entropy_forward(const at::Tensor& h, const at::Tensor& w,
                                                  const at::Tensor& targets, int64_t chunk_rows);
-// Forward and backward in one pass over the chunks, for the loss `grad_scale * loss_sum` (pass
-// 1/num_targets of the whole step for a mean): dh [N,C] =, dw [V,C] +=.
 CrossEntropyResult chunked_cross_entropy_forward_backward(at::Tensor& dh, at::Tensor& dw,
                                                           const at::Tensor& h, const at::Tensor& w,
                                                           const at::Tensor& targets,
@@ -105,6 +134,12 @@ CrossEntropyResult chunked_cross_entropy_forward_backward(at::Tensor& dh, at::Te
 // Tests force the compositions on the CPU so that the math of the CUDA path is checked without a
 // GPU.
 void set_composite_ops_for_testing(bool on);
+
+#if RAMSTREAM_WITH_CUDA
+// accumulate_weight_grad's CUDA path for bf16/fp16 inputs and an fp32 dw (ops_cuda.cpp); false
+// when the layout does not suit cuBLAS (then the caller widens the inputs instead).
+bool cuda_accumulate_weight_grad(at::Tensor& dw, const at::Tensor& dout, const at::Tensor& x);
+#endif
 
 // Rows per chunk so that one chunk of logits (rows x V in the acc dtype) stays near `bytes`.
 int64_t cross_entropy_chunk_rows(int64_t vocab_size, int64_t bytes = 8 << 20);

@@ -164,18 +164,17 @@ void swiglu_backward(at::Tensor& dgu, const at::Tensor& dout, const at::Tensor& 
   dgu.narrow(-1, F, F).copy_(dy * g * sig);
 }
 
-double cross_entropy_rows(at::Tensor& logits, const at::Tensor& targets, bool backward,
-                          double grad_scale) {
+void cross_entropy_rows(at::Tensor& loss_sum, at::Tensor& logits, const at::Tensor& targets,
+                        bool backward, double grad_scale) {
   const at::Tensor lf = logits.to(acc_of(logits));
   const at::Tensor lse = at::logsumexp(lf, -1, /*keepdim=*/true);
   const at::Tensor y = targets.view({-1, 1});
-  const double loss = (lse - lf.gather(1, y)).sum().item<double>();
+  loss_sum.add_(at::sum(lse - lf.gather(1, y), at::kDouble));
   if (backward) {
     at::Tensor grad = at::exp(lf - lse).mul_(grad_scale);
     grad.scatter_add_(1, y, at::full({y.size(0), 1}, -grad_scale, grad.options()));
     logits.copy_(grad);
   }
-  return loss;
 }
 
 }  // namespace ramstream::autograd::composite

@@ -21,9 +21,9 @@ void attention_backward(at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, const at
                         const at::Tensor& out, const at::Tensor& lse);
 void swiglu_forward(at::Tensor& out, const at::Tensor& gu);
 void swiglu_backward(at::Tensor& dgu, const at::Tensor& dout, const at::Tensor& gu);
-// logits [R,V] of counted rows, targets [R]: returns the loss sum; when `backward`, overwrites
-// logits with grad_scale * (softmax - onehot).
-double cross_entropy_rows(at::Tensor& logits, const at::Tensor& targets, bool backward,
-                          double grad_scale);
+// logits [R,V] of counted rows, targets [R]: loss_sum [] float64 += the loss sum (on the device,
+// nothing is read back); when `backward`, overwrites logits with grad_scale * (softmax - onehot).
+void cross_entropy_rows(at::Tensor& loss_sum, at::Tensor& logits, const at::Tensor& targets,
+                        bool backward, double grad_scale);
 
 }  // namespace ramstream::autograd::composite

@@ -144,7 +144,7 @@ EngineOptions engine_options(const Variant& v) {
   EngineOptions o;
   o.adamw.lr = 1e-2f;
   o.max_grad_norm = v.clip ? 0.05 : 0.0;
-  o.optimizer_queue = {v.faults, 11, 300};
+  o.optimizer_queue = pipeline::CpuDeviceOptions::faults(v.faults, 11, 300);
   return o;
 }
 
@@ -152,7 +152,7 @@ class Trainer {
  public:
   explicit Trainer(const Variant& v)
       : cfg_(test_config(v.tied)),
-        dev_(pipeline::make_cpu_device({v.faults, 5, 300})),
+        dev_(pipeline::make_cpu_device(pipeline::CpuDeviceOptions::faults(v.faults, 5, 300))),
         store_(pipeline::plan_stages(cfg_), cfg_, {/*working_copy_bf16=*/false, !v.grad_ring}),
         engine_(*dev_, store_, engine_options(v), kB, kT) {
     store_.load(autograd::testing::random_params(cfg_, at::kFloat, 61));

@@ -62,10 +62,10 @@ int main(int argc, char** argv) {
   const at::Tensor targets = rs::autograd::next_token_targets(ids);
   double first = 0, last = 0;
   for (int step = 1; step <= steps; ++step) {
-    const rs::pipeline::StepStats s = engine.train_step({ids, ids}, {targets, targets});
+    rs::pipeline::StepResult s = engine.train_step({ids, ids}, {targets, targets});
     if (step == 1) first = s.loss();
     last = s.loss();
-    std::printf("step %3d  loss %.4f  grad norm %.4f\n", step, s.loss(), s.grad_norm);
+    std::printf("step %3d  loss %.4f  grad norm %.4f\n", step, s.loss(), s.grad_norm());
   }
   engine.synchronize();
   std::printf("loss %.4f -> %.4f\n", first, last);

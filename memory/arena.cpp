@@ -138,6 +138,38 @@ void first_touch(uint8_t* p, uint64_t len, int node, int requested_threads) {
   for (std::thread& t : pool) t.join();
 }
 
+// Cuts [0, mapped) into registration chunks of at most max_chunk bytes that end only at split
+// points (or at the end); without split points, at multiples of max_chunk.
+Status plan_pin_chunks(uint64_t mapped, uint64_t max_chunk, uint64_t page,
+                       const std::vector<uint64_t>& splits,
+                       std::vector<std::pair<uint64_t, uint64_t>>* chunks) {
+  for (size_t i = 0; i < splits.size(); ++i) {
+    if (splits[i] % page != 0 || (i > 0 && splits[i] <= splits[i - 1])) {
+      return Error{"pin split points must be ascending multiples of the page size (" +
+                   std::to_string(page) + " B); got " + std::to_string(splits[i]) + " at index " +
+                   std::to_string(i)};
+    }
+  }
+  uint64_t start = 0;
+  size_t next = 0;  // first split point > start
+  while (start < mapped) {
+    uint64_t end = std::min(mapped, start + max_chunk);
+    if (end < mapped && !splits.empty()) {
+      while (next < splits.size() && splits[next] <= start) ++next;
+      size_t j = next;
+      while (j + 1 < splits.size() && splits[j + 1] <= end) ++j;
+      if (j >= splits.size() || splits[j] > end) {
+        return Error{"a region at offset " + format_bytes(start) +
+                     " is larger than one registration chunk (" + format_bytes(max_chunk) + ")"};
+      }
+      end = splits[j];
+    }
+    chunks->emplace_back(start, end - start);
+    start = end;
+  }
+  return Ok{};
+}
+
 }  // namespace
 
 Status check_host_memory(uint64_t need_bytes, const std::string& what) {
@@ -193,31 +225,34 @@ Result<HostArena> HostArena::create(uint64_t bytes, const ArenaOptions& opts,
   if (!backend) backend = cuda_pin_backend();
   if (opts.pin && backend) {
     const uint64_t chunk_setting = g_pin_chunk_bytes.load();
-    const uint64_t chunk = round_up(chunk_setting ? chunk_setting : kMaxPinChunkBytes, page);
-    const uint64_t chunks = (mapped + chunk - 1) / chunk;
-    const bool inject_failure = g_pin_failure.load();
+    const uint64_t max_chunk = round_up(chunk_setting ? chunk_setting : kMaxPinChunkBytes, page);
+    std::vector<std::pair<uint64_t, uint64_t>> chunks;
     std::string failure;
-    uint64_t done = 0;
-    for (; done < chunks; ++done) {
-      const uint64_t off = done * chunk;
-      const uint64_t len = std::min(chunk, mapped - off);
-      if (inject_failure && done + 1 == chunks) {
+    if (Status st = plan_pin_chunks(mapped, max_chunk, page, opts.pin_split_points, &chunks);
+        !st.ok()) {
+      failure = st.error().message;
+    }
+    const bool inject_failure = g_pin_failure.load();
+    size_t registered = 0;
+    for (; failure.empty() && registered < chunks.size(); ++registered) {
+      const auto [off, len] = chunks[registered];
+      if (inject_failure && registered + 1 == chunks.size()) {
         failure = "failure injected by set_pin_failure_for_testing";
       } else if (Status st = backend->register_range(aligned + off, len); !st.ok()) {
         failure = st.error().message;
       }
       if (!failure.empty()) {
-        failure = "chunk " + std::to_string(done + 1) + "/" + std::to_string(chunks) + " (" +
-                  format_bytes(len) + " at offset " + format_bytes(off) + "): " + failure;
+        failure = "chunk " + std::to_string(registered + 1) + "/" + std::to_string(chunks.size()) +
+                  " (" + format_bytes(len) + " at offset " + format_bytes(off) + "): " + failure;
         break;
       }
     }
     if (failure.empty()) {
       arena.pinned_bytes_ = mapped;
-      arena.pin_chunk_bytes_ = chunk;
+      arena.pin_chunks_ = std::move(chunks);
       arena.pin_backend_ = backend;
     } else {
-      while (done > 0) backend->unregister_range(aligned + --done * chunk);
+      while (registered > 0) backend->unregister_range(aligned + chunks[--registered].first);
       arena.pin_fallback_reason_ = "could not pin " + format_bytes(mapped) + " with " +
                                    backend->name() + ", " + failure +
                                    "; using pageable memory, so host-device copies of it are "
@@ -243,7 +278,7 @@ HostArena& HostArena::operator=(HostArena&& other) noexcept {
   size_ = std::exchange(other.size_, 0);
   mapped_bytes_ = std::exchange(other.mapped_bytes_, 0);
   pinned_bytes_ = std::exchange(other.pinned_bytes_, 0);
-  pin_chunk_bytes_ = std::exchange(other.pin_chunk_bytes_, 0);
+  pin_chunks_ = std::exchange(other.pin_chunks_, {});
   pin_backend_ = std::exchange(other.pin_backend_, nullptr);
   numa_node_ = std::exchange(other.numa_node_, -1);
   huge_pages_ = std::exchange(other.huge_pages_, false);
@@ -255,14 +290,14 @@ HostArena& HostArena::operator=(HostArena&& other) noexcept {
 void HostArena::release() {
   if (!data_) return;
   if (pinned_bytes_ != 0 && pin_backend_) {
-    const uint64_t chunks = (pinned_bytes_ + pin_chunk_bytes_ - 1) / pin_chunk_bytes_;
-    for (uint64_t i = chunks; i-- > 0;)
-      pin_backend_->unregister_range(data_ + i * pin_chunk_bytes_);
+    for (size_t i = pin_chunks_.size(); i-- > 0;)
+      pin_backend_->unregister_range(data_ + pin_chunks_[i].first);
   }
   if (munmap(data_, mapped_bytes_) != 0)
     log_warning(what_ + ": munmap failed: " + errno_str(errno));
   data_ = nullptr;
-  size_ = mapped_bytes_ = pinned_bytes_ = pin_chunk_bytes_ = 0;
+  size_ = mapped_bytes_ = pinned_bytes_ = 0;
+  pin_chunks_.clear();
   pin_backend_ = nullptr;
   numa_node_ = -1;
   huge_pages_ = false;
@@ -273,7 +308,7 @@ std::string HostArena::describe() const {
   std::string s = (what_.empty() ? std::string("arena") : what_) + ": " + amount(size_) +
                   " requested, " + amount(mapped_bytes_) + " mapped, ";
   if (pinned()) {
-    const uint64_t chunks = (pinned_bytes_ + pin_chunk_bytes_ - 1) / pin_chunk_bytes_;
+    const size_t chunks = pin_chunks_.size();
     s += amount(pinned_bytes_) + " pinned (" + pin_backend_->name() + ", " +
          std::to_string(chunks) + (chunks == 1 ? " chunk)" : " chunks)");
   } else {

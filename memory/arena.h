@@ -14,9 +14,11 @@
 //   5. first touch: threads bound to the node's CPUs write every page (the kernel hands out
 //      zeroed pages, so the arena reads as zeros), committing the memory now rather than during a
 //      training step.
-//   6. pin: cudaHostRegister in chunks of <= 64 GiB, every return code checked. If any chunk
-//      fails, the chunks done are unregistered and the arena stays pageable, with ONE warning
-//      saying what and why; pinned() tells callers which copy path they get.
+//   6. pin: cudaHostRegister in chunks of <= 64 GiB ending only at the caller's split points
+//      (region boundaries), every return code checked. If any chunk fails, the chunks done are
+//      unregistered and the arena stays pageable, with ONE warning saying what and why; pinned()
+//      tells callers which copy path they get (the engine refuses a pageable store on CUDA
+//      unless told otherwise).
 //
 // Guarantees: data() is aligned to the system page size (4 KiB), and to 2 MiB when
 // opts.huge_pages and size >= 2 MiB; the arena reads as zeros after create(); size() is exactly
@@ -33,6 +35,8 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "memory/pin_backend.h"
 #include "util/result.h"
@@ -46,6 +50,11 @@ struct ArenaOptions {
   // Threads faulting the pages in. 0 = number of CPUs of the node (of the process when unbound),
   // capped at 8 and at one per 16 MiB.
   int first_touch_threads = 0;
+  // Offsets (bytes from data(), page-aligned, ascending) at which a registration chunk may end.
+  // A copy that spans two registrations is not a pinned copy to the driver, so a caller whose
+  // copies each cover one region passes the region starts here; chunks then never split a
+  // region. Empty: fixed chunks of kMaxPinChunkBytes.
+  std::vector<uint64_t> pin_split_points;
 };
 
 // Ok when `need_bytes` fits in MemAvailable, else an Error such as
@@ -76,6 +85,8 @@ class HostArena {
   const std::string& what() const { return what_; }
   // Why pinning was asked for but not done (the text of the one warning); empty otherwise.
   const std::string& pin_fallback_reason() const { return pin_fallback_reason_; }
+  // The registered chunks as (offset, bytes) from data(); empty when not pinned.
+  const std::vector<std::pair<uint64_t, uint64_t>>& pin_chunks() const { return pin_chunks_; }
 
   // "param store: 18.3 GiB requested, 18.3 GiB mapped, 18.3 GiB pinned (cudaHostRegister, 1
   // chunk), NUMA node 0, huge pages".
@@ -88,7 +99,7 @@ class HostArena {
   uint64_t size_ = 0;
   uint64_t mapped_bytes_ = 0;
   uint64_t pinned_bytes_ = 0;
-  uint64_t pin_chunk_bytes_ = 0;
+  std::vector<std::pair<uint64_t, uint64_t>> pin_chunks_;
   PinBackend* pin_backend_ = nullptr;  // the backend that pinned it, used to unpin
   int numa_node_ = -1;
   bool huge_pages_ = false;

@@ -212,6 +212,42 @@ TEST_F(ArenaTest, FailedChunkRollsBackAndFallsBackToPageableWithOneWarning) {
   EXPECT_EQ(warnings(), 1) << log();
 }
 
+// With split points (region starts), chunks end only there: no copy of one region ever spans two
+// registrations, which the driver would not treat as one pinned range.
+TEST_F(ArenaTest, ChunksEndOnlyAtSplitPoints) {
+  RecordingPinBackend rec;
+  set_pin_backend_for_testing(&rec);
+  set_pin_chunk_bytes_for_testing(kMiB);
+  const uint64_t p = page();
+  ArenaOptions o;
+  // Regions of 0.75, 0.5, 0.25, 1.0 and 0.5 MiB (page multiples).
+  uint64_t off = 0;
+  for (uint64_t len : {3 * kMiB / 4, kMiB / 2, kMiB / 4, kMiB, kMiB / 2}) {
+    if (off > 0) o.pin_split_points.push_back(off);
+    off += len / p * p;
+  }
+  HostArena a = make(off, o, "param store");
+  ASSERT_TRUE(a.pinned());
+  // Greedy: [0.75], [0.5 + 0.25], [1.0], [0.5].
+  const std::vector<std::pair<uint64_t, uint64_t>> want = {{0, 3 * kMiB / 4},
+                                                           {3 * kMiB / 4, 3 * kMiB / 4},
+                                                           {3 * kMiB / 2, kMiB},
+                                                           {5 * kMiB / 2, kMiB / 2}};
+  EXPECT_EQ(a.pin_chunks(), want);
+  ASSERT_EQ(rec.registered.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_EQ(rec.registered[i].p, a.data() + want[i].first);
+    EXPECT_EQ(rec.registered[i].bytes, want[i].second);
+  }
+  // A region larger than a chunk cannot be registered whole: pageable, with the reason.
+  ArenaOptions big;
+  big.pin_split_points = {2 * kMiB};
+  HostArena b = make(3 * kMiB, big, "param store");
+  EXPECT_FALSE(b.pinned());
+  EXPECT_NE(b.pin_fallback_reason().find("larger than one registration chunk"), std::string::npos)
+      << b.pin_fallback_reason();
+}
+
 TEST_F(ArenaTest, FailureHookFailsTheLastChunk) {
   RecordingPinBackend rec;
   set_pin_backend_for_testing(&rec);

@@ -1,4 +1,5 @@
 #include "memory/topology.h"
+#include "util/text.h"
 
 #include <sched.h>
 #include <unistd.h>
@@ -33,18 +34,28 @@ std::vector<int> affinity_cpus() {
   return cpus;
 }
 
-std::optional<std::string> read_file(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return std::nullopt;
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-std::string trim(const std::string& s) {
-  const size_t b = s.find_first_not_of(" \t\r\n");
-  if (b == std::string::npos) return {};
-  return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
+// The CPUs of `numa` grouped by the physical core they belong to; empty when hwloc has no core
+// objects (some VMs and containers) or they do not cover the node's CPUs.
+std::vector<std::vector<int>> node_cores(hwloc_topology_t t, hwloc_obj_t numa) {
+  std::vector<std::vector<int>> cores;
+  if (!numa->cpuset) return cores;
+  size_t covered = 0;
+  const int n = hwloc_get_nbobjs_by_type(t, HWLOC_OBJ_CORE);
+  for (int i = 0; i < n; ++i) {
+    hwloc_obj_t core = hwloc_get_obj_by_type(t, HWLOC_OBJ_CORE, i);
+    if (!core->cpuset || !hwloc_bitmap_intersects(core->cpuset, numa->cpuset)) continue;
+    std::vector<int> pus;
+    unsigned c;
+    hwloc_bitmap_foreach_begin(c, core->cpuset) {
+      if (hwloc_bitmap_isset(numa->cpuset, c)) pus.push_back(static_cast<int>(c));
+    }
+    hwloc_bitmap_foreach_end();
+    covered += pus.size();
+    cores.push_back(std::move(pus));
+  }
+  if (covered != static_cast<size_t>(hwloc_bitmap_weight(numa->cpuset))) return {};
+  std::sort(cores.begin(), cores.end());
+  return cores;
 }
 
 bool load_hwloc(Topology& topo) {
@@ -65,6 +76,7 @@ bool load_hwloc(Topology& topo) {
       hwloc_bitmap_foreach_begin(c, obj->cpuset) node.cpus.push_back(static_cast<int>(c));
       hwloc_bitmap_foreach_end();
     }
+    node.cores = node_cores(t, obj);
     topo.nodes.push_back(std::move(node));
   }
   hwloc_topology_destroy(t);
@@ -77,11 +89,11 @@ bool load_hwloc(Topology& topo) {
 // whose CPUs overlap the device's local_cpulist most, and on a single-node host that node.
 int pci_device_node(const Topology& topo, const std::string& bus_id) {
   const std::string dir = "/sys/bus/pci/devices/" + bus_id;
-  if (std::optional<std::string> s = read_file(dir + "/numa_node")) {
+  if (std::optional<std::string> s = read_small_file(dir + "/numa_node")) {
     const int node = std::atoi(trim(*s).c_str());
     if (node >= 0 && topo.node(node)) return node;
   }
-  if (std::optional<std::string> s = read_file(dir + "/local_cpulist")) {
+  if (std::optional<std::string> s = read_small_file(dir + "/local_cpulist")) {
     if (std::optional<std::vector<int>> local = parse_cpulist(trim(*s))) {
       int best = -1;
       size_t best_overlap = 0;
@@ -95,22 +107,6 @@ int pci_device_node(const Topology& topo, const std::string& bus_id) {
     }
   }
   return topo.nodes.size() == 1 ? topo.nodes.front().os_index : -1;
-}
-
-std::string cpus_str(const std::vector<int>& cpus) {
-  std::string s;
-  for (size_t i = 0; i < cpus.size();) {
-    size_t j = i;
-    while (j + 1 < cpus.size() && cpus[j + 1] == cpus[j] + 1) ++j;
-    if (!s.empty()) s += ",";
-    s += std::to_string(cpus[i]);
-    if (j > i) {
-      s += '-';
-      s += std::to_string(cpus[j]);
-    }
-    i = j + 1;
-  }
-  return s.empty() ? "none" : s;
 }
 
 }  // namespace
@@ -140,7 +136,7 @@ std::string Topology::describe() const {
   std::string s = std::to_string(nodes.size()) + (nodes.size() == 1 ? " NUMA node" : " NUMA nodes");
   for (const NumaNode& n : nodes) {
     s += "; node " + std::to_string(n.os_index) + ": " + std::to_string(n.cpus.size()) + " cpus (" +
-         cpus_str(n.cpus) + "), " + format_bytes(n.local_memory_bytes) + " reported local";
+         format_cpulist(n.cpus) + "), " + format_bytes(n.local_memory_bytes) + " reported local";
   }
   s += "; GPU 0 nearest node: " + (gpu_node >= 0 ? std::to_string(gpu_node) : std::string("none"));
   s += "; host RAM available: " + format_bytes(host_memory_available_bytes()) + " (MemAvailable)";
@@ -163,7 +159,7 @@ std::optional<uint64_t> parse_mem_available(const std::string& meminfo) {
 }
 
 uint64_t host_memory_available_bytes() {
-  if (std::optional<std::string> text = read_file("/proc/meminfo"))
+  if (std::optional<std::string> text = read_small_file("/proc/meminfo"))
     if (std::optional<uint64_t> v = parse_mem_available(*text)) return *v;
   const long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
   return pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) : 0;
@@ -185,6 +181,25 @@ std::optional<std::vector<int>> parse_cpulist(const std::string& text) {
   }
   if (cpus.empty()) return std::nullopt;
   return cpus;
+}
+
+std::string format_cpulist(const std::vector<int>& unsorted) {
+  std::vector<int> cpus = unsorted;
+  std::sort(cpus.begin(), cpus.end());
+  cpus.erase(std::unique(cpus.begin(), cpus.end()), cpus.end());
+  std::string s;
+  for (size_t i = 0; i < cpus.size();) {
+    size_t j = i;
+    while (j + 1 < cpus.size() && cpus[j + 1] == cpus[j] + 1) ++j;
+    if (!s.empty()) s += ",";
+    s += std::to_string(cpus[i]);
+    if (j > i) {
+      s += '-';
+      s += std::to_string(cpus[j]);
+    }
+    i = j + 1;
+  }
+  return s.empty() ? "none" : s;
 }
 
 std::string format_bytes(uint64_t bytes) {

@@ -22,6 +22,9 @@ namespace ramstream::memory {
 struct NumaNode {
   int os_index = 0;
   std::vector<int> cpus;  // OS indices of the CPUs of this node that this process may run on
+  // The same CPUs grouped by physical core (SMT siblings together), cores in the order of their
+  // first CPU; empty when hwloc did not report cores (then treat every CPU as its own core).
+  std::vector<std::vector<int>> cores;
   uint64_t local_memory_bytes = 0;  // as the firmware reports it; see the note at the top
 };
 
@@ -51,6 +54,9 @@ std::optional<uint64_t> parse_mem_available(const std::string& meminfo);
 
 // A Linux cpulist ("0-3,8,10-11") as OS indices; nullopt when malformed.
 std::optional<std::vector<int>> parse_cpulist(const std::string& text);
+
+// The inverse of parse_cpulist: "0-3,8,10-11" (sorted, duplicates dropped); "none" when empty.
+std::string format_cpulist(const std::vector<int>& cpus);
 
 // "18.3 GiB", "512.0 MiB", "4.0 KiB", "17 B": binary units, one decimal.
 std::string format_bytes(uint64_t bytes);

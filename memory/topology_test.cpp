@@ -1,5 +1,7 @@
 #include "memory/topology.h"
 
+#include <algorithm>
+
 #include <gtest/gtest.h>
 
 #include "memory/pin_backend.h"
@@ -23,6 +25,29 @@ TEST(Topology, ProbeFindsNodesWithCpus) {
   } else if (topo.nodes.size() == 1) {
     EXPECT_EQ(topo.gpu_node, topo.nodes.front().os_index);
   }
+}
+
+TEST(Topology, CoresPartitionTheNodeCpus) {
+  for (const NumaNode& n : Topology::probe().nodes) {
+    if (n.cores.empty()) continue;  // hwloc reported no cores
+    std::vector<int> flat;
+    for (const std::vector<int>& core : n.cores) {
+      EXPECT_FALSE(core.empty());
+      flat.insert(flat.end(), core.begin(), core.end());
+    }
+    std::vector<int> cpus = n.cpus;
+    std::sort(flat.begin(), flat.end());
+    std::sort(cpus.begin(), cpus.end());
+    EXPECT_EQ(flat, cpus) << "node " << n.os_index;
+  }
+}
+
+TEST(Topology, FormatCpulist) {
+  EXPECT_EQ(format_cpulist({0, 1, 2, 3, 8, 10, 11}), "0-3,8,10-11");
+  EXPECT_EQ(format_cpulist({11, 10, 8, 3, 2, 1, 0, 3}), "0-3,8,10-11");  // sorted, deduplicated
+  EXPECT_EQ(format_cpulist({5}), "5");
+  EXPECT_EQ(format_cpulist({}), "none");
+  EXPECT_EQ(parse_cpulist(format_cpulist({0, 2, 3, 4, 9})), (std::vector<int>{0, 2, 3, 4, 9}));
 }
 
 TEST(Topology, DescribeNamesNodesAndCapacitySource) {

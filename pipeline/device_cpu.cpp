@@ -1,5 +1,6 @@
 // The CPU backend of device.h and the host worker queue.
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -10,47 +11,94 @@
 #include <thread>
 
 #include "pipeline/device.h"
+#include "pipeline/host_event.h"
 
 namespace ramstream::pipeline {
+namespace detail {
 namespace {
 
-// Counts records and reached points; waiting for a record waits for the point it marked.
-class HostEvent final : public Event {
- public:
-  void record(Stream& stream) override {
-    uint64_t target;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      target = ++recorded_;
+std::atomic<int64_t> g_host_waits{0};
+thread_local bool t_worker_thread = false;
+
+}  // namespace
+
+void count_host_wait() {
+  if (!t_worker_thread) g_host_waits.fetch_add(1, std::memory_order_relaxed);
+}
+
+void mark_worker_thread() {
+  t_worker_thread = true;
+}
+
+void HostEvent::record(Stream& stream) {
+  uint64_t target;
+  {
+    std::lock_guard<std::mutex> lock(st_->mu);
+    target = ++st_->recorded;
+  }
+  stream.host_task([st = st_, target] { st->signal(target); });
+}
+
+void HostEvent::synchronize() {
+  count_host_wait();
+  st_->wait_for(st_->last_recorded());
+}
+
+bool HostEvent::query() {
+  std::lock_guard<std::mutex> lock(st_->mu);
+  return st_->reached >= st_->recorded;
+}
+
+double HostEvent::elapsed_us(Event& start) {
+  HostEvent* s = as_host_event(start);
+  if (s == nullptr) throw std::logic_error("HostEvent::elapsed_us: start is not a host event");
+  auto reached_at = [](State& st) {
+    std::lock_guard<std::mutex> lock(st.mu);
+    if (st.reached == 0 || st.reached < st.recorded) {
+      throw std::logic_error("HostEvent::elapsed_us: an event was not reached");
     }
-    stream.host_task([this, target] { signal(target); });
-  }
-  void synchronize() override { wait_for(last_recorded()); }
+    return st.reached_at;
+  };
+  const auto a = reached_at(*s->st_);
+  const auto b = reached_at(*st_);
+  return std::chrono::duration<double, std::micro>(b - a).count();
+}
 
-  uint64_t last_recorded() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return recorded_;
-  }
-  void wait_for(uint64_t target) {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return reached_ >= target; });
-  }
+uint64_t HostEvent::State::last_recorded() {
+  std::lock_guard<std::mutex> lock(mu);
+  return recorded;
+}
 
- private:
-  void signal(uint64_t target) {
-    std::lock_guard<std::mutex> lock(mu_);
-    reached_ = std::max(reached_, target);
-    cv_.notify_all();
+void HostEvent::State::wait_for(uint64_t target) {
+  std::unique_lock<std::mutex> lock(mu);
+  cv.wait(lock, [&] { return reached >= target; });
+}
+
+void HostEvent::State::signal(uint64_t target) {
+  std::lock_guard<std::mutex> lock(mu);
+  if (target > reached) {
+    reached = target;
+    reached_at = std::chrono::steady_clock::now();
   }
+  cv.notify_all();
+}
 
-  std::mutex mu_;
-  std::condition_variable cv_;
-  uint64_t recorded_ = 0;
-  uint64_t reached_ = 0;
-};
+HostEvent* as_host_event(Event& e) {
+  return dynamic_cast<HostEvent*>(&e);
+}
 
-HostEvent& as_host_event(Event& e) {
-  auto* h = dynamic_cast<HostEvent*>(&e);
+}  // namespace detail
+
+int64_t host_wait_count() {
+  return detail::g_host_waits.load(std::memory_order_relaxed);
+}
+
+namespace {
+
+using detail::HostEvent;
+
+HostEvent& host_event_or_throw(Event& e) {
+  HostEvent* h = detail::as_host_event(e);
   if (h == nullptr) throw std::logic_error("a CPU stream can only wait for CPU/host events");
   return *h;
 }
@@ -90,9 +138,9 @@ class WorkerStream final : public Stream {
   }
 
   void wait(Event& event) override {
-    HostEvent& e = as_host_event(event);
-    const uint64_t target = e.last_recorded();
-    host_task([&e, target] { e.wait_for(target); });
+    std::shared_ptr<HostEvent::State> st = host_event_or_throw(event).state();
+    const uint64_t target = st->last_recorded();
+    host_task([st, target] { st->wait_for(target); });
   }
 
   void host_task(std::function<void()> fn) override {
@@ -105,6 +153,7 @@ class WorkerStream final : public Stream {
   }
 
   void synchronize() override {
+    detail::count_host_wait();
     std::unique_lock<std::mutex> lock(mu_);
     const uint64_t target = enqueued_;
     done_cv_.wait(lock, [&] { return finished_ >= target; });
@@ -118,6 +167,7 @@ class WorkerStream final : public Stream {
   }
 
   void run() {
+    detail::mark_worker_thread();
     for (;;) {
       std::function<void()> task;
       {
@@ -128,6 +178,7 @@ class WorkerStream final : public Stream {
         queue_.pop_front();
       }
       fault_delay();
+      if (opts_.before_each_task) opts_.before_each_task();
       task();
       {
         std::lock_guard<std::mutex> lock(mu_);
@@ -153,7 +204,10 @@ class InlineStream final : public Stream {
  public:
   const std::string& name() const override { return name_; }
   void copy(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
-  void wait(Event& event) override { as_host_event(event).synchronize(); }
+  void wait(Event& event) override {
+    HostEvent::State& st = *host_event_or_throw(event).state();
+    st.wait_for(st.last_recorded());  // the compute stream waiting, not a host read
+  }
   void host_task(std::function<void()> fn) override { fn(); }
   void synchronize() override {}
 
@@ -163,11 +217,20 @@ class InlineStream final : public Stream {
 
 class CpuDevice final : public Device {
  public:
-  explicit CpuDevice(const CpuDeviceOptions& opts) : opts_(opts) {}
+  explicit CpuDevice(const CpuDeviceOptions& opts) : opts_(opts) {
+    if (opts.compute_dtype != at::kFloat && opts.compute_dtype != at::kBFloat16) {
+      throw std::invalid_argument(std::string("cpu device: compute dtype must be fp32 or bf16, "
+                                              "got ") +
+                                  c10::toString(opts.compute_dtype));
+    }
+  }
   DeviceKind kind() const override { return DeviceKind::kCpu; }
   at::Device torch_device() const override { return at::kCPU; }
-  at::ScalarType compute_dtype() const override { return at::kFloat; }
+  at::ScalarType compute_dtype() const override { return opts_.compute_dtype; }
   at::Tensor alloc(int64_t numel, at::ScalarType dtype) override {
+    return at::zeros({numel}, at::TensorOptions().dtype(dtype));
+  }
+  at::Tensor alloc_host(int64_t numel, at::ScalarType dtype) override {
     return at::zeros({numel}, at::TensorOptions().dtype(dtype));
   }
   std::unique_ptr<Stream> new_stream(const std::string& name) override {
@@ -175,16 +238,19 @@ class CpuDevice final : public Device {
     o.fault_seed = opts_.fault_seed + (++streams_) * 7919;  // distinct delays per stream
     return std::make_unique<WorkerStream>(name, o);
   }
-  std::unique_ptr<Event> new_event() override { return std::make_unique<HostEvent>(); }
-  Stream& compute_stream() override { return compute_; }
+  std::unique_ptr<Stream> new_compute_stream() override { return std::make_unique<InlineStream>(); }
+  std::unique_ptr<StreamScope> make_current(Stream&) override {
+    return std::make_unique<StreamScope>();
+  }
+  std::unique_ptr<Event> new_event(bool) override { return std::make_unique<HostEvent>(); }
   std::string describe() const override {
-    return std::string("cpu (fp32 compute") + (opts_.fault_injection ? ", fault injection)" : ")");
+    return std::string("cpu (") + (opts_.compute_dtype == at::kBFloat16 ? "bf16" : "fp32") +
+           " compute" + (opts_.fault_injection ? ", fault injection)" : ")");
   }
 
  private:
   const CpuDeviceOptions opts_;
   uint64_t streams_ = 0;
-  InlineStream compute_;
 };
 
 }  // namespace

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <stdexcept>
 #include <utility>
 
@@ -26,6 +27,86 @@ struct Engine::CkptBuffer {
   std::unique_ptr<Event> used;    // compute finished with the content
 };
 
+// Pinned host copies of one step's micro-batches (ids, and the rows with a target), uploaded on
+// the compute stream; `consumed` marks the end of the upload.
+struct Engine::Staging {
+  std::vector<at::Tensor> ids, index, target;  // [M] of [N] int64
+  std::unique_ptr<Event> consumed;
+};
+
+// Where one step's loss lands on the host.
+struct Engine::LossSlot {
+  at::Tensor host;  // [1] float64, pinned
+  std::unique_ptr<Event> ready;
+  uint64_t generation = 0;  // which use of the slot it holds (or will)
+};
+
+// One step's global grad norm and what the optimizer made of it; written on the optimizer queue
+// before `ready` is reached, read by the updates (same queue) and by StepResult after `ready`.
+struct Engine::NormRecord {
+  std::unique_ptr<Event> ready = make_host_event();
+  double norm = -1;
+  float clip_coef = 1.0f;
+  bool skip = false;
+};
+
+struct Engine::Mark {
+  std::string stream, what;
+  int64_t stage;
+  bool host;  // on the optimizer queue (host clock) rather than a device stream
+  std::unique_ptr<Event> event;
+};
+
+struct StepResult::Record {
+  int64_t step = 0, num_targets = 0;
+  std::shared_ptr<Engine::LossSlot> loss_slot;
+  uint64_t loss_generation = 0;
+  std::shared_ptr<Engine::NormRecord> norm;
+  double loss_sum = 0;
+  bool loss_read = false;
+};
+
+int64_t StepResult::step() const {
+  return rec_ ? rec_->step : 0;
+}
+
+int64_t StepResult::num_targets() const {
+  return rec_ ? rec_->num_targets : 0;
+}
+
+double StepResult::loss_sum() {
+  if (!rec_) throw std::logic_error("StepResult: empty (no step)");
+  if (!rec_->loss_read) {
+    Engine::LossSlot& slot = *rec_->loss_slot;
+    if (slot.generation != rec_->loss_generation) {
+      throw std::logic_error("StepResult::loss: the loss of step " + std::to_string(rec_->step) +
+                             " was overwritten; read it within " +
+                             std::to_string(Engine::kLossSlots) + " steps or evaluations");
+    }
+    slot.ready->synchronize();
+    rec_->loss_sum = slot.host.data_ptr<double>()[0];
+    rec_->loss_read = true;
+  }
+  return rec_->loss_sum;
+}
+
+double StepResult::loss() {
+  const double sum = loss_sum();
+  return rec_->num_targets > 0 ? sum / double(rec_->num_targets) : 0.0;
+}
+
+double StepResult::grad_norm() {
+  if (!rec_) throw std::logic_error("StepResult: empty (no step)");
+  rec_->norm->ready->synchronize();
+  return rec_->norm->norm;
+}
+
+bool StepResult::skipped() {
+  if (!rec_) throw std::logic_error("StepResult: empty (no step)");
+  rec_->norm->ready->synchronize();
+  return rec_->norm->skip;
+}
+
 Engine::Engine(Device& device, ParamStore& store, const EngineOptions& options, int64_t batch,
                int64_t seq_len)
     : dev_(device),
@@ -39,14 +120,30 @@ Engine::Engine(Device& device, ParamStore& store, const EngineOptions& options, 
               options_.num_slots);
   TORCH_CHECK(!(options_.host_checkpoints && options_.activations == ActivationMode::kSaved),
               "Engine: keeping activations needs device checkpoints (host_checkpoints=false)");
-  const bool cuda = dev_.kind() == DeviceKind::kCuda;
-  TORCH_CHECK(store_.options().working_copy_bf16 == cuda, "Engine: a ", cuda ? "CUDA" : "CPU",
-              " device needs a ParamStore with working_copy_bf16=", cuda ? "true" : "false");
+  TORCH_CHECK(batch >= 1 && seq_len >= 1, "Engine: batch and seq_len must be >= 1, got ", batch,
+              " and ", seq_len);
   const at::ScalarType dtype = dev_.compute_dtype();
+  const bool bf16_layout = store_.options().working_copy_bf16;
+  TORCH_CHECK(
+      bf16_layout == (dtype == at::kBFloat16), "Engine: ", dev_.describe(), " computes in ", dtype,
+      " and needs a ParamStore with working_copy_bf16=", dtype == at::kBFloat16 ? "true" : "false");
+  const bool cuda = dev_.kind() == DeviceKind::kCuda;
+  if (cuda && !store_.arena().pinned() && !options_.allow_pageable) {
+    throw std::runtime_error(
+        "Engine: the parameter store is not page-locked (" + store_.arena().describe() +
+        "), so every host<->device copy would be synchronous; pin it (ParamStoreOptions::pin) or "
+        "set engine.allow_pageable=true");
+  }
+  const at::ScalarType acc = autograd::acc_dtype(dtype);
   const at::Device where = dev_.torch_device();
+  compute_ = dev_.new_compute_stream();
+  // Buffers are filled on the engine's compute stream (and waited for at the end), so no other
+  // stream ever sees one before its zero-fill.
+  const std::unique_ptr<StreamScope> scope = dev_.make_current(*compute_);
   h2d_ = dev_.new_stream("h2d");
   d2h_ = dev_.new_stream("d2h");
   optimizer_ = make_host_worker("optimizer", options_.optimizer_queue);
+  optimizer_arena_ = std::make_unique<memory::ArenaBinding>(options_.optimizer_cpus);
   for (int k = 0; k < options_.num_slots; ++k) {
     auto s = std::make_unique<Slot>();
     s->buf = dev_.alloc(plan_.slot_numel, dtype);
@@ -55,20 +152,23 @@ Engine::Engine(Device& device, ParamStore& store, const EngineOptions& options, 
     slots_.push_back(std::move(s));
   }
   for (int g = 0; g < 2; ++g) {
-    grad_buf_[g] = dev_.alloc(plan_.slot_numel, dtype);
-    grad_ready_[g] = dev_.new_event();
+    grad_buf_[g] = dev_.alloc(plan_.slot_numel, acc);
     grad_free_[g] = dev_.new_event();
+    if (bf16_layout) {
+      grad_half_[g] = dev_.alloc(plan_.slot_numel, dtype);
+      half_free_[g] = dev_.new_event();
+    }
   }
-  if (plan_.tied) tied_grad_ = dev_.alloc(plan_.vocab * plan_.hidden, dtype);
-  tied_ready_ = dev_.new_event();
+  if (plan_.tied) tied_grad_ = dev_.alloc(plan_.vocab * plan_.hidden, acc);
   tied_free_ = dev_.new_event();
+  grads_ready_ = dev_.new_event();
   for (int64_t s = 0; s < plan_.num_stages(); ++s) {
     grads_on_host_.push_back(dev_.new_event());
     update_done_.push_back(make_host_event());
   }
   sum_sq_.assign(static_cast<size_t>(plan_.num_stages()), 0.0);
   host_grad_.assign(static_cast<size_t>(plan_.num_stages()), nullptr);
-  const bool grad_regions = cuda || store_.options().grad_regions;
+  const bool grad_regions = bf16_layout || store_.options().grad_regions;
   TORCH_CHECK(grad_regions || options_.max_grad_norm <= 0,
               "Engine: exact global-norm clipping needs every grad before any update: use a "
               "ParamStore with grad_regions=true, or max_grad_norm=0");
@@ -78,7 +178,18 @@ Engine::Engine(Device& device, ParamStore& store, const EngineOptions& options, 
       grad_ring_free_.push_back(make_host_event());
     }
   }
-  norm_ready_ = make_host_event();
+  norm_ = std::make_shared<NormRecord>();
+  for (int i = 0; i < kLossSlots; ++i) {
+    auto slot = std::make_shared<LossSlot>();
+    slot->host = dev_.alloc_host(1, at::kDouble);
+    slot->ready = dev_.new_event();
+    loss_slots_.push_back(std::move(slot));
+  }
+  for (int i = 0; i < 2; ++i) {
+    auto st = std::make_unique<Staging>();
+    st->consumed = dev_.new_event();
+    staging_.push_back(std::move(st));
+  }
 
   const int64_t N = B_ * T_, C = cfg_.hidden_size;
   const auto o = at::TensorOptions().dtype(dtype).device(where);
@@ -87,9 +198,24 @@ Engine::Engine(Device& device, ParamStore& store, const EngineOptions& options, 
   rope_ = autograd::make_rope_tables(cfg_, T_, dtype, where);
   y_tmp_ = at::empty({N, C}, o);
   final_h_ = at::empty({N, C}, o);
-  final_rstd_ = at::empty({N}, o.dtype(autograd::acc_dtype(dtype)));
+  final_rstd_ = at::empty({N}, o.dtype(acc));
   dh_ = at::empty({N, C}, o);
-  ce_chunk_rows_ = autograd::cross_entropy_chunk_rows(cfg_.vocab_size);
+  loss_dev_ = at::zeros({}, o.dtype(at::kDouble));
+  // Chunks of ~8 MiB of logits suit a CPU's caches; a GPU needs hundreds of rows per GEMM.
+  ce_chunk_rows_ = options_.ce_chunk_rows > 0
+                       ? options_.ce_chunk_rows
+                       : autograd::cross_entropy_chunk_rows(cfg_.vocab_size,
+                                                            cuda ? int64_t{256} << 20 : 8 << 20);
+  compute_->synchronize();
+  if (options_.record_timeline) {
+    // Both references reached now (within a few microseconds of each other).
+    t0_dev_ = dev_.new_event(/*timing=*/true);
+    t0_dev_->record(*compute_);
+    t0_dev_->synchronize();
+    t0_host_ = make_host_event();
+    t0_host_->record(*optimizer_);
+    t0_host_->synchronize();
+  }
 }
 
 Engine::~Engine() {
@@ -98,52 +224,60 @@ Engine::~Engine() {
 
 void Engine::mark(Stream& stream, const char* what, int64_t stage) {
   if (!options_.record_timeline) return;
-  const std::string name = stream.name();
-  stream.host_task([this, name, what, stage] {
-    const double t =
-        std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0_).count();
-    std::lock_guard<std::mutex> lock(timeline_mu_);
-    timeline_.push_back({name, what, stage, t});
-  });
+  const bool host = &stream == optimizer_.get();
+  std::unique_ptr<Event> e = host ? make_host_event() : dev_.new_event(/*timing=*/true);
+  e->record(stream);
+  marks_.push_back({stream.name(), what, stage, host, std::move(e)});
 }
 
 std::vector<TimelineEvent> Engine::timeline() {
-  std::lock_guard<std::mutex> lock(timeline_mu_);
-  std::vector<TimelineEvent> t = timeline_;
+  std::vector<TimelineEvent> t;
+  for (Mark& m : marks_) {
+    if (!m.event->query()) continue;  // not reached yet
+    // On the CPU backend every event is a host event: one reference keeps one clock.
+    const bool host_ref = m.host && dev_.kind() != DeviceKind::kCpu;
+    const double us = m.event->elapsed_us(host_ref ? *t0_host_ : *t0_dev_);
+    t.push_back({m.stream, m.what, m.stage, us});
+  }
   std::stable_sort(t.begin(), t.end(),
                    [](const TimelineEvent& a, const TimelineEvent& b) { return a.t_us < b.t_us; });
   return t;
 }
 
 void Engine::clear_timeline() {
-  std::lock_guard<std::mutex> lock(timeline_mu_);
-  timeline_.clear();
+  marks_.clear();
 }
 
-double load_compute_overlap(const std::vector<TimelineEvent>& timeline) {
-  // Pair *_begin/*_end per (stream, stage) into intervals.
-  auto intervals = [&](const std::string& stream) {
-    std::vector<std::pair<double, double>> out;
-    std::vector<std::pair<int64_t, double>> open;
-    for (const TimelineEvent& e : timeline) {
-      if (e.stream != stream) continue;
-      const bool begin = e.what.size() > 6 && e.what.compare(e.what.size() - 6, 6, "_begin") == 0;
-      if (begin) {
-        open.emplace_back(e.stage, e.t_us);
-        continue;
-      }
-      for (auto it = open.begin(); it != open.end(); ++it) {
-        if (it->first == e.stage) {
-          out.emplace_back(it->second, e.t_us);
-          open.erase(it);
-          break;
-        }
+namespace {
+
+// Pairs *_begin/*_end per stage on one stream into intervals.
+std::vector<std::pair<double, double>> intervals(const std::vector<TimelineEvent>& timeline,
+                                                 const std::string& stream) {
+  std::vector<std::pair<double, double>> out;
+  std::vector<std::pair<int64_t, double>> open;
+  for (const TimelineEvent& e : timeline) {
+    if (e.stream != stream) continue;
+    const bool begin = e.what.size() > 6 && e.what.compare(e.what.size() - 6, 6, "_begin") == 0;
+    if (begin) {
+      open.emplace_back(e.stage, e.t_us);
+      continue;
+    }
+    for (auto it = open.begin(); it != open.end(); ++it) {
+      if (it->first == e.stage) {
+        out.emplace_back(it->second, e.t_us);
+        open.erase(it);
+        break;
       }
     }
-    return out;
-  };
-  const auto loads = intervals("h2d");
-  const auto computes = intervals("compute");
+  }
+  return out;
+}
+
+}  // namespace
+
+double load_compute_overlap(const std::vector<TimelineEvent>& timeline) {
+  const auto loads = intervals(timeline, "h2d");
+  const auto computes = intervals(timeline, "compute");
   double load_time = 0, overlapped = 0;
   for (const auto& l : loads) {
     load_time += l.second - l.first;
@@ -154,8 +288,23 @@ double load_compute_overlap(const std::vector<TimelineEvent>& timeline) {
   return load_time > 0 ? std::min(1.0, overlapped / load_time) : 0.0;
 }
 
+double compute_idle_fraction(const std::vector<TimelineEvent>& timeline) {
+  auto busy = intervals(timeline, "compute");
+  if (busy.empty()) return 0.0;
+  std::sort(busy.begin(), busy.end());
+  double covered = 0, end = busy.front().first;
+  const double first = busy.front().first;
+  for (const auto& b : busy) {
+    if (b.second <= end) continue;
+    covered += b.second - std::max(b.first, end);
+    end = b.second;
+  }
+  const double span = end - first;
+  return span > 0 ? std::max(0.0, 1.0 - covered / span) : 0.0;
+}
+
 void Engine::synchronize() {
-  dev_.compute_stream().synchronize();
+  compute_->synchronize();
   h2d_->synchronize();
   d2h_->synchronize();
   optimizer_->synchronize();
@@ -175,65 +324,66 @@ std::vector<int64_t> Engine::update_order() const {
 }
 
 double Engine::grad_norm() {
-  norm_ready_->synchronize();
-  return grad_norm_;
+  norm_->ready->synchronize();
+  return norm_->norm;
 }
 
 int64_t Engine::device_bytes() const {
   auto b = [](const at::Tensor& t) {
     return t.defined() ? t.numel() * static_cast<int64_t>(t.element_size()) : int64_t{0};
   };
-  int64_t n = b(grad_buf_[0]) + b(grad_buf_[1]) + b(tied_grad_) + b(y_tmp_) + b(final_h_) +
-              b(final_rstd_) + b(dh_) + acts_.bytes() + scratch_.bytes();
+  int64_t n = b(grad_buf_[0]) + b(grad_buf_[1]) + b(grad_half_[0]) + b(grad_half_[1]) +
+              b(tied_grad_) + b(y_tmp_) + b(final_h_) + b(final_rstd_) + b(dh_) + acts_.bytes() +
+              scratch_.bytes();
   for (const auto& s : slots_) n += b(s->buf);
   for (const auto& v : ckpt_)
     for (const at::Tensor& t : v) n += b(t);
   for (const auto& r : ring_) n += b(r->t);
   for (const auto& v : kept_)
     for (const autograd::BlockActs& a : v) n += a.bytes();
-  for (const at::Tensor& t : dres_) n += b(t);
+  for (const auto* v : {&dres_, &ids_, &rows_index_, &rows_target_})
+    for (const at::Tensor& t : *v) n += b(t);
   return n;
 }
 
 int64_t Engine::host_bytes() const {
+  auto b = [](const at::Tensor& t) { return t.numel() * static_cast<int64_t>(t.element_size()); };
   int64_t n = 0;
-  for (const at::Tensor& t : grad_ring_) n += t.numel() * static_cast<int64_t>(t.element_size());
-  for (const auto& v : host_ckpt_) {
-    for (const at::Tensor& t : v) n += t.numel() * static_cast<int64_t>(t.element_size());
-  }
+  for (const at::Tensor& t : grad_ring_) n += b(t);
+  for (const auto& v : host_ckpt_)
+    for (const at::Tensor& t : v) n += b(t);
+  for (const auto& st : staging_)
+    for (const auto* v : {&st->ids, &st->index, &st->target})
+      for (const at::Tensor& t : *v) n += b(t);
   return n;
 }
 
-void Engine::check_batch(const std::vector<at::Tensor>& ids,
-                         const std::vector<at::Tensor>& targets) {
-  TORCH_CHECK(!ids.empty() && ids.size() == targets.size(), "Engine: ", ids.size(),
-              " id batches and ", targets.size(), " target batches");
-  for (size_t i = 0; i < ids.size(); ++i) {
-    for (const at::Tensor* t : {&ids[i], &targets[i]}) {
-      TORCH_CHECK(
-          t->dim() == 2 && t->size(0) == B_ && t->size(1) == T_ && t->scalar_type() == at::kLong,
-          "Engine: micro-batch ", i, " must be int64 [", B_, ",", T_, "], got ", t->sizes(), " ",
-          t->scalar_type());
-    }
-  }
-  const int64_t M = static_cast<int64_t>(ids.size());
+void Engine::resize_micro_batches(int64_t M) {
+  // Nothing in flight may still use the old buffers.
+  synchronize();
+  M_ = M;
   const at::Device where = dev_.torch_device();
   const at::ScalarType dtype = dev_.compute_dtype();
   const auto o = at::TensorOptions().dtype(dtype).device(where);
+  const auto ol = at::TensorOptions().dtype(at::kLong).device(where);
   const int64_t N = B_ * T_, C = cfg_.hidden_size, L = cfg_.num_layers;
-  ids_.clear();
-  targets_.clear();
-  for (int64_t mb = 0; mb < M; ++mb) {
-    ids_.push_back(ids[static_cast<size_t>(mb)].to(where));
-    targets_.push_back(targets[static_cast<size_t>(mb)].reshape({-1}).to(where));
+  for (auto& st : staging_) {
+    for (auto* v : {&st->ids, &st->index, &st->target}) {
+      v->clear();
+      for (int64_t mb = 0; mb < M; ++mb) v->push_back(dev_.alloc_host(N, at::kLong));
+    }
   }
-  if (M == M_) return;
-  // Buffers that scale with the number of micro-batches; nothing in flight may still use the old
-  // ones.
-  synchronize();
-  M_ = M;
+  ids_.clear();
+  rows_index_.clear();
+  rows_target_.clear();
+  rows_.assign(static_cast<size_t>(M), {});
   dres_.clear();
-  for (int64_t mb = 0; mb < M; ++mb) dres_.push_back(at::empty({N, C}, o));
+  for (int64_t mb = 0; mb < M; ++mb) {
+    ids_.push_back(at::empty({B_, T_}, ol));
+    rows_index_.push_back(at::empty({N}, ol));
+    rows_target_.push_back(at::empty({N}, ol));
+    dres_.push_back(at::empty({N, C}, o));
+  }
   ckpt_.clear();
   ring_.clear();
   host_ckpt_.clear();
@@ -255,6 +405,11 @@ void Engine::check_batch(const std::vector<at::Tensor>& ids,
         block, static_cast<uint64_t>(L * M), po, "activation checkpoints", /*thread_cache=*/0);
     if (!pool.ok()) throw std::runtime_error(pool.error().message);
     ckpt_pool_ = std::move(pool).value();
+    if (po.pin && !ckpt_pool_->arena().pinned() && !options_.allow_pageable) {
+      throw std::runtime_error("Engine: host activation checkpoints could not be page-locked (" +
+                               ckpt_pool_->arena().pin_fallback_reason() +
+                               "); set engine.allow_pageable=true to run with synchronous copies");
+    }
     host_ckpt_.resize(static_cast<size_t>(L));
     for (auto& per_layer : host_ckpt_) {
       for (int64_t mb = 0; mb < M; ++mb) {
@@ -279,6 +434,52 @@ void Engine::check_batch(const std::vector<at::Tensor>& ids,
   }
 }
 
+int64_t Engine::stage_batch(const std::vector<at::Tensor>& ids,
+                            const std::vector<at::Tensor>& targets) {
+  TORCH_CHECK(!ids.empty() && ids.size() == targets.size(), "Engine: ", ids.size(),
+              " id batches and ", targets.size(), " target batches");
+  for (size_t i = 0; i < ids.size(); ++i) {
+    for (const at::Tensor* t : {&ids[i], &targets[i]}) {
+      TORCH_CHECK(t->dim() == 2 && t->size(0) == B_ && t->size(1) == T_ &&
+                      t->scalar_type() == at::kLong && t->is_cpu(),
+                  "Engine: micro-batch ", i, " must be int64 [", B_, ",", T_, "] on the CPU, got ",
+                  t->sizes(), " ", t->scalar_type(), " on ", t->device());
+    }
+  }
+  const int64_t M = static_cast<int64_t>(ids.size());
+  if (M != M_) resize_micro_batches(M);
+  const int64_t N = B_ * T_, V = cfg_.vocab_size;
+  Staging& st = *staging_[static_cast<size_t>(staging_turn_)];
+  staging_turn_ ^= 1;
+  // The upload from this set two steps ago is long done in steady state; wait only if not.
+  if (!st.consumed->query()) st.consumed->synchronize();
+  int64_t count = 0;
+  for (size_t mb = 0; mb < ids.size(); ++mb) {
+    const at::Tensor x = ids[mb].contiguous();
+    const int64_t* xp = x.data_ptr<int64_t>();
+    for (int64_t i = 0; i < N; ++i) {
+      TORCH_CHECK(xp[i] >= 0 && xp[i] < V, "Engine: micro-batch ", mb, " has token id ", xp[i],
+                  " at position ", i, ", outside the vocabulary [0, ", V, ")");
+    }
+    std::memcpy(st.ids[mb].data_ptr(), xp, static_cast<size_t>(N) * sizeof(int64_t));
+    const autograd::LossRows r = autograd::find_loss_rows(targets[mb], V);
+    const int64_t R = r.count();
+    compute_->copy(ids_[mb].data_ptr(), st.ids[mb].data_ptr(), static_cast<size_t>(N) * 8);
+    if (R > 0) {
+      std::memcpy(st.index[mb].data_ptr(), r.index.data_ptr(), static_cast<size_t>(R) * 8);
+      std::memcpy(st.target[mb].data_ptr(), r.target.data_ptr(), static_cast<size_t>(R) * 8);
+      compute_->copy(rows_index_[mb].data_ptr(), st.index[mb].data_ptr(),
+                     static_cast<size_t>(R) * 8);
+      compute_->copy(rows_target_[mb].data_ptr(), st.target[mb].data_ptr(),
+                     static_cast<size_t>(R) * 8);
+    }
+    rows_[mb] = {rows_index_[mb].narrow(0, 0, R), rows_target_[mb].narrow(0, 0, R)};
+    count += R;
+  }
+  st.consumed->record(*compute_);
+  return count;
+}
+
 int Engine::acquire_slot(int64_t stage, int busy_slot) {
   for (int k = 0; k < static_cast<int>(slots_.size()); ++k) {
     if (slots_[k]->stage == stage) {
@@ -292,8 +493,9 @@ int Engine::acquire_slot(int64_t stage, int busy_slot) {
     if (victim < 0 || slots_[k]->last_use < slots_[victim]->last_use) victim = k;
   }
   Slot& s = *slots_[static_cast<size_t>(victim)];
-  // The previous step's update of this stage must be in the store before we copy it.
-  update_done_[static_cast<size_t>(stage)]->synchronize();
+  // The previous step's update of this stage must be in the store before we copy it: a wait of
+  // the copy stream, so the launching thread goes on enqueueing compute.
+  h2d_->wait(*update_done_[static_cast<size_t>(stage)]);
   h2d_->wait(*s.idle);
   const Stage& st = plan_.stages[static_cast<size_t>(stage)];
   const bool bf16 = store_.options().working_copy_bf16;
@@ -308,7 +510,7 @@ int Engine::acquire_slot(int64_t stage, int busy_slot) {
   weight_bytes_loaded_ += st.numel * static_cast<int64_t>(elem);
   if (st.kind == StageKind::kHead && plan_.tied) {
     // The head reads the embedding matrix as its LM head.
-    update_done_[0]->synchronize();
+    h2d_->wait(*update_done_[0]);
     const int64_t n = plan_.vocab * plan_.hidden;
     h2d_->copy(static_cast<char*>(s.buf.data_ptr()) + plan_.head_lm_head_offset * elem,
                source(0).data_ptr(), static_cast<size_t>(n) * elem);
@@ -321,12 +523,8 @@ int Engine::acquire_slot(int64_t stage, int busy_slot) {
   return victim;
 }
 
-at::Tensor& Engine::device_checkpoint(int64_t l, int64_t mb) {
-  return ckpt_[static_cast<size_t>(l)][static_cast<size_t>(mb)];
-}
-
 void Engine::forward(bool keep_for_backward) {
-  Stream& compute = dev_.compute_stream();
+  Stream& compute = *compute_;
   const int64_t L = cfg_.num_layers;
   const bool host_mode = options_.host_checkpoints;
   // Block input l of micro-batch mb in host mode lives in ring buffer (l % 2).
@@ -343,7 +541,7 @@ void Engine::forward(bool keep_for_backward) {
     const SlotViews w = bind_slot(slot.buf, st, plan_);
     for (int64_t mb = 0; mb < M_; ++mb) {
       if (st.kind == StageKind::kEmbedding) {
-        at::Tensor& out = host_mode ? ring(0, mb).t : device_checkpoint(0, mb);
+        at::Tensor& out = host_mode ? ring(0, mb).t : ckpt_[0][static_cast<size_t>(mb)];
         autograd::embedding_forward(out, ids_[static_cast<size_t>(mb)], w.embedding);
         continue;
       }
@@ -362,8 +560,9 @@ void Engine::forward(bool keep_for_backward) {
                    in.t.data_ptr(), static_cast<size_t>(in.t.numel() * in.t.element_size()));
         in.copied->record(*d2h_);
       } else {
-        autograd::block_forward(device_checkpoint(l + 1, mb), a, scratch_, w.block,
-                                device_checkpoint(l, mb), rope_, cfg_);
+        autograd::block_forward(
+            ckpt_[static_cast<size_t>(l + 1)][static_cast<size_t>(mb)], a, scratch_, w.block,
+            ckpt_[static_cast<size_t>(l)][static_cast<size_t>(mb)], rope_, cfg_);
       }
     }
     slot.idle->record(compute);
@@ -372,11 +571,12 @@ void Engine::forward(bool keep_for_backward) {
   }
 }
 
-void Engine::grads_to_host(int64_t stage, const at::Tensor& grads) {
-  Stream& compute = dev_.compute_stream();
-  const Stage& st = plan_.stages[static_cast<size_t>(stage)];
+void Engine::grads_to_host(int64_t stage, const at::Tensor& grads, Event& grads_free) {
+  Stream& compute = *compute_;
+  const int64_t n = plan_.stages[static_cast<size_t>(stage)].numel;
   ParamStore::Region& r = store_.region(stage);
-  at::Tensor dst = store_.options().working_copy_bf16 ? r.working : r.grad;
+  const bool bf16 = store_.options().working_copy_bf16;
+  at::Tensor dst = bf16 ? r.working : r.grad;
   int ring_slot = -1;
   if (!dst.defined()) {
     // Staging ring: wait until the optimizer consumed this buffer's previous grads.
@@ -386,31 +586,45 @@ void Engine::grads_to_host(int64_t stage, const at::Tensor& grads) {
     dst = grad_ring_[static_cast<size_t>(ring_slot)];
   }
   host_grad_[static_cast<size_t>(stage)] = dst.data_ptr();
-  const bool tied_source = grads.is_same(tied_grad_);
-  Event& ready = tied_source ? *tied_ready_ : *grad_ready_[grad_turn_];
-  ready.record(compute);
-  d2h_->wait(ready);
+  at::Tensor src = grads;
+  Event* src_free = &grads_free;
+  if (bf16) {
+    // The one rounding of this step's fp32 grads to bf16, on the device, into a staging buffer;
+    // the fp32 buffer is free again as soon as that is done.
+    const int h = half_turn_;
+    half_turn_ ^= 1;
+    compute.wait(*half_free_[h]);
+    src = grad_half_[h];
+    src.narrow(0, 0, n).copy_(grads.narrow(0, 0, n));
+    grads_free.record(compute);
+    src_free = half_free_[h].get();
+  }
+  grads_ready_->record(compute);
+  d2h_->wait(*grads_ready_);
   mark(*d2h_, "grads_begin", stage);
-  d2h_->copy(dst.data_ptr(), grads.data_ptr(),
-             static_cast<size_t>(st.numel * static_cast<int64_t>(dst.element_size())));
+  d2h_->copy(dst.data_ptr(), src.data_ptr(),
+             static_cast<size_t>(n * static_cast<int64_t>(dst.element_size())));
   mark(*d2h_, "grads_end", stage);
   grads_on_host_[static_cast<size_t>(stage)]->record(*d2h_);
-  if (tied_source) {
-    tied_free_->record(*d2h_);
-  } else {
-    grad_free_[grad_turn_]->record(*d2h_);
-    grad_turn_ ^= 1;
-  }
+  src_free->record(*d2h_);
   schedule_sum_of_squares(stage);
   if (options_.max_grad_norm <= 0) schedule_update(stage);
   if (ring_slot >= 0) grad_ring_free_[static_cast<size_t>(ring_slot)]->record(*optimizer_);
 }
 
-// The next device grad buffer, zeroed once its previous content is on the host.
-at::Tensor& Engine::take_grad_buffer() {
-  dev_.compute_stream().wait(*grad_free_[grad_turn_]);
-  grad_buf_[grad_turn_].zero_();
-  return grad_buf_[grad_turn_];
+int Engine::take_grad_buffer() {
+  const int t = grad_turn_;
+  grad_turn_ ^= 1;
+  compute_->wait(*grad_free_[t]);
+  grad_buf_[t].zero_();
+  return t;
+}
+
+std::shared_ptr<Engine::LossSlot> Engine::next_loss_slot() {
+  std::shared_ptr<LossSlot> slot = loss_slots_[static_cast<size_t>(loss_turn_)];
+  loss_turn_ = (loss_turn_ + 1) % kLossSlots;
+  slot->generation = ++loss_generation_;
+  return slot;
 }
 
 void Engine::schedule_sum_of_squares(int64_t stage) {
@@ -418,10 +632,11 @@ void Engine::schedule_sum_of_squares(int64_t stage) {
   optimizer_->host_task([this, stage, g] {
     grads_on_host_[static_cast<size_t>(stage)]->synchronize();
     const int64_t n = plan_.stages[static_cast<size_t>(stage)].numel;
-    sum_sq_[static_cast<size_t>(stage)] =
-        store_.options().working_copy_bf16
-            ? kernels::sum_of_squares(static_cast<const kernels::bf16*>(g), n)
-            : kernels::sum_of_squares(static_cast<const float*>(g), n);
+    sum_sq_[static_cast<size_t>(stage)] = optimizer_arena_->execute([&] {
+      return store_.options().working_copy_bf16
+                 ? kernels::sum_of_squares(static_cast<const kernels::bf16*>(g), n)
+                 : kernels::sum_of_squares(static_cast<const float*>(g), n);
+    });
   });
 }
 
@@ -429,91 +644,105 @@ void Engine::schedule_update(int64_t stage) {
   const kernels::AdamWConfig cfg = options_.adamw;
   const int64_t step = step_;
   const void* grad = host_grad_[static_cast<size_t>(stage)];
+  std::shared_ptr<NormRecord> norm = norm_;
   mark(*optimizer_, "update_begin", stage);
-  optimizer_->host_task([this, stage, cfg, step, grad] {
+  optimizer_->host_task([this, stage, cfg, step, grad, norm] {
     if (update_gate_) update_gate_(stage);
-    if (options_.max_grad_norm > 0 && options_.skip_nonfinite && !std::isfinite(grad_norm_)) return;
+    const bool bf16 = store_.options().working_copy_bf16;
+    if (norm->skip) {
+      // Nothing changes. In the bf16 layout this stage's grads sit where its weights were:
+      // write the weights back from the master before anything loads them.
+      if (bf16) optimizer_arena_->execute([&] { store_.refresh_working_copy(stage); });
+      return;
+    }
     ParamStore::Region& r = store_.region(stage);
     const int64_t n = plan_.stages[static_cast<size_t>(stage)].numel;
     float* p = r.master.data_ptr<float>();
     float* m = r.m.data_ptr<float>();
     float* v = r.v.data_ptr<float>();
-    if (!store_.options().working_copy_bf16) {
-      kernels::adamw_update(p, m, v, static_cast<const float*>(grad), n, cfg, step, clip_coef_,
-                            nullptr);
-    } else {
-      // Grads arrived in the working region; each grad is read before its new weight is written.
-      auto* w = reinterpret_cast<kernels::bf16*>(r.working.data_ptr());
-      kernels::adamw_update(p, m, v, w, n, cfg, step, clip_coef_, w);
-    }
+    optimizer_arena_->execute([&] {
+      if (!bf16) {
+        kernels::adamw_update(p, m, v, static_cast<const float*>(grad), n, cfg, step,
+                              norm->clip_coef, nullptr);
+      } else {
+        // Grads arrived in the working region; each grad is read before its new weight is
+        // written.
+        auto* w = reinterpret_cast<kernels::bf16*>(r.working.data_ptr());
+        kernels::adamw_update(p, m, v, w, n, cfg, step, norm->clip_coef, w);
+      }
+    });
   });
   mark(*optimizer_, "update_end", stage);
   update_done_[static_cast<size_t>(stage)]->record(*optimizer_);
 }
 
 void Engine::schedule_norm() {
-  optimizer_->host_task([this] {
+  std::shared_ptr<NormRecord> norm = norm_;
+  optimizer_->host_task([this, norm] {
     double total = 0;
     for (double s : sum_sq_) total += s;  // stage order: deterministic
-    grad_norm_ = std::sqrt(total);
-    clip_coef_ = 1.0f;
+    norm->norm = std::sqrt(total);
     if (options_.max_grad_norm > 0) {
       // torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), clamped to 1.
-      clip_coef_ = static_cast<float>(std::min(1.0, options_.max_grad_norm / (grad_norm_ + 1e-6)));
+      norm->clip_coef =
+          static_cast<float>(std::min(1.0, options_.max_grad_norm / (norm->norm + 1e-6)));
+      norm->skip = options_.skip_nonfinite && !std::isfinite(norm->norm);
+      if (norm->skip) skipped_steps_.fetch_add(1);
     }
   });
-  norm_ready_->record(*optimizer_);
+  norm->ready->record(*optimizer_);
 }
 
-void Engine::head(int slot_index, bool backward, double grad_scale,
-                  autograd::CrossEntropyResult* result) {
-  Stream& compute = dev_.compute_stream();
+void Engine::head(int slot_index, bool backward, double grad_scale, LossSlot& loss) {
+  Stream& compute = *compute_;
   Slot& slot = *slots_[static_cast<size_t>(slot_index)];
   compute.wait(*slot.loaded);
   mark(compute, "head_begin", plan_.head_index());
   const int64_t L = cfg_.num_layers, C = cfg_.hidden_size;
   const SlotViews w = bind_slot(slot.buf, plan_.stages.back(), plan_);
-  at::Tensor* g = nullptr;
+  int turn = -1;
   at::Tensor g_norm, g_lm;
   if (backward) {
-    g = &take_grad_buffer();
-    g_norm = g->narrow(0, 0, C);
+    turn = take_grad_buffer();
+    at::Tensor& g = grad_buf_[turn];
+    g_norm = g.narrow(0, 0, C);
     if (plan_.tied) {
       compute.wait(*tied_free_);
       tied_grad_.zero_();
       g_lm = tied_grad_.view({plan_.vocab, plan_.hidden});
     } else {
-      g_lm = g->narrow(0, plan_.head_lm_head_offset, plan_.vocab * plan_.hidden)
+      g_lm = g.narrow(0, plan_.head_lm_head_offset, plan_.vocab * plan_.hidden)
                  .view({plan_.vocab, plan_.hidden});
     }
   }
+  loss_dev_.zero_();
   for (int64_t mb = 0; mb < M_; ++mb) {
-    at::Tensor& x = options_.host_checkpoints ? ring_[static_cast<size_t>((L % 2) * M_ + mb)]->t
-                                              : device_checkpoint(L, mb);
-    const at::Tensor& tg = targets_[static_cast<size_t>(mb)];
+    at::Tensor& x = options_.host_checkpoints
+                        ? ring_[static_cast<size_t>((L % 2) * M_ + mb)]->t
+                        : ckpt_[static_cast<size_t>(L)][static_cast<size_t>(mb)];
+    const autograd::LossRows& rows = rows_[static_cast<size_t>(mb)];
     autograd::rmsnorm_forward(final_h_, final_rstd_, x, w.final_norm, cfg_.rms_norm_eps);
-    autograd::CrossEntropyResult r;
     if (backward) {
-      r = autograd::chunked_cross_entropy_forward_backward(dh_, g_lm, final_h_, w.lm_head, tg,
-                                                           grad_scale, ce_chunk_rows_);
+      autograd::cross_entropy_forward_backward(loss_dev_, dh_, g_lm, final_h_, w.lm_head, rows,
+                                               grad_scale, ce_chunk_rows_);
       at::Tensor& dres = dres_[static_cast<size_t>(mb)];
       dres.zero_();
       autograd::rmsnorm_backward(dres, g_norm, dh_, x, w.final_norm, final_rstd_);
     } else {
-      r = autograd::chunked_cross_entropy_forward(final_h_, w.lm_head, tg, ce_chunk_rows_);
+      autograd::cross_entropy_forward(loss_dev_, final_h_, w.lm_head, rows, ce_chunk_rows_);
     }
-    result->loss_sum += r.loss_sum;
-    result->num_targets += r.num_targets;
     if (options_.host_checkpoints)
       ring_[static_cast<size_t>((L % 2) * M_ + mb)]->used->record(compute);
   }
+  compute.copy(loss.host.data_ptr(), loss_dev_.data_ptr(), sizeof(double));
+  loss.ready->record(compute);
   slot.idle->record(compute);
   mark(compute, "head_end", plan_.head_index());
-  if (backward) grads_to_host(plan_.head_index(), *g);
+  if (backward) grads_to_host(plan_.head_index(), grad_buf_[turn], *grad_free_[turn]);
 }
 
 void Engine::backward(int head_slot) {
-  Stream& compute = dev_.compute_stream();
+  Stream& compute = *compute_;
   const int64_t L = cfg_.num_layers;
   const bool host_mode = options_.host_checkpoints;
   const bool keep = options_.activations == ActivationMode::kSaved;
@@ -545,8 +774,8 @@ void Engine::backward(int head_slot) {
     mark(compute, "backward_begin", stage);
     const model::BlockParams w =
         bind_slot(slot.buf, plan_.stages[static_cast<size_t>(stage)], plan_).block;
-    at::Tensor& g = take_grad_buffer();
-    model::BlockParams gw = model::bind_block_params(g, plan_.block);
+    const int turn = take_grad_buffer();
+    model::BlockParams gw = model::bind_block_params(grad_buf_[turn], plan_.block);
     for (int64_t mb = 0; mb < M_; ++mb) {
       autograd::BlockActs* a = &acts_;
       if (keep) {
@@ -556,67 +785,75 @@ void Engine::backward(int head_slot) {
         compute.wait(*in.copied);
         autograd::block_forward(y_tmp_, acts_, scratch_, w, in.t, rope_, cfg_);
       } else {
-        autograd::block_forward(y_tmp_, acts_, scratch_, w, device_checkpoint(l, mb), rope_, cfg_);
+        autograd::block_forward(y_tmp_, acts_, scratch_, w,
+                                ckpt_[static_cast<size_t>(l)][static_cast<size_t>(mb)], rope_,
+                                cfg_);
       }
       autograd::block_backward(dres_[static_cast<size_t>(mb)], gw, *a, scratch_, w, rope_, cfg_);
       if (host_mode) ring(l, mb).used->record(compute);
     }
     slot.idle->record(compute);
     mark(compute, "backward_end", stage);
-    grads_to_host(stage, g);
+    grads_to_host(stage, grad_buf_[turn], *grad_free_[turn]);
   }
   // Embedding: needs no weights, only the ids and the residual grads.
-  at::Tensor* ge;
+  at::Tensor ge;
+  Event* ge_free;
   if (plan_.tied) {
-    ge = &tied_grad_;  // already holds the head's contribution
+    ge = tied_grad_;  // already holds the head's contribution
+    ge_free = tied_free_.get();
   } else {
-    ge = &take_grad_buffer();
+    const int turn = take_grad_buffer();
+    ge = grad_buf_[turn];
+    ge_free = grad_free_[turn].get();
   }
-  at::Tensor gv = ge->narrow(0, 0, plan_.vocab * plan_.hidden).view({plan_.vocab, plan_.hidden});
+  at::Tensor gv = ge.narrow(0, 0, plan_.vocab * plan_.hidden).view({plan_.vocab, plan_.hidden});
   for (int64_t mb = 0; mb < M_; ++mb) {
     autograd::embedding_backward(gv, dres_[static_cast<size_t>(mb)], ids_[static_cast<size_t>(mb)]);
   }
-  grads_to_host(0, *ge);
+  grads_to_host(0, ge, *ge_free);
 }
 
-StepStats Engine::train_step(const std::vector<at::Tensor>& ids,
-                             const std::vector<at::Tensor>& targets) {
-  check_batch(ids, targets);
+StepResult Engine::train_step(const std::vector<at::Tensor>& ids,
+                              const std::vector<at::Tensor>& targets) {
+  const std::unique_ptr<StreamScope> scope = dev_.make_current(*compute_);
+  const int64_t count = stage_batch(ids, targets);
+  TORCH_CHECK(count > 0, "Engine::train_step: no target in any micro-batch (all ignored)");
   ++step_;
   for (auto& s : slots_) s->stage = -1;  // the store changed since they were loaded
-  int64_t count = 0;
-  for (const at::Tensor& t : targets) count += autograd::count_targets(t);
-  TORCH_CHECK(count > 0, "Engine::train_step: no target in any micro-batch (all ignored)");
+  norm_ = std::make_shared<NormRecord>();
   const double grad_scale = 1.0 / double(count);
 
   forward(/*keep_for_backward=*/true);
   const int head_slot = acquire_slot(plan_.head_index(), -1);
-  autograd::CrossEntropyResult r;
-  head(head_slot, /*backward=*/true, grad_scale, &r);
+  std::shared_ptr<LossSlot> loss = next_loss_slot();
+  head(head_slot, /*backward=*/true, grad_scale, *loss);
   backward(head_slot);
   schedule_norm();
   if (options_.max_grad_norm > 0) {
     // Exact clipping: every update waits for the norm; the next forward waits per stage.
     for (int64_t s = 0; s < plan_.num_stages(); ++s) schedule_update(s);
   }
-  StepStats stats{r.loss_sum, r.num_targets, -1};
-  if (options_.max_grad_norm > 0) {
-    stats.grad_norm = grad_norm();
-    stats.skipped = options_.skip_nonfinite && !std::isfinite(stats.grad_norm);
-  }
-  return stats;
+  auto rec = std::make_shared<StepResult::Record>();
+  rec->step = step_;
+  rec->num_targets = count;
+  rec->loss_slot = loss;
+  rec->loss_generation = loss->generation;
+  rec->norm = norm_;
+  return StepResult(std::move(rec));
 }
 
 autograd::CrossEntropyResult Engine::evaluate(const std::vector<at::Tensor>& ids,
                                               const std::vector<at::Tensor>& targets) {
-  check_batch(ids, targets);
+  const std::unique_ptr<StreamScope> scope = dev_.make_current(*compute_);
+  const int64_t count = stage_batch(ids, targets);
   for (auto& s : slots_) s->stage = -1;
   forward(/*keep_for_backward=*/false);
   const int head_slot = acquire_slot(plan_.head_index(), -1);
-  autograd::CrossEntropyResult r;
-  head(head_slot, /*backward=*/false, 0.0, &r);
-  dev_.compute_stream().synchronize();
-  return r;
+  std::shared_ptr<LossSlot> loss = next_loss_slot();
+  head(head_slot, /*backward=*/false, 0.0, *loss);
+  loss->ready->synchronize();
+  return {loss->host.data_ptr<double>()[0], count};
 }
 
 }  // namespace ramstream::pipeline

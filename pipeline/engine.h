@@ -13,22 +13,26 @@
 //      stage's grads land (no clipping), or, with global-norm clipping, after the norm is known,
 //      overlapped with the next step's forward (a stage is loaded only after its update).
 // While stage i computes, the next stage is copied into another slot; events order
-// copy -> compute -> slot reuse. The result equals the non-streamed model of autograd/model.h
-// with the same AdamW (bitwise on the CPU; tested).
+// copy -> compute -> slot reuse. The launching thread never waits for the device or the
+// optimizer inside a step: "load stage s only after its update" is a wait of the copy stream,
+// the loss stays on the device until asked for, and the grad norm is read only when wanted.
+// Grads accumulate in fp32 on the device whatever the compute dtype. The result equals the
+// non-streamed model of autograd/model.h with the same AdamW (bitwise on the CPU, in both store
+// layouts; tested).
 //
 //   auto dev = make_cpu_device({});
 //   ParamStore store(plan_stages(cfg), cfg, {});
 //   store.load(initial_params);
 //   Engine engine(*dev, store, EngineOptions{}, /*batch=*/4, /*seq_len=*/256);
-//   StepStats s = engine.train_step({ids}, {targets});   // ids/targets [B,T] int64, CPU
+//   StepResult s = engine.train_step({ids}, {targets});  // ids/targets [B,T] int64, CPU
+//   double loss = s.loss();                              // the step's one host read
 //   engine.synchronize();                                // store now holds the updated weights
 #pragma once
 
-#include <chrono>
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
@@ -37,6 +41,7 @@
 #include "autograd/model.h"
 #include "kernels/adamw.h"
 #include "memory/block_pool.h"
+#include "memory/host_binding.h"
 #include "pipeline/device.h"
 #include "pipeline/param_store.h"
 #include "pipeline/stages.h"
@@ -51,11 +56,20 @@ struct EngineOptions {
   kernels::AdamWConfig adamw;
   CpuDeviceOptions optimizer_queue;  // fault injection for the optimizer worker in tests
   // With clipping (max_grad_norm > 0): a step whose global grad norm is not finite changes
-  // nothing (master, m and v stay as they were); StepStats::skipped reports it.
+  // nothing (master, m, v and the bf16 working copy stay as they were); StepResult::skipped()
+  // reports it.
   bool skip_nonfinite = true;
   // Record when each stream reaches the start and end of every load, compute, grad copy and
-  // update (host timestamps taken in stream order; on CUDA through cudaLaunchHostFunc).
+  // update (CUDA: timing events; host streams: host clock).
   bool record_timeline = false;
+  // Rows per cross-entropy chunk; 0 picks ~8 MiB of fp32 logits per chunk.
+  int64_t ce_chunk_rows = 0;
+  // CUDA: run with a store (or checkpoint pool) that could not be page-locked, every copy to or
+  // from it then synchronous. Off: such a store is an error.
+  bool allow_pageable = false;
+  // CPUs of the optimizer (its queue thread and its TBB threads), e.g. the GPU's NUMA node minus
+  // the launcher's cores (memory::plan_host_binding); empty: unbound, all cores.
+  std::vector<int> optimizer_cpus;
 };
 
 struct TimelineEvent {
@@ -67,13 +81,29 @@ struct TimelineEvent {
 
 // Fraction of the time spent in weight loads during which compute was running too (0..1).
 double load_compute_overlap(const std::vector<TimelineEvent>& timeline);
+// Fraction of the span from the first compute begin to the last compute end in which the compute
+// stream ran nothing (0..1): the device's idle share.
+double compute_idle_fraction(const std::vector<TimelineEvent>& timeline);
 
-struct StepStats {
-  double loss_sum = 0;
-  int64_t num_targets = 0;
-  double grad_norm = -1;  // filled when clipping is on; else see Engine::grad_norm()
-  bool skipped = false;   // clipping on, norm not finite, skip_nonfinite: nothing was updated
-  double loss() const { return num_targets > 0 ? loss_sum / double(num_targets) : 0.0; }
+// What one train_step reports. Nothing here is read from the device until asked: the loss waits
+// for the step's head (one host wait), the grad norm for every grad of the step (the optimizer's
+// sums). Read them on the thread that calls train_step, within Engine::kLossSlots steps.
+class StepResult {
+ public:
+  struct Record;
+  StepResult() = default;
+  explicit StepResult(std::shared_ptr<Record> r) : rec_(std::move(r)) {}
+
+  int64_t step() const;
+  int64_t num_targets() const;  // known on the host at launch
+  double loss_sum();
+  double loss();  // mean over the step's targets
+  double grad_norm();
+  // Clipping on, norm not finite, skip_nonfinite: nothing was updated.
+  bool skipped();
+
+ private:
+  std::shared_ptr<Record> rec_;
 };
 
 class Engine {
@@ -82,10 +112,14 @@ class Engine {
          int64_t seq_len);
   ~Engine();
 
+  // Steps whose loss is kept on the host at once (StepResult::loss() of an older step throws).
+  static constexpr int kLossSlots = 4;
+
   // One optimizer step over the micro-batches (each [B,T] int64 on the CPU; targets use
   // autograd::kIgnoreIndex for positions without a loss). The loss is the mean over all targets
-  // of all micro-batches.
-  StepStats train_step(const std::vector<at::Tensor>& ids, const std::vector<at::Tensor>& targets);
+  // of all micro-batches. Returns once the step is enqueued: on CUDA before the device is done,
+  // and whatever the device, before the optimizer has finished its updates.
+  StepResult train_step(const std::vector<at::Tensor>& ids, const std::vector<at::Tensor>& targets);
   // Loss sum/count over the micro-batches without grads or updates.
   autograd::CrossEntropyResult evaluate(const std::vector<at::Tensor>& ids,
                                         const std::vector<at::Tensor>& targets);
@@ -93,6 +127,8 @@ class Engine {
   void synchronize();
   // Global grad norm of the last step (waits for it).
   double grad_norm();
+  // Steps skipped so far under skip_nonfinite (as far as the optimizer got; never blocks).
+  int64_t skipped_steps() const { return skipped_steps_.load(); }
 
   int64_t step() const { return step_; }
   // Resuming: the number of updates already applied to the store (drives Adam's bias
@@ -119,20 +155,35 @@ class Engine {
   int64_t host_bytes() const;
 
  private:
+  friend class StepResult;
   struct Slot;
   struct CkptBuffer;
+  struct Staging;
+  struct LossSlot;
+  struct NormRecord;
+  struct Mark;
 
-  void check_batch(const std::vector<at::Tensor>& ids, const std::vector<at::Tensor>& targets);
+  // Copies the micro-batches into pinned staging, finds their loss rows on the host and uploads
+  // both on the compute stream; returns the number of targets of the step.
+  int64_t stage_batch(const std::vector<at::Tensor>& ids, const std::vector<at::Tensor>& targets);
+  // (Re)allocates what scales with the number of micro-batches (waits for in-flight work).
+  void resize_micro_batches(int64_t M);
   void mark(Stream& stream, const char* what, int64_t stage);
-  // Makes `stage` resident in a slot other than `busy_slot`, loading it if needed.
+  // Makes `stage` resident in a slot other than `busy_slot`, loading it if needed. Never blocks
+  // the caller: the copy stream waits for the stage's previous update.
   int acquire_slot(int64_t stage, int busy_slot);
   void forward(bool keep_for_backward);
-  // Final norm + LM head + cross-entropy per micro-batch; with `backward`, also their backward
-  // (seeding the residual grads) and the head's grads to the host.
-  void head(int slot, bool backward, double grad_scale, autograd::CrossEntropyResult* result);
+  // Final norm + LM head + cross-entropy per micro-batch into loss_dev_, then its copy to
+  // `loss`'s host slot; with `backward`, also their backward (seeding the residual grads) and the
+  // head's grads to the host.
+  void head(int slot, bool backward, double grad_scale, LossSlot& loss);
   void backward(int head_slot);
-  void grads_to_host(int64_t stage, const at::Tensor& grads);
-  at::Tensor& take_grad_buffer();
+  // Sends a stage's fp32 device grads to its host grad region (rounded to bf16 once, on the
+  // device, for the bf16 layout); `grads_free` is recorded when `grads` may be reused.
+  void grads_to_host(int64_t stage, const at::Tensor& grads, Event& grads_free);
+  // The next device grad buffer (its turn), zeroed once its previous content has left.
+  int take_grad_buffer();
+  std::shared_ptr<LossSlot> next_loss_slot();
   // Optimizer queue tasks, in order: per-stage sums of squares, the norm, the updates.
   void schedule_sum_of_squares(int64_t stage);
   void schedule_norm();
@@ -150,14 +201,22 @@ class Engine {
   int64_t step_ = 0;
   int64_t weight_bytes_loaded_ = 0;
 
-  std::unique_ptr<Stream> h2d_, d2h_, optimizer_;
+  std::unique_ptr<Stream> compute_, h2d_, d2h_, optimizer_;
+  std::unique_ptr<memory::ArenaBinding> optimizer_arena_;  // the optimizer's kernels run in it
   std::vector<std::unique_ptr<Slot>> slots_;
   uint64_t use_clock_ = 0;
+  // Device grads, always fp32 (the acc dtype): two stage-sized buffers taking turns, and for tied
+  // embeddings one [V*C] buffer the head and the embedding both add into.
   at::Tensor grad_buf_[2];
-  std::unique_ptr<Event> grad_ready_[2], grad_free_[2];
+  std::unique_ptr<Event> grad_free_[2];
   int grad_turn_ = 0;
-  at::Tensor tied_grad_;  // [V*C] device, tied embeddings only
-  std::unique_ptr<Event> tied_ready_, tied_free_;
+  at::Tensor tied_grad_;
+  std::unique_ptr<Event> tied_free_;
+  // bf16 layout: the rounded copy of a stage's grads on its way to the host.
+  at::Tensor grad_half_[2];
+  std::unique_ptr<Event> half_free_[2];
+  int half_turn_ = 0;
+  std::unique_ptr<Event> grads_ready_;  // compute -> d2h, re-recorded per stage
   std::vector<std::unique_ptr<Event>> grads_on_host_, update_done_;
   std::vector<double> sum_sq_;  // per stage, written by the optimizer queue
   // Host grad staging when the store has no grad regions: a ring the optimizer drains.
@@ -165,13 +224,19 @@ class Engine {
   std::vector<std::unique_ptr<Event>> grad_ring_free_;  // recorded by the optimizer queue
   int grad_ring_turn_ = 0;
   std::vector<void*> host_grad_;  // per stage: where its grads landed this step
-  double grad_norm_ = -1;
   UpdateGate update_gate_;
-  float clip_coef_ = 1.0f;  // written and read on the optimizer queue only
-  std::unique_ptr<Event> norm_ready_;
+  std::shared_ptr<NormRecord> norm_;  // the current step's norm, clip coefficient and skip flag
+  std::atomic<int64_t> skipped_steps_{0};
 
-  // Per micro-batch device state.
-  std::vector<at::Tensor> ids_, targets_, dres_;
+  // Per micro-batch device state, uploaded from two pinned staging sets taking turns.
+  std::vector<std::unique_ptr<Staging>> staging_;
+  int staging_turn_ = 0;
+  std::vector<at::Tensor> ids_, rows_index_, rows_target_, dres_;  // [M]
+  std::vector<autograd::LossRows> rows_;                           // [M] views of the two above
+  at::Tensor loss_dev_;                                            // [] float64
+  std::vector<std::shared_ptr<LossSlot>> loss_slots_;
+  int loss_turn_ = 0;
+  uint64_t loss_generation_ = 0;
   std::vector<std::vector<at::Tensor>> ckpt_;           // [L+1][M] device checkpoints (device mode)
   std::vector<std::unique_ptr<CkptBuffer>> ring_;       // [2*M] device buffers (host mode)
   std::vector<std::vector<at::Tensor>> host_ckpt_;      // [L][M] host copies (host mode)
@@ -182,9 +247,10 @@ class Engine {
   autograd::RopeTables rope_;
   at::Tensor y_tmp_, final_h_, final_rstd_, dh_;
   int64_t ce_chunk_rows_;
-  std::mutex timeline_mu_;
-  std::vector<TimelineEvent> timeline_;
-  std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
+  // Timeline marks (launching thread only) and their references: t0_dev_ for device streams,
+  // t0_host_ for the optimizer queue, reached at about the same moment.
+  std::vector<Mark> marks_;
+  std::unique_ptr<Event> t0_dev_, t0_host_;
 };
 
 }  // namespace ramstream::pipeline

@@ -15,90 +15,17 @@
 #include "autograd/reference.h"
 #include "autograd/test_util.h"
 #include "kernels/reduce.h"
+#include "memory/arena.h"
+#include "pipeline/engine_testing.h"
 
 namespace ramstream::pipeline {
 namespace {
 
 namespace at_testing = autograd::testing;
 
-struct Batches {
-  std::vector<at::Tensor> ids, targets;
-};
-
-Batches make_batches(const model::ModelConfig& cfg, int64_t M, int64_t B, int64_t T,
-                     uint64_t seed) {
-  at::manual_seed(seed);
-  Batches b;
-  for (int64_t mb = 0; mb < M; ++mb) {
-    at::Tensor ids = at::randint(0, cfg.vocab_size, {B, T}, at::kLong);
-    at::Tensor labels = ids.clone();
-    labels[0][1] = autograd::kIgnoreIndex;  // a masked position
-    b.ids.push_back(ids);
-    b.targets.push_back(autograd::next_token_targets(labels));
-  }
-  return b;
-}
-
-// The non-streamed model on flats laid out like the store: the same ops in the same order per
-// stage, the same norm (per-stage sums in stage order) and the same AdamW kernel.
-class ReferenceTrainer {
- public:
-  ReferenceTrainer(const model::ModelConfig& cfg, const model::ModelParams& init,
-                   const EngineOptions& opts, int64_t B, int64_t T)
-      : cfg_(cfg),
-        plan_(plan_stages(cfg)),
-        opts_(opts),
-        ws_(cfg, B, T, at::kFloat, autograd::ActivationMode::kRecompute) {
-    for (const Stage& s : plan_.stages) {
-      for (auto* v : {&master_, &m_, &v_, &grad_}) v->push_back(at::zeros({s.numel}, at::kFloat));
-    }
-    params_ = bind_stage_params(master_, plan_, cfg);
-    grads_ = bind_stage_params(grad_, plan_, cfg);
-    std::vector<at::Tensor> src;
-    model::for_each_param(const_cast<model::ModelParams&>(init),
-                          [&](const std::string&, at::Tensor& t) { src.push_back(t); });
-    size_t i = 0;
-    model::for_each_param(params_, [&](const std::string&, at::Tensor& t) { t.copy_(src[i++]); });
-  }
-
-  double step(const Batches& b) {
-    ++step_;
-    for (at::Tensor& g : grad_) g.zero_();
-    int64_t count = 0;
-    for (const at::Tensor& t : b.targets) count += autograd::count_targets(t);
-    double loss = 0;
-    for (size_t mb = 0; mb < b.ids.size(); ++mb) {
-      loss += autograd::model_forward_backward(params_, grads_, b.ids[mb], b.targets[mb],
-                                               1.0 / double(count), ws_)
-                  .loss_sum;
-    }
-    double total = 0;
-    for (const at::Tensor& g : grad_)
-      total += kernels::sum_of_squares(g.data_ptr<float>(), g.numel());
-    const double norm = std::sqrt(total);
-    float coef = 1.0f;
-    if (opts_.max_grad_norm > 0) {
-      coef = static_cast<float>(std::min(1.0, opts_.max_grad_norm / (norm + 1e-6)));
-    }
-    for (size_t s = 0; s < master_.size(); ++s) {
-      kernels::adamw_update(master_[s].data_ptr<float>(), m_[s].data_ptr<float>(),
-                            v_[s].data_ptr<float>(), grad_[s].data_ptr<float>(), master_[s].numel(),
-                            opts_.adamw, step_, coef, nullptr);
-    }
-    return loss / double(count);
-  }
-
-  const std::vector<at::Tensor>& masters() const { return master_; }
-
- private:
-  model::ModelConfig cfg_;
-  StagePlan plan_;
-  EngineOptions opts_;
-  autograd::ModelWorkspace ws_;
-  std::vector<at::Tensor> master_, m_, v_, grad_;
-  model::ModelParams params_, grads_;
-  int64_t step_ = 0;
-};
+using testing::Batches;
+using testing::make_batches;
+using testing::ReferenceTrainer;
 
 struct EngineCase {
   const char* name;
@@ -124,7 +51,7 @@ EngineOptions options_for(const EngineCase& c) {
   o.activations =
       c.keep_activations ? autograd::ActivationMode::kSaved : autograd::ActivationMode::kRecompute;
   o.adamw.lr = 1e-2f;
-  o.optimizer_queue = {c.faults, 11, 300};
+  o.optimizer_queue = CpuDeviceOptions::faults(c.faults, 11, 300);
   return o;
 }
 
@@ -140,7 +67,7 @@ TEST_P(EngineExactTest, FiveStepsBitwiseEqualToNonStreamedModel) {
   const int64_t B = 2, T = 7;
   const EngineOptions opts = options_for(c);
 
-  auto dev = make_cpu_device({c.faults, 5, 300});
+  auto dev = make_cpu_device(CpuDeviceOptions::faults(c.faults, 5, 300));
   ParamStore store(plan_stages(cfg), cfg, {/*working_copy_bf16=*/false, !c.grad_ring});
   store.load(init);
   Engine engine(*dev, store, opts, B, T);
@@ -148,7 +75,7 @@ TEST_P(EngineExactTest, FiveStepsBitwiseEqualToNonStreamedModel) {
 
   for (int step = 0; step < 5; ++step) {
     const Batches b = make_batches(cfg, c.micro_batches, B, T, 100 + step);
-    const StepStats s = engine.train_step(b.ids, b.targets);
+    StepResult s = engine.train_step(b.ids, b.targets);
     const double ref_loss = ref.step(b);
     EXPECT_EQ(s.loss(), ref_loss) << "step " << step;
   }
@@ -224,10 +151,10 @@ TEST(EngineTest, MicroBatchesEqualOneBigBatch) {
   Engine e_small(*dev, small, opts, 2, 8), e_big(*dev, big, opts, 4, 8);
   for (int step = 0; step < 3; ++step) {
     const Batches b = make_batches(cfg, 2, 2, 8, 300 + step);
-    const StepStats s1 = e_small.train_step(b.ids, b.targets);
-    const StepStats s2 = e_big.train_step({at::cat(b.ids, 0)}, {at::cat(b.targets, 0)});
+    StepResult s1 = e_small.train_step(b.ids, b.targets);
+    StepResult s2 = e_big.train_step({at::cat(b.ids, 0)}, {at::cat(b.targets, 0)});
     EXPECT_NEAR(s1.loss(), s2.loss(), 1e-5);
-    EXPECT_NEAR(s1.grad_norm, s2.grad_norm, 1e-5 * s2.grad_norm);
+    EXPECT_NEAR(s1.grad_norm(), s2.grad_norm(), 1e-5 * s2.grad_norm());
   }
   e_small.synchronize();
   e_big.synchronize();
@@ -292,7 +219,7 @@ TEST(EngineTest, MatchesLibtorchAutogradAndTorchAdamW) {
     const autograd::RopeTables rope = autograd::make_rope_tables(cfg, 6, at::kFloat);
     for (int step = 0; step < 5; ++step) {
       const Batches b = make_batches(cfg, 2, 2, 6, 500 + step);
-      const StepStats s = engine.train_step(b.ids, b.targets);
+      StepResult s = engine.train_step(b.ids, b.targets);
       adamw.zero_grad();
       int64_t count = 0;
       for (const at::Tensor& t : b.targets) count += autograd::count_targets(t);
@@ -307,7 +234,7 @@ TEST(EngineTest, MatchesLibtorchAutogradAndTorchAdamW) {
       const double norm = torch::nn::utils::clip_grad_norm_(leaf_list, opts.max_grad_norm);
       adamw.step();
       EXPECT_NEAR(s.loss(), loss, 1e-6 * loss) << "step " << step;
-      EXPECT_NEAR(s.grad_norm, norm, 1e-6 * norm) << "step " << step;
+      EXPECT_NEAR(s.grad_norm(), norm, 1e-6 * norm) << "step " << step;
     }
     engine.synchronize();
     model::ModelParams ours = store.master_params();
@@ -392,17 +319,66 @@ TEST(ParamStoreTest, RefusesTooLittleHostMemoryUpFront) {
 }
 
 TEST(ParamStoreTest, ReportsBytesPerParameter) {
-  const model::ModelConfig cfg = at_testing::tiny_config({});
+  // Big enough that the page alignment of each region (<= 4 KiB per region) is noise.
+  at_testing::TinyOptions to;
+  to.hidden = 256;
+  to.vocab = 4096;
+  to.ffn = 512;
+  const model::ModelConfig cfg = at_testing::tiny_config(to);
   const StagePlan plan = plan_stages(cfg);
   ParamStore cpu_clip(plan, cfg, {});
   ParamStore cpu_ring(plan, cfg, {/*working_copy_bf16=*/false, /*grad_regions=*/false});
   ParamStore cuda_layout(plan, cfg, {/*working_copy_bf16=*/true});
-  // Padding between tensors (64-byte alignment) adds a little on this tiny model.
-  EXPECT_NEAR(cpu_clip.bytes_per_param(), 16.0, 0.5);
-  EXPECT_NEAR(cpu_ring.bytes_per_param(), 12.0, 0.5);
-  EXPECT_NEAR(cuda_layout.bytes_per_param(), 14.0, 0.5);
+  EXPECT_NEAR(cpu_clip.bytes_per_param(), 16.0, 0.2);
+  EXPECT_NEAR(cpu_ring.bytes_per_param(), 12.0, 0.2);
+  EXPECT_NEAR(cuda_layout.bytes_per_param(), 14.0, 0.2);
   EXPECT_EQ(cuda_layout.persistent_bytes(),
             ParamStore::bytes_needed(plan, {/*working_copy_bf16=*/true}));
+}
+
+// A store that must be page-locked and cannot be is an error naming the way out, not a silent
+// switch to synchronous copies; with allow_pageable it runs pageable. Region boundaries are the
+// only places its registration chunks end.
+TEST(ParamStoreTest, PinFailureIsAnErrorUnlessPageableIsAllowed) {
+  const model::ModelConfig cfg = at_testing::tiny_config({});
+  const StagePlan plan = plan_stages(cfg);
+  memory::set_pin_backend_for_testing(memory::noop_pin_backend());
+  memory::set_pin_chunk_bytes_for_testing(64 << 10);
+  ParamStoreOptions so;
+  so.working_copy_bf16 = true;
+  so.pin = true;
+  {
+    ParamStore pinned(plan, cfg, so);
+    ASSERT_TRUE(pinned.arena().pinned());
+    // Every region (master, m, v, working of every stage) lies inside one chunk.
+    const auto& chunks = pinned.arena().pin_chunks();
+    EXPECT_GT(chunks.size(), 1u);
+    for (int64_t i = 0; i < plan.num_stages(); ++i) {
+      const auto& r = pinned.region(i);
+      for (const at::Tensor* t : {&r.master, &r.m, &r.v, &r.working}) {
+        const uint64_t begin = static_cast<uint64_t>(static_cast<const uint8_t*>(t->data_ptr()) -
+                                                     pinned.arena().data());
+        const uint64_t end = begin + static_cast<uint64_t>(t->nbytes());
+        int inside = 0;
+        for (const auto& [off, len] : chunks) inside += begin >= off && end <= off + len;
+        EXPECT_EQ(inside, 1) << plan.stages[static_cast<size_t>(i)].name();
+      }
+    }
+  }
+  memory::set_pin_failure_for_testing(true);
+  try {
+    ParamStore refused(plan, cfg, so);
+    FAIL() << "an unpinnable store was accepted";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("engine.allow_pageable=true"), std::string::npos)
+        << e.what();
+  }
+  so.allow_pageable = true;
+  ParamStore pageable(plan, cfg, so);
+  EXPECT_FALSE(pageable.arena().pinned());
+  memory::set_pin_failure_for_testing(false);
+  memory::set_pin_chunk_bytes_for_testing(0);
+  memory::set_pin_backend_for_testing(nullptr);
 }
 
 TEST(EngineTest, RejectsBadConfigurations) {
@@ -417,7 +393,11 @@ TEST(EngineTest, RejectsBadConfigurations) {
   keep_on_host.activations = autograd::ActivationMode::kSaved;
   EXPECT_THROW(Engine(*dev, store, keep_on_host, 1, 4), c10::Error);
   ParamStore bf16_store(plan_stages(cfg), cfg, {/*working_copy_bf16=*/true});
-  EXPECT_THROW(Engine(*dev, bf16_store, {}, 1, 4), c10::Error);
+  EXPECT_THROW(Engine(*dev, bf16_store, {}, 1, 4), c10::Error);  // fp32 compute, bf16 layout
+  CpuDeviceOptions bf16;
+  bf16.compute_dtype = at::kBFloat16;
+  auto dev16 = make_cpu_device(bf16);
+  EXPECT_THROW(Engine(*dev16, store, {}, 1, 4), c10::Error);  // bf16 compute, fp32 layout
   Engine engine(*dev, store, {}, 2, 4);
   const Batches b = make_batches(cfg, 1, 2, 5, 1);  // T=5, engine expects 4
   try {
@@ -426,6 +406,18 @@ TEST(EngineTest, RejectsBadConfigurations) {
   } catch (const c10::Error& e) {
     EXPECT_NE(std::string(e.what()).find("[2,4]"), std::string::npos) << e.what();
   }
+  // Token ids and targets outside the vocabulary are refused on the host, naming the position.
+  Batches ok = make_batches(cfg, 1, 2, 4, 2);
+  ok.ids[0][1][3] = cfg.vocab_size;
+  try {
+    engine.train_step(ok.ids, ok.targets);
+    FAIL() << "an id outside the vocabulary was accepted";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("position 7"), std::string::npos) << e.what();
+  }
+  ok = make_batches(cfg, 1, 2, 4, 3);
+  ok.targets[0][0][2] = -5;
+  EXPECT_THROW(engine.train_step(ok.ids, ok.targets), c10::Error);
 }
 
 }  // namespace

@@ -2,43 +2,77 @@
 
 #include <stdexcept>
 
+#include "kernels/bf16.h"
+
 namespace ramstream::pipeline {
+
+namespace {
+
+// Every region starts on a page, so the arena can be page-locked in chunks that end only at
+// region boundaries (a copy across two registrations is not a pinned copy to the driver).
+constexpr int64_t kRegionAlign = 4096;
+
+int64_t align_region(int64_t bytes) {
+  return (bytes + kRegionAlign - 1) / kRegionAlign * kRegionAlign;
+}
+
+// The parts of each region in arena order: [masters | m | v | grads or working], each part
+// stage by stage, so one stage's master is contiguous with nothing it does not need.
+struct Part {
+  at::Tensor ParamStore::Region::*member;
+  at::ScalarType dtype;
+};
+std::vector<Part> region_parts(const ParamStoreOptions& opts) {
+  std::vector<Part> parts = {{&ParamStore::Region::master, at::kFloat},
+                             {&ParamStore::Region::m, at::kFloat},
+                             {&ParamStore::Region::v, at::kFloat}};
+  if (opts.working_copy_bf16) {
+    parts.push_back({&ParamStore::Region::working, at::kBFloat16});
+  } else if (opts.grad_regions) {
+    parts.push_back({&ParamStore::Region::grad, at::kFloat});
+  }
+  return parts;
+}
+
+}  // namespace
 
 ParamStore::ParamStore(const StagePlan& plan, const model::ModelConfig& cfg,
                        const ParamStoreOptions& opts)
     : plan_(plan), cfg_(cfg), opts_(opts) {
-  const bool grads = !opts.working_copy_bf16 && opts.grad_regions;
   persistent_bytes_ = bytes_needed(plan, opts);
+  const std::vector<Part> parts = region_parts(opts);
   memory::ArenaOptions arena_opts;
   arena_opts.numa_node = opts.numa_node;
   arena_opts.pin = opts.pin;
+  for (int64_t offset = 0, k = 0; k < static_cast<int64_t>(parts.size()); ++k) {
+    for (const Stage& st : plan.stages) {
+      if (offset > 0) arena_opts.pin_split_points.push_back(static_cast<uint64_t>(offset));
+      offset += align_region(st.numel * static_cast<int64_t>(c10::elementSize(parts[k].dtype)));
+    }
+  }
   Result<memory::HostArena> arena = memory::HostArena::create(
       static_cast<uint64_t>(persistent_bytes_), arena_opts, "parameter store");
   if (!arena.ok()) throw std::runtime_error(arena.error().message);
   arena_ = std::move(arena).value();
+  if (opts.pin && !arena_.pinned() && !opts.allow_pageable) {
+    throw std::runtime_error(
+        "parameter store: " +
+        (arena_.pin_fallback_reason().empty() ? std::string("no pinning backend (no CUDA device?)")
+                                              : arena_.pin_fallback_reason()) +
+        ". Every host<->device copy would be synchronous; set engine.allow_pageable=true to run "
+        "like that anyway");
+  }
 
-  // Regions are laid out [masters | m | v | grads or working], each part stage by stage, so one
-  // stage's master is contiguous with nothing it does not need. The arena starts zeroed.
+  // The arena starts zeroed.
   uint8_t* base = arena_.data();
   int64_t offset = 0;
-  auto carve = [&](int64_t numel, at::ScalarType dtype) {
-    const int64_t bytes = numel * static_cast<int64_t>(c10::elementSize(dtype));
-    at::Tensor t = at::from_blob(base + offset, {numel}, at::TensorOptions().dtype(dtype));
-    offset += bytes;
-    return t;
-  };
   regions_.resize(plan.stages.size());
-  for (size_t i = 0; i < plan.stages.size(); ++i)
-    regions_[i].master = carve(plan.stages[i].numel, at::kFloat);
-  for (size_t i = 0; i < plan.stages.size(); ++i)
-    regions_[i].m = carve(plan.stages[i].numel, at::kFloat);
-  for (size_t i = 0; i < plan.stages.size(); ++i)
-    regions_[i].v = carve(plan.stages[i].numel, at::kFloat);
-  for (size_t i = 0; i < plan.stages.size(); ++i) {
-    if (opts.working_copy_bf16) {
-      regions_[i].working = carve(plan.stages[i].numel, at::kBFloat16);
-    } else if (grads) {
-      regions_[i].grad = carve(plan.stages[i].numel, at::kFloat);
+  for (const Part& part : parts) {
+    for (size_t i = 0; i < plan.stages.size(); ++i) {
+      const int64_t numel = plan.stages[i].numel;
+      regions_[i].*part.member =
+          at::from_blob(base + offset, {numel}, at::TensorOptions().dtype(part.dtype));
+      offset += align_region(numel * static_cast<int64_t>(c10::elementSize(part.dtype)));
     }
   }
   model::ModelParams views = master_params();
@@ -46,12 +80,15 @@ ParamStore::ParamStore(const StagePlan& plan, const model::ModelConfig& cfg,
 }
 
 int64_t ParamStore::bytes_needed(const StagePlan& plan, const ParamStoreOptions& opts) {
-  // Per element: master, m, v (fp32) + the bf16 working copy or an fp32 grad, if any.
-  const bool grads = !opts.working_copy_bf16 && opts.grad_regions;
-  const int64_t bytes_per_elem = 12 + (opts.working_copy_bf16 ? 2 : 0) + (grads ? 4 : 0);
-  int64_t total_elems = 0;
-  for (const Stage& s : plan.stages) total_elems += s.numel;
-  return total_elems * bytes_per_elem;
+  // Per element: master, m, v (fp32) + the bf16 working copy or an fp32 grad, if any; each
+  // region rounded up to a page.
+  int64_t total = 0;
+  for (const Part& part : region_parts(opts)) {
+    for (const Stage& s : plan.stages) {
+      total += align_region(s.numel * static_cast<int64_t>(c10::elementSize(part.dtype)));
+    }
+  }
+  return total;
 }
 
 model::ModelParams ParamStore::master_params() {
@@ -85,7 +122,11 @@ void ParamStore::refresh_working_copies() {
 
 void ParamStore::refresh_working_copy(int64_t stage) {
   Region& r = region(stage);
-  if (r.working.defined()) r.working.copy_(r.master);
+  if (!r.working.defined()) return;
+  // The optimizer's rounding (kernels/bf16.h), so a refreshed copy equals an updated one bit for
+  // bit, NaN included.
+  kernels::fp32_to_bf16(r.master.data_ptr<float>(),
+                        reinterpret_cast<kernels::bf16*>(r.working.data_ptr()), r.master.numel());
 }
 
 }  // namespace ramstream::pipeline

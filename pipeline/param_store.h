@@ -1,11 +1,12 @@
 // The authoritative host copy of a model under training: per stage one region holding the fp32
 // master weights, the fp32 Adam moments m and v, and either
-//   - (CUDA backend) the bf16 working copy streamed to the GPU, in the slot layout; the GPU's
+//   - (bf16 layout: the CUDA backend, and the CPU backend computing in bf16) the bf16 working copy
+//     streamed to the device, in the slot layout; the GPU's
 //     bf16 grads land in the same region between the stage's backward and its update, and the
 //     optimizer reads each grad and writes the new bf16 weight in place: 4+4+4+2 = 14 B/param;
-//   - (CPU backend) optionally an fp32 grad region (compute is fp32 and slots fill from the
-//     master). Exact global-norm clipping needs every grad before any update, so it needs them:
-//     4+4+4+4 = 16 B/param. Without clipping the engine stages grads through a ring of a few
+//   - (fp32 layout: the CPU backend computing in fp32) optionally an fp32 grad region (slots fill
+//     from the master). Exact global-norm clipping needs every grad before any update, so it needs
+//     them: 4+4+4+4 = 16 B/param. Without clipping the engine stages grads through a ring of a few
 //     stage-sized buffers that the optimizer drains as they land: 12 B/param + O(one layer).
 // All regions of the model live in one host arena (memory/arena.h): NUMA-bound to the GPU's node
 // when known, huge pages, pinned for async copies on the CUDA backend; a machine with too little
@@ -30,10 +31,15 @@
 namespace ramstream::pipeline {
 
 struct ParamStoreOptions {
-  bool working_copy_bf16 = false;  // CUDA backend layout (see above)
-  bool grad_regions = true;        // CPU backend: fp32 grads per stage (needed for clipping)
-  bool pin = false;                // page-lock the arena (cudaHostRegister) for async copies
-  int numa_node = -1;              // bind to this node (-1: no binding)
+  // The bf16 layout (see above): CUDA's, and the CPU backend's with bf16 compute. Otherwise fp32
+  // masters feed the slots directly (CPU backend, fp32 compute).
+  bool working_copy_bf16 = false;
+  bool grad_regions = true;  // fp32 layout: fp32 grads per stage (needed for clipping)
+  bool pin = false;          // page-lock the arena (cudaHostRegister) for async copies
+  // With `pin`: a failed registration is an error unless this is set (then the store stays
+  // pageable and every copy to or from it is synchronous).
+  bool allow_pageable = false;
+  int numa_node = -1;  // bind to this node (-1: no binding)
 };
 
 class ParamStore {

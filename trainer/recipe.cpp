@@ -132,6 +132,7 @@ const std::vector<KeySpec>& schema() {
     k.push_back(int_key("engine.num_slots", &R::num_slots, 2));
     k.push_back(string_key("engine.activations", &R::activations, {"recompute", "keep"}));
     k.push_back(bool_key("engine.host_checkpoints", &R::host_checkpoints));
+    k.push_back(bool_key("engine.allow_pageable", &R::allow_pageable));
     k.push_back(int_key("eval.every", &R::eval_every, 0));
     k.push_back(bool_key("eval.before", &R::eval_before));
     k.push_back(bool_key("eval.at_end", &R::eval_at_end));

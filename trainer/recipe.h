@@ -64,6 +64,8 @@ struct Recipe {
   int64_t num_slots = 2;
   std::string activations = "recompute";  // recompute | keep
   bool host_checkpoints = false;
+  // CUDA: run on even if the parameter store cannot be page-locked (every copy synchronous).
+  bool allow_pageable = false;
 
   // eval
   int64_t eval_every = 0;  // steps; 0: only before/after

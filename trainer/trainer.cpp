@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -22,13 +23,17 @@
 #include "checkpoint/train_state.h"
 #include "data/chat.h"
 #include "memory/arena.h"
+#include "memory/host_binding.h"
 #include "memory/topology.h"
+#include "model/flops.h"
 #include "model/params.h"
 #include "pipeline/device.h"
+#include "pipeline/gemm_probe.h"
 #include "pipeline/param_store.h"
 #include "pipeline/stages.h"
 #include "trainer/generate.h"
 #include "trainer/lr_schedule.h"
+#include "util/text.h"
 
 namespace ramstream::trainer {
 
@@ -59,15 +64,6 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 bool is_dir(const std::string& p) {
   struct stat st {};
   return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-// FNV-1a, for the config hash stored in checkpoints.
-std::string fnv1a_hex(const std::string& s) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
-  char buf[17];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
-  return buf;
 }
 
 std::string strip(const std::string& s) {
@@ -118,7 +114,15 @@ struct Trainer::State {
   LrSchedule schedule;
   std::FILE* metrics = nullptr;
   int64_t tokens_per_step = 0;
+  // MFU = tokens/s x flops_per_token / peak_flops: model FLOPs (model/flops.h) over the measured
+  // GEMM rate of the compute device (pipeline/gemm_probe.h); peak_flops is NaN when the probe
+  // failed (gemm_error says why), so MFU reads as unknown rather than wrong.
   double flops_per_token = 0, peak_flops = 0;
+  pipeline::GemmRate gemm_rate;
+  std::string gemm_error;
+  // Where the store, the optimizer threads and the launching thread go (memory/host_binding.h):
+  // ParamStoreOptions::numa_node, EngineOptions::optimizer_cpus, and train() binds itself.
+  memory::HostBinding binding;
 
   ~State() {
     if (metrics) std::fclose(metrics);
@@ -259,6 +263,15 @@ void print_startup(State& s, uint64_t need_bytes) {
   std::fprintf(o, "  device       %s, %lld of %lld stages resident at a time (%lld streamed)\n",
                s.device->describe().c_str(), (long long)r.num_slots, (long long)stages,
                (long long)std::max<int64_t>(0, stages - r.num_slots));
+  std::fprintf(o, "  numa         %s\n", s.binding.describe().c_str());
+  if (s.gemm_error.empty()) {
+    std::fprintf(o,
+                 "  compute      %s; MFU counts 6 x %.1f M matmul params + attention per token\n",
+                 s.gemm_rate.describe().c_str(), double(model::matmul_param_count(c)) / 1e6);
+  } else {
+    std::fprintf(o, "  compute      GEMM peak unknown (%s): MFU not computed\n",
+                 s.gemm_error.c_str());
+  }
   std::fprintf(o, "  batch        %lld rows x %lld tokens x %lld accumulation = %lld tokens/step\n",
                (long long)r.batch_size, (long long)r.max_seq_len, (long long)r.grad_accum,
                (long long)s.tokens_per_step);
@@ -328,12 +341,19 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Recipe& recipe, FILE* log
   pipeline::ParamStoreOptions so;
   so.working_copy_bf16 = s->cuda;
   so.pin = s->cuda;
+  so.allow_pageable = r.allow_pageable;
   so.grad_regions = !s->cuda && r.max_grad_norm > 0;
+  s->binding = memory::plan_host_binding(memory::Topology::probe());
+  so.numa_node = s->binding.store_node;
   const uint64_t need = static_cast<uint64_t>(pipeline::ParamStore::bytes_needed(plan, so));
   st = memory::check_host_memory(need, "parameter store");
   if (!st.ok()) return st.error();
-  s->device = s->cuda ? pipeline::make_cuda_device(0) : pipeline::make_cpu_device({});
-  s->store = std::make_unique<pipeline::ParamStore>(plan, s->cfg, so);
+  try {
+    s->device = s->cuda ? pipeline::make_cuda_device(0) : pipeline::make_cpu_device({});
+    s->store = std::make_unique<pipeline::ParamStore>(plan, s->cfg, so);
+  } catch (const std::exception& e) {
+    return Error{e.what()};
+  }
   st = load_weights(*s);
   if (!st.ok()) return st.error();
 
@@ -342,6 +362,8 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Recipe& recipe, FILE* log
   eo.activations = r.activations == "keep" ? autograd::ActivationMode::kSaved
                                            : autograd::ActivationMode::kRecompute;
   eo.host_checkpoints = r.host_checkpoints;
+  eo.allow_pageable = r.allow_pageable;
+  if (!s->binding.shared) eo.optimizer_cpus = s->binding.optimizer_cpus;
   eo.max_grad_norm = r.max_grad_norm;
   eo.skip_nonfinite = r.nan_policy == "skip";
   eo.adamw.lr = static_cast<float>(r.lr);
@@ -363,27 +385,20 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Recipe& recipe, FILE* log
   s->schedule.total_steps = r.max_steps;
   s->schedule.min_ratio = r.min_lr_ratio;
   s->tokens_per_step = r.batch_size * r.max_seq_len * r.grad_accum;
-  // 6 flops per parameter per token (forward + backward), plus attention's score and value
-  // matmuls; recompute adds one more forward of the blocks.
-  const double n = double(s->store->num_params());
-  const double attn =
-      12.0 * double(s->cfg.num_layers) * double(s->cfg.q_dim()) * double(r.max_seq_len) / 2;
-  s->flops_per_token = 6.0 * n + attn;
-  // Peak: bf16 dense tensor-core rate on CUDA (H100 SXM), else 2 FMA x 8 fp32 lanes per core
-  // per cycle (AVX2) at the reported clock. A rough yardstick for MFU, not a measurement.
-  if (s->cuda) {
-    s->peak_flops = 989e12;
-  } else {
-    double mhz = 2500;
-    std::ifstream cpuinfo("/proc/cpuinfo");
-    std::string line;
-    while (std::getline(cpuinfo, line)) {
-      if (line.rfind("cpu MHz", 0) == 0) {
-        mhz = std::stod(line.substr(line.find(':') + 1));
-        break;
-      }
+  // Model FLOPs per token (matmul weights, LM head included, input lookup not; attention; no
+  // recompute) over the measured GEMM rate of the compute device in its compute dtype.
+  s->flops_per_token = model::training_flops_per_token(s->cfg, r.max_seq_len);
+  {
+    const at::Device dev = s->cuda ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
+    const at::ScalarType dtype = s->cuda ? at::kBFloat16 : s->device->compute_dtype();
+    Result<pipeline::GemmRate> rate = pipeline::cached_gemm_rate(dev, dtype);
+    if (rate.ok()) {
+      s->gemm_rate = rate.value();
+      s->peak_flops = rate.value().flops_per_s;
+    } else {
+      s->gemm_error = rate.error().message;
+      s->peak_flops = std::numeric_limits<double>::quiet_NaN();
     }
-    s->peak_flops = 32.0 * mhz * 1e6 * double(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
   }
 
   std::error_code ec;
@@ -541,6 +556,19 @@ Result<TrainSummary> Trainer::train() {
   const Recipe& r = s.recipe;
   TrainSummary sum;
   install_stop_handlers();
+  // The launching thread runs on the cores kept free of optimizer threads, for this run only.
+  struct LauncherBinding {
+    std::vector<int> before;
+    ~LauncherBinding() {
+      if (!before.empty()) (void)memory::bind_current_thread(before);
+    }
+  } launcher;
+  if (!s.binding.shared && !s.binding.launcher_cpus.empty()) {
+    launcher.before = memory::current_thread_cpus();
+    Status b = memory::bind_current_thread(s.binding.launcher_cpus);
+    if (!b.ok())
+      std::fprintf(s.log, "warning: launcher not bound: %s\n", b.error().message.c_str());
+  }
 
   // Resume.
   int64_t step = 0;
@@ -617,6 +645,8 @@ Result<TrainSummary> Trainer::train() {
   };
 
   int64_t consecutive_nan = 0;
+  pipeline::StepResult prev;  // the step before, under nan_policy skip not yet asked
+  bool prev_unchecked = false;
   std::vector<at::Tensor> ids(static_cast<size_t>(r.grad_accum)), tgs(ids.size());
   while (step < r.max_steps) {
     if (stop_requested()) break;
@@ -629,25 +659,46 @@ Result<TrainSummary> Trainer::train() {
     }
     const double lr = s.schedule.at(step + 1);
     s.engine->set_learning_rate(static_cast<float>(lr));
-    pipeline::StepStats st;
+    pipeline::StepResult st;
+    double loss = 0;
     try {
       st = s.engine->train_step(ids, tgs);
+      loss = st.loss();  // the step's one read from the device
     } catch (const std::exception& e) {
       return Error{"step " + std::to_string(step + 1) + ": " + e.what()};
     }
     ++step;
-    const double loss = st.loss();
-    if (!std::isfinite(loss) || st.skipped) {
-      if (r.nan_policy == "skip" && st.skipped) {
-        ++sum.nan_steps_skipped;
-        std::fprintf(s.log, "step %lld: loss %g, grad norm %g: update skipped (nan_policy skip)\n",
-                     (long long)step, loss, st.grad_norm);
-        if (++consecutive_nan >= 10) {
-          return Error{
-              "10 consecutive steps with a non-finite loss or grad norm; stopping. Last "
-              "checkpoint: " +
-              (sum.last_checkpoint.empty() ? "none" : sum.last_checkpoint)};
-        }
+    // Whether the engine skipped a step (non-finite grad norm under nan_policy skip) is known
+    // once the optimizer has the norm. For the previous step that is the case by now (this
+    // step's loads waited for its updates), so asking costs no wait; this step is asked at once
+    // only when its loss is not finite.
+    auto skipped_update = [&](pipeline::StepResult& r, int64_t at_step) -> Status {
+      if (!r.skipped()) {
+        consecutive_nan = 0;
+        return Ok{};
+      }
+      std::fprintf(s.log, "step %lld: loss %g, grad norm %g: update skipped (nan_policy skip)\n",
+                   (long long)at_step, r.loss(), r.grad_norm());
+      if (++consecutive_nan >= 10) {
+        return Error{
+            "10 consecutive steps with a non-finite loss or grad norm; stopping. Last "
+            "checkpoint: " +
+            (sum.last_checkpoint.empty() ? "none" : sum.last_checkpoint)};
+      }
+      return Ok{};
+    };
+    if (prev_unchecked) {
+      prev_unchecked = false;
+      Status ps = skipped_update(prev, step - 1);
+      if (!ps.ok()) return ps.error();
+    }
+    prev = st;
+    prev_unchecked = r.nan_policy == "skip";
+    if (!std::isfinite(loss)) {
+      if (r.nan_policy == "skip" && st.skipped()) {
+        prev_unchecked = false;
+        Status ps = skipped_update(st, step);
+        if (!ps.ok()) return ps.error();
         continue;
       }
       // An earlier step's save may still be running; it either completes with that step's
@@ -659,7 +710,6 @@ Result<TrainSummary> Trainer::train() {
                    "clipping). Last checkpoint: " +
                    (sum.last_checkpoint.empty() ? "none" : sum.last_checkpoint)};
     }
-    consecutive_nan = 0;
     // A finished background save releases its gate at this step boundary.
     if (!pending_save.empty() && !s.writer->busy()) {
       Status ws = finish_pending_save();
@@ -671,13 +721,13 @@ Result<TrainSummary> Trainer::train() {
     tokens_run += s.tokens_per_step;
     if (sum.first_loss < 0) sum.first_loss = loss;
     sum.last_loss = loss;
-    const double gn = st.grad_norm >= 0 ? st.grad_norm : s.engine->grad_norm();
     const double tok_s = double(s.tokens_per_step) / secs;
     // Weight bytes copied host -> device (on the CPU backend: into the slots) per second.
     const double h2d_gbs = double(s.engine->weight_bytes_loaded() - loaded0) / secs / 1e9;
     const double mfu = tok_s * s.flops_per_token / s.peak_flops;
     const double rss = host_rss_gib();
     if (step % r.log_every == 0 || step == r.max_steps) {
+      const double gn = st.grad_norm();  // waits for this step's grads: only when logged
       nlohmann::json j = {{"step", step},
                           {"loss", loss},
                           {"lr", lr},
@@ -721,6 +771,12 @@ Result<TrainSummary> Trainer::train() {
     }
   }
   if (tty) std::fprintf(s.log, "\n");
+  if (prev_unchecked && prev.skipped()) {
+    std::fprintf(s.log, "step %lld: grad norm %g: update skipped (nan_policy skip)\n",
+                 (long long)step, prev.grad_norm());
+  }
+  s.engine->synchronize();
+  sum.nan_steps_skipped = s.engine->skipped_steps();
   sum.last_step = step;
   const double total_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
