@@ -34,6 +34,7 @@
 #include "checkpoint/hf_loader.h"
 #include "checkpoint/safetensors.h"
 #include "model/hf_names.h"
+#include "pipeline/engine_testing.h"
 
 extern char** environ;
 
@@ -173,24 +174,9 @@ class Trainer {
   Engine engine_;
 };
 
-struct Snapshot {
-  std::vector<at::Tensor> master, m, v;
-};
-
-Snapshot snapshot(ParamStore& s) {
-  Snapshot out;
-  for (int64_t i = 0; i < s.plan().num_stages(); ++i) {
-    out.master.push_back(s.region(i).master.clone());
-    out.m.push_back(s.region(i).m.clone());
-    out.v.push_back(s.region(i).v.clone());
-  }
-  return out;
-}
-
-bool same_bits(const at::Tensor& a, const at::Tensor& b) {
-  return a.sizes() == b.sizes() && a.scalar_type() == b.scalar_type() &&
-         std::memcmp(a.data_ptr(), b.data_ptr(), a.numel() * a.element_size()) == 0;
-}
+using pipeline::testing::same_bits;
+using pipeline::testing::snapshot;
+using Snapshot = pipeline::testing::StoreSnapshot;
 
 void expect_same_state(const Snapshot& a, const Snapshot& b) {
   ASSERT_EQ(a.master.size(), b.master.size());

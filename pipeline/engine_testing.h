@@ -18,6 +18,7 @@
 #include "kernels/bf16.h"
 #include "kernels/reduce.h"
 #include "pipeline/engine.h"
+#include "pipeline/param_store.h"
 #include "pipeline/stages.h"
 
 namespace ramstream::pipeline::testing {
@@ -135,6 +136,23 @@ class ReferenceTrainer {
   int64_t step_ = 0;
   double norm_ = 0;
 };
+
+// Copies of every stage's master, m, v and (bf16 layout) working copy, for before/after checks.
+struct StoreSnapshot {
+  std::vector<at::Tensor> master, m, v, working;
+};
+
+inline StoreSnapshot snapshot(ParamStore& s) {
+  StoreSnapshot out;
+  for (int64_t i = 0; i < s.plan().num_stages(); ++i) {
+    const ParamStore::Region& r = s.region(i);
+    out.master.push_back(r.master.clone());
+    out.m.push_back(r.m.clone());
+    out.v.push_back(r.v.clone());
+    out.working.push_back(r.working.defined() ? r.working.clone() : at::Tensor());
+  }
+  return out;
+}
 
 // Bitwise equality of two tensors of the same dtype (NaNs with equal bits are equal).
 inline bool same_bits(const at::Tensor& a, const at::Tensor& b) {

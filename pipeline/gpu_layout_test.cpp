@@ -31,6 +31,8 @@ using testing::Batches;
 using testing::make_batches;
 using testing::ReferenceTrainer;
 using testing::same_bits;
+using testing::snapshot;
+using testing::StoreSnapshot;
 
 bool on_cuda() {
   const char* d = std::getenv("RAMSTREAM_TEST_DEVICE");
@@ -144,21 +146,6 @@ INSTANTIATE_TEST_SUITE_P(
                       LayoutCase{"faults_clip", true, 1, 2, true, false, true},
                       LayoutCase{"faults_host_2mb", false, 2, 3, false, true, true}),
     [](const auto& info) { return std::string(info.param.name); });
-
-struct StoreSnapshot {
-  std::vector<at::Tensor> master, m, v, working;
-};
-
-StoreSnapshot snapshot(ParamStore& s) {
-  StoreSnapshot out;
-  for (int64_t i = 0; i < s.plan().num_stages(); ++i) {
-    out.master.push_back(s.region(i).master.clone());
-    out.m.push_back(s.region(i).m.clone());
-    out.v.push_back(s.region(i).v.clone());
-    out.working.push_back(s.region(i).working.clone());
-  }
-  return out;
-}
 
 // A step whose grads are NaN under nan_policy skip changes nothing: master, m, v and the working
 // copy (which held that step's grads in between) are bitwise as before, and the next step is
