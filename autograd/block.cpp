@@ -72,7 +72,8 @@ int64_t BlockScratch::bytes() const {
 }
 
 void block_forward(at::Tensor& y, BlockActs& a, BlockScratch& s, const model::BlockParams& p,
-                   const at::Tensor& x, const RopeTables& rope, const model::ModelConfig& cfg) {
+                   const at::Tensor& x, const RopeTables& rope, const model::ModelConfig& cfg,
+                   const TokenPositions& positions) {
   const int64_t B = a.q.size(0), T = a.q.size(2), N = B * T, C = cfg.hidden_size;
   const int64_t NH = cfg.num_heads, NKV = cfg.num_kv_heads;
   TORCH_CHECK(x.numel() == N * C && y.numel() == N * C, "block_forward: x/y must hold ", N, "x", C,
@@ -84,10 +85,10 @@ void block_forward(at::Tensor& y, BlockActs& a, BlockScratch& s, const model::Bl
   rmsnorm_forward(a.h1, a.rstd1, a.x, p.attn_norm, cfg.rms_norm_eps);
   linear_forward(s.qkv, a.h1, p.wqkv, p.bqkv);
   const at::Tensor heads = heads_view(s.qkv, cfg, B, T);
-  rope_forward(a.q, heads.narrow(1, 0, NH), rope.cos, rope.sin);
-  rope_forward(a.k, heads.narrow(1, NH, NKV), rope.cos, rope.sin);
+  rope_forward(a.q, heads.narrow(1, 0, NH), rope.cos, rope.sin, positions);
+  rope_forward(a.k, heads.narrow(1, NH, NKV), rope.cos, rope.sin, positions);
   a.v.copy_(heads.narrow(1, NH + NKV, NKV));
-  attention_forward(a.att, a.lse, a.q, a.k, a.v);
+  attention_forward(a.att, a.lse, a.q, a.k, a.v, positions);
   linear_forward(s.proj, a.att, p.wo, p.bo);
   residual_forward(a.x2, a.x, s.proj);
 
@@ -100,7 +101,7 @@ void block_forward(at::Tensor& y, BlockActs& a, BlockScratch& s, const model::Bl
 
 void block_backward(at::Tensor& dres, model::BlockParams& g, const BlockActs& a, BlockScratch& s,
                     const model::BlockParams& p, const RopeTables& rope,
-                    const model::ModelConfig& cfg) {
+                    const model::ModelConfig& cfg, const TokenPositions& positions) {
   const int64_t B = a.q.size(0), T = a.q.size(2), N = B * T, C = cfg.hidden_size;
   const int64_t NH = cfg.num_heads, NKV = cfg.num_kv_heads;
   at::Tensor dres2 = dres.view({N, C});
@@ -115,12 +116,12 @@ void block_backward(at::Tensor& dres, model::BlockParams& g, const BlockActs& a,
 
   // Attention branch.
   linear_backward(s.datt, g.wo, g.bo, dres2, a.att, p.wo);
-  attention_backward(s.dq, s.dk, s.dv, s.datt, a.q, a.k, a.v, a.att, a.lse);
+  attention_backward(s.dq, s.dk, s.dv, s.datt, a.q, a.k, a.v, a.att, a.lse, positions);
   at::Tensor dheads = heads_view(s.qkv, cfg, B, T);  // qkv scratch now holds its grad
   at::Tensor dq_heads = dheads.narrow(1, 0, NH);
   at::Tensor dk_heads = dheads.narrow(1, NH, NKV);
-  rope_backward(dq_heads, s.dq, rope.cos, rope.sin);
-  rope_backward(dk_heads, s.dk, rope.cos, rope.sin);
+  rope_backward(dq_heads, s.dq, rope.cos, rope.sin, positions);
+  rope_backward(dk_heads, s.dk, rope.cos, rope.sin, positions);
   dheads.narrow(1, NH + NKV, NKV).copy_(s.dv);
   linear_backward(s.dh, g.wqkv, g.bqkv, s.qkv, a.h1, p.wqkv);
   rmsnorm_backward(dres2, g.attn_norm, s.dh, a.x, p.attn_norm, a.rstd1);  // dres = dL/dx

@@ -12,12 +12,16 @@
 //   block_forward(y, acts, scratch, params, x, rope, cfg);
 //   dres.copy_(dy);                                   // residual-stream grad, updated in place
 //   block_backward(dres, grads, acts, scratch, params, rope, cfg);   // dres = dL/dx, grads +=
+//
+// Packed rows pass their TokenPositions (positions.h) to both; forward and backward must get the
+// same ones.
 #pragma once
 
 #include <cstdint>
 
 #include <ATen/ATen.h>
 
+#include "autograd/positions.h"
 #include "autograd/rope.h"
 #include "model/config.h"
 #include "model/params.h"
@@ -65,12 +69,12 @@ struct BlockScratch {
 // y [B,T,C] or [N,C] =; x the same shape (kept by reference in acts.x).
 void block_forward(at::Tensor& y, BlockActs& acts, BlockScratch& scratch,
                    const model::BlockParams& p, const at::Tensor& x, const RopeTables& rope,
-                   const model::ModelConfig& cfg);
+                   const model::ModelConfig& cfg, const TokenPositions& positions = {});
 
 // dres [N,C]: on entry dL/dy, on return dL/dx (updated in place: the residual stream).
 // grads +=.
 void block_backward(at::Tensor& dres, model::BlockParams& grads, const BlockActs& acts,
                     BlockScratch& scratch, const model::BlockParams& p, const RopeTables& rope,
-                    const model::ModelConfig& cfg);
+                    const model::ModelConfig& cfg, const TokenPositions& positions = {});
 
 }  // namespace ramstream::autograd

@@ -55,17 +55,24 @@ void check_batch(const at::Tensor& ids, const ModelWorkspace& ws) {
               ids.scalar_type());
 }
 
+TokenPositions positions_of(const at::Tensor& positions, const ModelWorkspace& ws) {
+  TORCH_CHECK(!positions.defined() ||
+                  (positions.dim() == 2 && positions.size(0) == ws.B && positions.size(1) == ws.T),
+              "position ids must be int64 [", ws.B, ",", ws.T, "], got ", positions.sizes());
+  return make_token_positions(positions, ws.checkpoints[0].device());
+}
+
 // Embedding and all blocks; the final hidden state lands in ws.checkpoints[L]. When `keep` is
 // false every block writes the same BlockActs (forward-only use).
 void forward_blocks(const model::ModelParams& p, const at::Tensor& ids, ModelWorkspace& ws,
-                    bool keep) {
+                    bool keep, const TokenPositions& positions) {
   check_batch(ids, ws);
   embedding_forward(ws.checkpoints[0], ids, p.embedding);
   const int64_t L = ws.cfg.num_layers;
   for (int64_t l = 0; l < L; ++l) {
     BlockActs& a = ws.acts[keep ? static_cast<size_t>(l) : 0];
     block_forward(ws.checkpoints[l + 1], a, ws.scratch, p.blocks[l], ws.checkpoints[l], ws.rope,
-                  ws.cfg);
+                  ws.cfg, positions);
   }
   rmsnorm_forward(ws.final_h, ws.final_rstd, ws.checkpoints[L], p.final_norm, ws.cfg.rms_norm_eps);
 }
@@ -73,17 +80,20 @@ void forward_blocks(const model::ModelParams& p, const at::Tensor& ids, ModelWor
 }  // namespace
 
 CrossEntropyResult model_forward(const model::ModelParams& p, const at::Tensor& ids,
-                                 const at::Tensor& targets, ModelWorkspace& ws) {
-  forward_blocks(p, ids, ws, /*keep=*/false);
+                                 const at::Tensor& targets, ModelWorkspace& ws,
+                                 const at::Tensor& positions) {
+  forward_blocks(p, ids, ws, /*keep=*/false, positions_of(positions, ws));
   return chunked_cross_entropy_forward(ws.final_h, p.lm_head, targets.reshape({-1}),
                                        ws.ce_chunk_rows);
 }
 
 CrossEntropyResult model_forward_backward(const model::ModelParams& p, model::ModelParams& g,
                                           const at::Tensor& ids, const at::Tensor& targets,
-                                          double grad_scale, ModelWorkspace& ws) {
+                                          double grad_scale, ModelWorkspace& ws,
+                                          const at::Tensor& positions) {
   const bool saved = ws.mode == ActivationMode::kSaved;
-  forward_blocks(p, ids, ws, /*keep=*/saved);
+  const TokenPositions tp = positions_of(positions, ws);
+  forward_blocks(p, ids, ws, /*keep=*/saved, tp);
   const int64_t L = ws.cfg.num_layers;
 
   const CrossEntropyResult r = chunked_cross_entropy_forward_backward(
@@ -94,16 +104,18 @@ CrossEntropyResult model_forward_backward(const model::ModelParams& p, model::Mo
   for (int64_t l = L - 1; l >= 0; --l) {
     BlockActs& a = ws.acts[saved ? static_cast<size_t>(l) : 0];
     if (!saved) {
-      block_forward(ws.y_recompute, a, ws.scratch, p.blocks[l], ws.checkpoints[l], ws.rope, ws.cfg);
+      block_forward(ws.y_recompute, a, ws.scratch, p.blocks[l], ws.checkpoints[l], ws.rope, ws.cfg,
+                    tp);
     }
-    block_backward(ws.dres, g.blocks[l], a, ws.scratch, p.blocks[l], ws.rope, ws.cfg);
+    block_backward(ws.dres, g.blocks[l], a, ws.scratch, p.blocks[l], ws.rope, ws.cfg, tp);
   }
   embedding_backward(g.embedding, ws.dres, ids);
   return r;
 }
 
-at::Tensor model_logits(const model::ModelParams& p, const at::Tensor& ids, ModelWorkspace& ws) {
-  forward_blocks(p, ids, ws, /*keep=*/false);
+at::Tensor model_logits(const model::ModelParams& p, const at::Tensor& ids, ModelWorkspace& ws,
+                        const at::Tensor& positions) {
+  forward_blocks(p, ids, ws, /*keep=*/false, positions_of(positions, ws));
   return at::mm(ws.final_h, p.lm_head.t()).view({ws.B, ws.T, -1});
 }
 

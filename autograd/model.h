@@ -8,6 +8,10 @@
 //   CrossEntropyResult r = model_forward_backward(params, grads, ids, targets,
 //                                                 1.0 / count_targets(targets), ws);
 //   double mean_loss = r.loss_sum / r.num_targets;
+//
+// Packed rows: pass their positions ([B,T] int64, see positions.h) as the last argument; each
+// document then sees only itself and starts at RoPE position 0. Without them (an undefined
+// tensor) every row is one document with positions 0..T-1.
 #pragma once
 
 #include <cstdint>
@@ -17,6 +21,7 @@
 
 #include "autograd/block.h"
 #include "autograd/ops.h"
+#include "autograd/positions.h"
 #include "autograd/rope.h"
 #include "model/config.h"
 #include "model/params.h"
@@ -55,17 +60,20 @@ struct ModelWorkspace {
 at::Tensor next_token_targets(const at::Tensor& labels);
 int64_t count_targets(const at::Tensor& targets);
 
-// Loss only (eval). ids, targets [B,T] int64.
+// Loss only (eval). ids, targets, positions [B,T] int64 (positions validated on the host).
 CrossEntropyResult model_forward(const model::ModelParams& p, const at::Tensor& ids,
-                                 const at::Tensor& targets, ModelWorkspace& ws);
+                                 const at::Tensor& targets, ModelWorkspace& ws,
+                                 const at::Tensor& positions = {});
 
 // One forward and backward: grads += d(grad_scale * loss_sum)/dparams. Returns the loss sum and
 // the target count of this batch.
 CrossEntropyResult model_forward_backward(const model::ModelParams& p, model::ModelParams& grads,
                                           const at::Tensor& ids, const at::Tensor& targets,
-                                          double grad_scale, ModelWorkspace& ws);
+                                          double grad_scale, ModelWorkspace& ws,
+                                          const at::Tensor& positions = {});
 
 // Full logits [B,T,V] (tests, small evaluations; the training path never builds them).
-at::Tensor model_logits(const model::ModelParams& p, const at::Tensor& ids, ModelWorkspace& ws);
+at::Tensor model_logits(const model::ModelParams& p, const at::Tensor& ids, ModelWorkspace& ws,
+                        const at::Tensor& positions = {});
 
 }  // namespace ramstream::autograd

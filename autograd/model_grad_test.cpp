@@ -110,6 +110,106 @@ INSTANTIATE_TEST_SUITE_P(
                   1, 6}),
     [](const auto& info) { return std::string(info.param.name); });
 
+// Packed rows against their documents run one by one, each in a workspace of its own length:
+// the same loss of every token and, for the loss summed over all tokens, the same grad of every
+// parameter. Targets never cross a document (the last token of each has none).
+struct PackedCase {
+  const char* name;
+  testing::TinyOptions opts;
+  std::vector<std::vector<int64_t>> rows;  // document lengths per row
+};
+
+void PrintTo(const PackedCase& c, std::ostream* os) {
+  *os << c.name;
+}
+
+// -log p(target) per token [B,T] (0 where ignored) from logits [B,T,V].
+at::Tensor token_losses(const at::Tensor& logits, const at::Tensor& targets) {
+  const at::Tensor keep = targets != kIgnoreIndex;
+  const at::Tensor nll =
+      -at::log_softmax(logits, -1).gather(2, targets.clamp_min(0).unsqueeze(2)).squeeze(2);
+  return nll * keep.to(nll.scalar_type());
+}
+
+class PackedModelTest : public ::testing::TestWithParam<PackedCase> {};
+
+TEST_P(PackedModelTest, EqualsItsDocumentsOneByOne) {
+  const PackedCase c = GetParam();
+  const model::ModelConfig cfg = testing::tiny_config(c.opts);
+  const model::ModelParams params = testing::random_params(cfg, at::kDouble, 23);
+  const at::Tensor positions = testing::packed_positions(c.rows);
+  const int64_t B = positions.size(0), T = positions.size(1);
+  at::manual_seed(24);
+  const at::Tensor ids = at::randint(0, cfg.vocab_size, {B, T}, at::kLong);
+  at::Tensor targets = at::full({B, T}, kIgnoreIndex, at::kLong);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t t = 0; t + 1 < T; ++t) {
+      if (positions[b][t + 1].item<int64_t>() != 0) targets[b][t] = ids[b][t + 1];
+    }
+  }
+  targets[0][1] = kIgnoreIndex;  // and one inside a document
+
+  std::printf("packed case %s\n", c.name);
+  // One by one: grads and losses summed over the documents.
+  model::ModelParams g_docs = model::allocate_model_params(cfg, at::kDouble);
+  at::Tensor losses_docs = at::zeros({B, T}, at::kDouble);
+  double loss_docs = 0;
+  int64_t count_docs = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t start = 0;
+    for (int64_t len : c.rows[static_cast<size_t>(b)]) {
+      const at::Tensor ids_d = ids[b].narrow(0, start, len).reshape({1, len}).contiguous();
+      const at::Tensor targets_d = targets[b].narrow(0, start, len).reshape({1, len}).contiguous();
+      ModelWorkspace wd(cfg, 1, len, at::kDouble, ActivationMode::kRecompute);
+      const CrossEntropyResult r =
+          model_forward_backward(params, g_docs, ids_d, targets_d, 1.0, wd);
+      loss_docs += r.loss_sum;
+      count_docs += r.num_targets;
+      losses_docs[b]
+          .narrow(0, start, len)
+          .copy_(token_losses(model_logits(params, ids_d, wd), targets_d)[0]);
+      start += len;
+    }
+  }
+  for (ActivationMode mode : {ActivationMode::kSaved, ActivationMode::kRecompute}) {
+    std::printf(" mode %s\n", mode == ActivationMode::kSaved ? "saved" : "recompute");
+    ModelWorkspace ws(cfg, B, T, at::kDouble, mode);
+    model::ModelParams g = model::allocate_model_params(cfg, at::kDouble);
+    const CrossEntropyResult r =
+        model_forward_backward(params, g, ids, targets, 1.0, ws, positions);
+    EXPECT_EQ(r.num_targets, count_docs);
+    EXPECT_NEAR(r.loss_sum, loss_docs, kModelTol * loss_docs);
+    EXPECT_NEAR(model_forward(params, ids, targets, ws, positions).loss_sum, loss_docs,
+                kModelTol * loss_docs);
+    const at::Tensor losses = token_losses(model_logits(params, ids, ws, positions), targets);
+    EXPECT_LE(compare("per-token loss", losses, losses_docs).max_rel, kModelTol);
+    EXPECT_LE(testing::compare_grads(g, g_docs), kModelTol);
+    // The test sees a leak: without the positions the rows attend across documents.
+    const at::Tensor leaky = token_losses(model_logits(params, ids, ws), targets);
+    EXPECT_GT((leaky - losses_docs).abs().max().item<double>(), 1e-3);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, PackedModelTest,
+    ::testing::Values(PackedCase{"gqa_untied", testing::TinyOptions{}, {{5, 7, 4}, {9, 6, 1}}},
+                      PackedCase{
+                          "llama3_rope_tied",
+                          testing::opts_with([](testing::TinyOptions& o) {
+                            o.scaling = model::RopeScalingType::kLlama3;
+                            o.head_dim = 16;
+                            o.hidden = 64;
+                            o.tied = true;
+                          }),
+                          {{1, 12, 3}, {16}}},  // a row that is one document beside a packed one
+                      PackedCase{"qwen2_bias_three_layers",
+                                 testing::opts_with([](testing::TinyOptions& o) {
+                                   o.model_type = "qwen2";
+                                   o.layers = 3;
+                                 }),
+                                 {{2, 2, 2, 2, 4}, {6, 6}, {3, 9}}}),
+    [](const auto& info) { return std::string(info.param.name); });
+
 TEST(Model, MicroBatchesAccumulateToTheFullBatch) {
   const model::ModelConfig cfg = testing::tiny_config({});
   const model::ModelParams params = testing::random_params(cfg, at::kDouble, 31);

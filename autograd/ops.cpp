@@ -201,15 +201,27 @@ void linear_backward(at::Tensor& dx, at::Tensor& dw, at::Tensor& db, const at::T
 
 namespace {
 
+// pos [B,T] int64 on x's device, or nullptr when positions are 0..T-1.
+const int64_t* position_ids(const TokenPositions& positions, int64_t B, int64_t T, const char* op) {
+  if (!positions.packed()) return nullptr;
+  const at::Tensor& p = positions.pos;
+  TORCH_CHECK(p.scalar_type() == at::kLong && p.is_contiguous() && p.dim() == 2 && p.size(0) == B &&
+                  p.size(1) == T,
+              op, ": positions must be contiguous int64 [", B, ",", T, "], got ", p.sizes(), " ",
+              p.scalar_type());
+  return p.data_ptr<int64_t>();
+}
+
 // out = rotate(x, sign * angle); out and x may have different strides.
 void rope_apply(const at::Tensor& out, const at::Tensor& x, const at::Tensor& cos,
-                const at::Tensor& sin, int sign, const char* op) {
+                const at::Tensor& sin, const TokenPositions& positions, int sign, const char* op) {
   const Strided4 so = strides4(out, op), sx = strides4(x, op);
   const int64_t B = x.size(0), H = x.size(1), T = x.size(2), D = x.size(3), half = D / 2;
   TORCH_CHECK(out.sizes() == x.sizes(), op, ": out ", out.sizes(), " vs x ", x.sizes());
   TORCH_CHECK(cos.size(0) >= T && cos.size(1) == half && cos.is_contiguous() && sin.is_contiguous(),
               op, ": cos/sin must be contiguous [>=T, D/2], got ", cos.sizes());
-  if (!fused(x)) return composite::rope_apply(out, x, cos, sin, sign);
+  if (!fused(x)) return composite::rope_apply(out, x, cos, sin, positions, sign);
+  const int64_t* pos = position_ids(positions, B, T, op);
   RS_DISPATCH(x.scalar_type(), "rope", [&] {
     using A = acc_t<scalar_t>;
     TORCH_CHECK(cos.scalar_type() == c10::CppTypeToScalarType<A>::value, op,
@@ -225,8 +237,9 @@ void rope_apply(const at::Tensor& out, const at::Tensor& x, const at::Tensor& co
         for (int64_t t = 0; t < T; ++t) {
           const scalar_t* xr = xp + b * sx.sb + h * sx.sh + t * sx.st;
           scalar_t* orow = op_ + b * so.sb + h * so.sh + t * so.st;
-          const A* cr = cp + t * half;
-          const A* sr = sp + t * half;
+          const int64_t angle_row = pos ? pos[b * T + t] : t;  // < T: validated on the host
+          const A* cr = cp + angle_row * half;
+          const A* sr = sp + angle_row * half;
           for (int64_t i = 0; i < half; ++i) {
             const A a = A(xr[i]), bb = A(xr[i + half]);
             const A c = cr[i], s = sg * sr[i];
@@ -242,34 +255,36 @@ void rope_apply(const at::Tensor& out, const at::Tensor& x, const at::Tensor& co
 }  // namespace
 
 void rope_forward(at::Tensor& out, const at::Tensor& x, const at::Tensor& cos,
-                  const at::Tensor& sin) {
-  rope_apply(out, x, cos, sin, +1, "rope_forward");
+                  const at::Tensor& sin, const TokenPositions& positions) {
+  rope_apply(out, x, cos, sin, positions, +1, "rope_forward");
 }
 
 void rope_backward(at::Tensor& dx, const at::Tensor& dout, const at::Tensor& cos,
-                   const at::Tensor& sin) {
-  rope_apply(dx, dout, cos, sin, -1, "rope_backward");
+                   const at::Tensor& sin, const TokenPositions& positions) {
+  rope_apply(dx, dout, cos, sin, positions, -1, "rope_backward");
 }
 
 // ---------------------------------------------------------------------------------------------
 // causal attention
 //
-// Per batch element b the G query heads of one kv head are stacked into one [G*T, D] matrix, so
-// scores for all heads are one bmm over NKV without repeating k and v: row r of that matrix is
-// query head kv*G + r/T at position t = r % T, which may see keys j <= t.
+// Per document (a whole row unless the rows are packed) the G query heads of one kv head are
+// stacked into one [G*L, D] matrix, so the scores of all heads are one bmm over NKV without
+// repeating k and v: row r of that matrix is query head kv*G + r/L at position t = r % L of the
+// document, which may see its keys j <= t. Keys of other documents are never touched: a packed
+// row costs the sum of its documents' L^2, not T^2.
 
 namespace {
 
-// scores [R, T] (R = NKV*G*T rows, each row at position r % T) -> probabilities in place;
+// scores [R, L] (R = NKV*G*L rows, each row at position r % L) -> probabilities in place;
 // lse[r] = log sum_j exp(scale * s_rj) over visible j.
 template <class scalar_t>
-void causal_softmax_rows(scalar_t* scores, acc_t<scalar_t>* lse, int64_t R, int64_t T,
+void causal_softmax_rows(scalar_t* scores, acc_t<scalar_t>* lse, int64_t R, int64_t L,
                          acc_t<scalar_t> scale) {
   using A = acc_t<scalar_t>;
   at::parallel_for(0, R, 64, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      scalar_t* row = scores + r * T;
-      const int64_t visible = r % T + 1;
+      scalar_t* row = scores + r * L;
+      const int64_t visible = r % L + 1;
       A mx = -std::numeric_limits<A>::infinity();
       for (int64_t j = 0; j < visible; ++j) mx = std::max(mx, A(row[j]) * scale);
       A sum = 0;
@@ -280,7 +295,7 @@ void causal_softmax_rows(scalar_t* scores, acc_t<scalar_t>* lse, int64_t R, int6
       }
       const A inv = A(1) / sum;
       for (int64_t j = 0; j < visible; ++j) row[j] = scalar_t(A(row[j]) * inv);
-      for (int64_t j = visible; j < T; ++j) row[j] = scalar_t(0);
+      for (int64_t j = visible; j < L; ++j) row[j] = scalar_t(0);
       lse[r] = mx + std::log(sum);
     }
   });
@@ -290,13 +305,13 @@ void causal_softmax_rows(scalar_t* scores, acc_t<scalar_t>* lse, int64_t R, int6
 // ds = p * (dp - sum_j p*dp) * scale in place.
 template <class scalar_t>
 void causal_softmax_backward_rows(scalar_t* scores, scalar_t* dp, const acc_t<scalar_t>* lse,
-                                  int64_t R, int64_t T, acc_t<scalar_t> scale) {
+                                  int64_t R, int64_t L, acc_t<scalar_t> scale) {
   using A = acc_t<scalar_t>;
   at::parallel_for(0, R, 64, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      scalar_t* p = scores + r * T;
-      scalar_t* d = dp + r * T;
-      const int64_t visible = r % T + 1;
+      scalar_t* p = scores + r * L;
+      scalar_t* d = dp + r * L;
+      const int64_t visible = r % L + 1;
       A dot = 0;
       for (int64_t j = 0; j < visible; ++j) {
         const A pj = std::exp(A(p[j]) * scale - lse[r]);
@@ -304,7 +319,7 @@ void causal_softmax_backward_rows(scalar_t* scores, scalar_t* dp, const acc_t<sc
         dot += pj * A(d[j]);
       }
       for (int64_t j = 0; j < visible; ++j) d[j] = scalar_t(A(p[j]) * (A(d[j]) - dot) * scale);
-      for (int64_t j = visible; j < T; ++j) {
+      for (int64_t j = visible; j < L; ++j) {
         p[j] = scalar_t(0);
         d[j] = scalar_t(0);
       }
@@ -329,67 +344,160 @@ AttnDims attn_dims(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
   return d;
 }
 
+// One document: tokens start..start+len-1 of row b.
+struct Document {
+  int64_t b, start, len;
+};
+
+// The documents of the batch: one per row, or those of positions.cu_seqlens (which never cross a
+// row: every row starts at position 0).
+std::vector<Document> documents(const TokenPositions& positions, const AttnDims& d,
+                                const char* op) {
+  std::vector<Document> docs;
+  if (!positions.packed()) {
+    for (int64_t b = 0; b < d.B; ++b) docs.push_back({b, 0, d.T});
+    return docs;
+  }
+  const at::Tensor& cu = positions.cu_seqlens;
+  TORCH_CHECK(cu.is_cpu() && cu.scalar_type() == at::kInt && cu.dim() == 1 && cu.numel() >= 2 &&
+                  cu.is_contiguous(),
+              op, ": cu_seqlens must be a contiguous int32 CPU tensor [S+1], got ", cu.sizes());
+  const int32_t* c = cu.data_ptr<int32_t>();
+  const int64_t S = cu.numel() - 1;
+  TORCH_CHECK(c[0] == 0 && c[S] == d.B * d.T, op,
+              ": cu_seqlens must run from 0 to B*T = ", d.B * d.T, ", got ", c[0], "..", c[S]);
+  for (int64_t s = 0; s < S; ++s) {
+    const int64_t first = c[s], len = int64_t{c[s + 1]} - first;
+    TORCH_CHECK(len > 0 && first % d.T + len <= d.T, op, ": document ", s, " (tokens ", first, "..",
+                first + len - 1, ") is empty or crosses a row");
+    docs.push_back({first / d.T, first % d.T, len});
+  }
+  return docs;
+}
+
+int64_t longest(const std::vector<Document>& docs) {
+  int64_t L = 0;
+  for (const Document& doc : docs) L = std::max(L, doc.len);
+  return L;
+}
+
+// Buffers of the largest document, viewed at the size of each one.
+at::Tensor first_elements(const at::Tensor& buf, at::IntArrayRef sizes) {
+  int64_t n = 1;
+  for (int64_t s : sizes) n *= s;
+  return buf.narrow(0, 0, n).view(sizes);
+}
+
 }  // namespace
 
 void attention_forward(at::Tensor& out, at::Tensor& lse, const at::Tensor& q, const at::Tensor& k,
-                       const at::Tensor& v) {
+                       const at::Tensor& v, const TokenPositions& positions) {
   const AttnDims d = attn_dims(q, k, v, "attention_forward");
   check_contiguous(out, "attention_forward", "out");
-  if (!fused(q)) return composite::attention_forward(out, lse, q, k, v);
+  if (!fused(q)) return composite::attention_forward(out, lse, q, k, v, positions);
+  const std::vector<Document> docs = documents(positions, d, "attention_forward");
+  const int64_t Lmax = longest(docs);
   const auto opts = q.options();
-  at::Tensor scores = at::empty({d.NKV, d.G * d.T, d.T}, opts);
-  at::Tensor ob = at::empty({d.NKV, d.G * d.T, d.D}, opts);
+  const at::Tensor scores_buf = at::empty({d.NKV * d.G * Lmax * Lmax}, opts);
+  const at::Tensor ob_buf = at::empty({d.NKV * d.G * Lmax * d.D}, opts);
+  const at::Tensor lse_buf = at::empty({d.NH * Lmax}, lse.options());
+  const at::Tensor out_rows = out.view({d.B, d.T, d.NH * d.D});
   RS_DISPATCH(q.scalar_type(), "attention_forward", [&] {
     using A = acc_t<scalar_t>;
     const A scale = A(1) / std::sqrt(A(d.D));
-    for (int64_t b = 0; b < d.B; ++b) {
-      const at::Tensor qb = q[b].view({d.NKV, d.G * d.T, d.D});
-      at::bmm_out(scores, qb, k[b].transpose(1, 2));
-      A* lse_b = lse.data_ptr<A>() + b * d.NH * d.T;
-      causal_softmax_rows<scalar_t>(scores.data_ptr<scalar_t>(), lse_b, d.NKV * d.G * d.T, d.T,
-                                    scale);
-      at::bmm_out(ob, scores, v[b]);
-      // [NKV, G, T, D] -> out[b] as [T, NH, D]
-      out.view({d.B, d.T, d.NH * d.D})[b]
-          .view({d.T, d.NKV, d.G, d.D})
-          .copy_(ob.view({d.NKV, d.G, d.T, d.D}).permute({2, 0, 1, 3}));
+    for (const Document& doc : docs) {
+      const int64_t L = doc.len;
+      const bool whole_row = L == d.T;
+      // [NKV, G*L, D]: a view for a whole row, else a copy of the document's rows.
+      const at::Tensor qd = q[doc.b]
+                                .view({d.NKV, d.G, d.T, d.D})
+                                .narrow(2, doc.start, L)
+                                .reshape({d.NKV, d.G * L, d.D});
+      const at::Tensor kd = k[doc.b].narrow(1, doc.start, L);  // [NKV, L, D]
+      const at::Tensor vd = v[doc.b].narrow(1, doc.start, L);
+      at::Tensor scores = first_elements(scores_buf, {d.NKV, d.G * L, L});
+      at::Tensor ob = first_elements(ob_buf, {d.NKV, d.G * L, d.D});
+      at::bmm_out(scores, qd, kd.transpose(1, 2));
+      // lse rows r = h*L + t: lse[b] itself for a whole row, else a buffer copied into place.
+      A* lse_d = whole_row ? lse.data_ptr<A>() + doc.b * d.NH * d.T : lse_buf.data_ptr<A>();
+      causal_softmax_rows<scalar_t>(scores.data_ptr<scalar_t>(), lse_d, d.NKV * d.G * L, L, scale);
+      if (!whole_row) {
+        lse[doc.b].narrow(1, doc.start, L).copy_(first_elements(lse_buf, {d.NH, L}));
+      }
+      at::bmm_out(ob, scores, vd);
+      // [NKV, G, L, D] -> out rows start..start+L-1 of row b, as [L, NH, D]
+      out_rows[doc.b]
+          .narrow(0, doc.start, L)
+          .view({L, d.NKV, d.G, d.D})
+          .copy_(ob.view({d.NKV, d.G, L, d.D}).permute({2, 0, 1, 3}));
     }
   });
 }
 
 void attention_backward(at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, const at::Tensor& dout,
                         const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                        const at::Tensor& out, const at::Tensor& lse) {
+                        const at::Tensor& out, const at::Tensor& lse,
+                        const TokenPositions& positions) {
   const AttnDims d = attn_dims(q, k, v, "attention_backward");
   check_contiguous(dout, "attention_backward", "dout");
-  if (!fused(q)) return composite::attention_backward(dq, dk, dv, dout, q, k, v, out, lse);
+  if (!fused(q)) {
+    return composite::attention_backward(dq, dk, dv, dout, q, k, v, out, lse, positions);
+  }
+  const std::vector<Document> docs = documents(positions, d, "attention_backward");
+  const int64_t Lmax = longest(docs);
   const auto opts = q.options();
-  at::Tensor scores = at::empty({d.NKV, d.G * d.T, d.T}, opts);
-  at::Tensor dp = at::empty({d.NKV, d.G * d.T, d.T}, opts);
-  at::Tensor dob = at::empty({d.NKV, d.G, d.T, d.D}, opts);
+  const at::Tensor scores_buf = at::empty({d.NKV * d.G * Lmax * Lmax}, opts);
+  const at::Tensor dp_buf = at::empty({d.NKV * d.G * Lmax * Lmax}, opts);
+  const at::Tensor dob_buf = at::empty({d.NKV * d.G * Lmax * d.D}, opts);
+  const at::Tensor lse_buf = at::empty({d.NH * Lmax}, lse.options());
+  const at::Tensor dout_rows = dout.view({d.B, d.T, d.NH * d.D});
   RS_DISPATCH(q.scalar_type(), "attention_backward", [&] {
     using A = acc_t<scalar_t>;
     const A scale = A(1) / std::sqrt(A(d.D));
-    for (int64_t b = 0; b < d.B; ++b) {
-      const at::Tensor qb = q[b].view({d.NKV, d.G * d.T, d.D});
-      const at::Tensor kb = k[b];
-      const at::Tensor vb = v[b];
-      // dout[b] [T, NH, D] -> [NKV, G*T, D]
-      dob.copy_(
-          dout.view({d.B, d.T, d.NH * d.D})[b].view({d.T, d.NKV, d.G, d.D}).permute({1, 2, 0, 3}));
-      const at::Tensor dob2 = dob.view({d.NKV, d.G * d.T, d.D});
-      at::bmm_out(scores, qb, kb.transpose(1, 2));
-      at::bmm_out(dp, dob2, vb.transpose(1, 2));
-      const A* lse_b = lse.data_ptr<A>() + b * d.NH * d.T;
+    for (const Document& doc : docs) {
+      const int64_t L = doc.len;
+      const bool whole_row = L == d.T;
+      const at::Tensor qd = q[doc.b]
+                                .view({d.NKV, d.G, d.T, d.D})
+                                .narrow(2, doc.start, L)
+                                .reshape({d.NKV, d.G * L, d.D});
+      const at::Tensor kd = k[doc.b].narrow(1, doc.start, L);
+      const at::Tensor vd = v[doc.b].narrow(1, doc.start, L);
+      // dout rows of the document [L, NH, D] -> [NKV, G*L, D]
+      at::Tensor dob = first_elements(dob_buf, {d.NKV, d.G, L, d.D});
+      dob.copy_(dout_rows[doc.b]
+                    .narrow(0, doc.start, L)
+                    .view({L, d.NKV, d.G, d.D})
+                    .permute({1, 2, 0, 3}));
+      const at::Tensor dob2 = dob.view({d.NKV, d.G * L, d.D});
+      at::Tensor scores = first_elements(scores_buf, {d.NKV, d.G * L, L});
+      at::Tensor dp = first_elements(dp_buf, {d.NKV, d.G * L, L});
+      at::bmm_out(scores, qd, kd.transpose(1, 2));
+      at::bmm_out(dp, dob2, vd.transpose(1, 2));
+      const A* lse_d = lse.data_ptr<A>() + doc.b * d.NH * d.T;
+      if (!whole_row) {
+        at::Tensor l = first_elements(lse_buf, {d.NH, L});
+        l.copy_(lse[doc.b].narrow(1, doc.start, L));
+        lse_d = l.data_ptr<A>();
+      }
       causal_softmax_backward_rows<scalar_t>(scores.data_ptr<scalar_t>(), dp.data_ptr<scalar_t>(),
-                                             lse_b, d.NKV * d.G * d.T, d.T, scale);
+                                             lse_d, d.NKV * d.G * L, L, scale);
       // scores now holds p and dp holds ds (scale folded in).
-      at::Tensor dvb = dv[b];
-      at::Tensor dkb = dk[b];
-      at::Tensor dqb = dq[b].view({d.NKV, d.G * d.T, d.D});
-      at::bmm_out(dvb, scores.transpose(1, 2), dob2);  // sums the G heads of each kv head
-      at::bmm_out(dkb, dp.transpose(1, 2), qb);
-      at::bmm_out(dqb, dp, kb);
+      if (whole_row) {
+        at::Tensor dvb = dv[doc.b];
+        at::Tensor dkb = dk[doc.b];
+        at::Tensor dqb = dq[doc.b].view({d.NKV, d.G * d.T, d.D});
+        at::bmm_out(dvb, scores.transpose(1, 2), dob2);  // sums the G heads of each kv head
+        at::bmm_out(dkb, dp.transpose(1, 2), qd);
+        at::bmm_out(dqb, dp, kd);
+      } else {
+        dv[doc.b].narrow(1, doc.start, L).copy_(at::bmm(scores.transpose(1, 2), dob2));
+        dk[doc.b].narrow(1, doc.start, L).copy_(at::bmm(dp.transpose(1, 2), qd));
+        dq[doc.b]
+            .view({d.NKV, d.G, d.T, d.D})
+            .narrow(2, doc.start, L)
+            .copy_(at::bmm(dp, kd).view({d.NKV, d.G, L, d.D}));
+      }
     }
   });
 }

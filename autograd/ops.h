@@ -25,6 +25,8 @@
 
 #include <ATen/ATen.h>
 
+#include "autograd/positions.h"
+
 namespace ramstream::autograd {
 
 constexpr int64_t kIgnoreIndex = -100;
@@ -59,29 +61,33 @@ void linear_backward(at::Tensor& dx, at::Tensor& dw, at::Tensor& db, const at::T
 void accumulate_weight_grad(at::Tensor& dw, const at::Tensor& dout, const at::Tensor& x);
 
 // ---- RoPE, rotate-half layout (Hugging Face): for i < D/2, with (a, b) = (x[i], x[i + D/2]),
-//      out[i] = a*cos - b*sin, out[i + D/2] = b*cos + a*sin, angle = pos * inv_freq[i].
+//      out[i] = a*cos - b*sin, out[i + D/2] = b*cos + a*sin, angle = pos * inv_freq[i], where pos
+//      is t, or positions.pos[b][t] for packed rows (positions.h).
 // cos, sin [T, D/2] in the acc dtype (see rope.h for building them).
 // out [B,H,T,D] contiguous, x [B,H,T,D] any strides with the last dim contiguous (a view into the
 // fused qkv projection).
 void rope_forward(at::Tensor& out, const at::Tensor& x, const at::Tensor& cos,
-                  const at::Tensor& sin);
+                  const at::Tensor& sin, const TokenPositions& positions = {});
 // dx [B,H,T,D] = (any strides, last dim contiguous), dout [B,H,T,D]. RoPE is a rotation: its
 // backward is the rotation by -angle.
 void rope_backward(at::Tensor& dx, const at::Tensor& dout, const at::Tensor& cos,
-                   const at::Tensor& sin);
+                   const at::Tensor& sin, const TokenPositions& positions = {});
 
 // ---- causal self-attention with grouped-query heads, softmax(q k^T / sqrt(D)) v.
 // Query head h reads key/value head h / G. Only the log-sum-exp of each softmax row is kept for
 // the backward, which recomputes the probabilities (T x T per head never outlives the op).
+// Packed rows (positions.packed()): block-causal, query t sees keys t - pos[b][t] .. t only; the
+// CPU loops compute each document's L x L block alone, never the blocks between documents.
 // out [B,T,NH*D] (ready for the output projection), lse [B,NH,T] (acc dtype),
 // q [B,NH,T,D], k, v [B,NKV,T,D]
 void attention_forward(at::Tensor& out, at::Tensor& lse, const at::Tensor& q, const at::Tensor& k,
-                       const at::Tensor& v);
+                       const at::Tensor& v, const TokenPositions& positions = {});
 // dq [B,NH,T,D] =, dk, dv [B,NKV,T,D] =, dout [B,T,NH*D]; out and lse from the forward (the
 // CPU path needs only lse; the fused CUDA kernels read out too).
 void attention_backward(at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, const at::Tensor& dout,
                         const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                        const at::Tensor& out, const at::Tensor& lse);
+                        const at::Tensor& out, const at::Tensor& lse,
+                        const TokenPositions& positions = {});
 
 // ---- SwiGLU: out = silu(gate) * up, with gu = [gate | up] as produced by the fused projection.
 // out [N,F], gu [N,2F]

@@ -8,6 +8,8 @@
 #include "util/torch_compat.h"
 
 #if RAMSTREAM_TORCH_HAS_FLASH_SDPA
+#include <ATen/ops/_flash_attention_backward.h>
+#include <ATen/ops/_flash_attention_forward.h>
 #include <ATen/ops/_scaled_dot_product_flash_attention.h>
 #include <ATen/ops/_scaled_dot_product_flash_attention_backward.h>
 #endif
@@ -19,13 +21,6 @@ at::ScalarType acc_of(const at::Tensor& t) {
   return acc_dtype(t.scalar_type());
 }
 
-// [G*T, T] mask of the positions a stacked-heads row may not see (row r sits at position r % T).
-at::Tensor causal_mask(int64_t G, int64_t T, const at::Device& device) {
-  const auto o = at::TensorOptions().dtype(at::kLong).device(device);
-  const at::Tensor pos = at::arange(G * T, o).remainder(T).unsqueeze(1);
-  return at::arange(T, o).unsqueeze(0) > pos;
-}
-
 struct Dims {
   int64_t B, NH, NKV, G, T, D;
 };
@@ -33,12 +28,28 @@ Dims dims(const at::Tensor& q, const at::Tensor& k) {
   return {q.size(0), q.size(1), k.size(1), q.size(1) / k.size(1), q.size(2), q.size(3)};
 }
 
+// Mask of the keys a stacked-heads row may not see (row r sits at position t = r % T): j > t,
+// and for packed rows also j < t - pos[b][t]. [G*T, T], or [B, 1, G*T, T] when packed.
+at::Tensor hidden_keys(const Dims& d, const TokenPositions& positions, const at::Device& device) {
+  const auto o = at::TensorOptions().dtype(at::kLong).device(device);
+  if (!positions.packed()) {
+    const at::Tensor t = at::arange(d.G * d.T, o).remainder(d.T).unsqueeze(1);
+    return at::arange(d.T, o).unsqueeze(0) > t;
+  }
+  const at::Tensor t = at::arange(d.T, o);
+  const at::Tensor start = (t.unsqueeze(0) - positions.pos).unsqueeze(2);  // [B, T, 1]
+  const at::Tensor j = t.view({1, 1, d.T});
+  const at::Tensor hidden = (j > t.view({1, d.T, 1})) | (j < start);  // [B, T, T]
+  return hidden.unsqueeze(1).expand({d.B, d.G, d.T, d.T}).reshape({d.B, 1, d.G * d.T, d.T});
+}
+
 // Scaled, masked scores of the stacked heads in the acc dtype: [B, NKV, G*T, T].
-at::Tensor masked_scores(const Dims& d, const at::Tensor& q, const at::Tensor& k) {
+at::Tensor masked_scores(const Dims& d, const at::Tensor& q, const at::Tensor& k,
+                         const TokenPositions& positions) {
   const at::Tensor qs = q.view({d.B, d.NKV, d.G * d.T, d.D});
   at::Tensor s = at::matmul(qs, k.transpose(2, 3)).to(acc_of(q));
   s.mul_(1.0 / std::sqrt(double(d.D)));
-  s.masked_fill_(causal_mask(d.G, d.T, q.device()), -std::numeric_limits<double>::infinity());
+  s.masked_fill_(hidden_keys(d, positions, q.device()), -std::numeric_limits<double>::infinity());
   return s;
 }
 
@@ -51,6 +62,16 @@ bool use_flash(const Dims& d, const at::Tensor& q) {
 // k or v repeated over the G query heads that share it (the kernel wants equal head counts).
 at::Tensor expand_kv(const Dims& d, const at::Tensor& t) {
   return d.G == 1 ? t : t.repeat_interleave(d.G, 1);
+}
+// Without dropout the kernels ignore the philox state; this is the empty tensor the forward
+// itself returns in that case.
+at::Tensor no_philox_state() {
+  return at::empty({}, at::TensorOptions().dtype(at::kLong));
+}
+// [B,H,T,D] -> [B*T, H, D]: the tokens of all rows end to end, the layout of the variable-length
+// kernels, whose documents are positions.cu_seqlens.
+at::Tensor tokens_major(const at::Tensor& t) {
+  return t.transpose(1, 2).reshape({-1, t.size(1), t.size(3)});
 }
 #endif
 
@@ -78,21 +99,42 @@ void rmsnorm_backward(at::Tensor& dx, at::Tensor& dw, const at::Tensor& dout, co
 }
 
 void rope_apply(const at::Tensor& out, const at::Tensor& x, const at::Tensor& cos,
-                const at::Tensor& sin, int sign) {
-  const int64_t T = x.size(2), half = x.size(3) / 2;
+                const at::Tensor& sin, const TokenPositions& positions, int sign) {
+  const int64_t B = x.size(0), T = x.size(2), half = x.size(3) / 2;
   const at::ScalarType acc = acc_of(x);
-  const at::Tensor c = cos.narrow(0, 0, T).to(acc);
-  const at::Tensor s = sin.narrow(0, 0, T).to(acc) * double(sign);
+  at::Tensor c, s;  // [T, half], or [B, 1, T, half] at each token's position
+  if (positions.packed()) {
+    const at::Tensor rows = positions.pos.reshape({-1});
+    c = cos.index_select(0, rows).view({B, 1, T, half}).to(acc);
+    s = sin.index_select(0, rows).view({B, 1, T, half}).to(acc) * double(sign);
+  } else {
+    c = cos.narrow(0, 0, T).to(acc);
+    s = sin.narrow(0, 0, T).to(acc) * double(sign);
+  }
   const at::Tensor a = x.narrow(3, 0, half).to(acc), b = x.narrow(3, half, half).to(acc);
   out.narrow(3, 0, half).copy_(a * c - b * s);
   out.narrow(3, half, half).copy_(b * c + a * s);
 }
 
 void attention_forward(at::Tensor& out, at::Tensor& lse, const at::Tensor& q, const at::Tensor& k,
-                       const at::Tensor& v) {
+                       const at::Tensor& v, const TokenPositions& positions) {
   const Dims d = dims(q, k);
   at::Tensor o;  // [B, NH, T, D]
 #if RAMSTREAM_TORCH_HAS_FLASH_SDPA
+  if (use_flash(d, q) && positions.packed()) {
+    const auto r = at::_flash_attention_forward(
+        tokens_major(q), tokens_major(expand_kv(d, k)), tokens_major(expand_kv(d, v)),
+        positions.cu_seqlens, positions.cu_seqlens, positions.max_seqlen, positions.max_seqlen,
+        /*dropout_p=*/0.0, /*is_causal=*/true, /*return_debug_mask=*/false,
+        /*scale=*/1.0 / std::sqrt(double(d.D)));
+    out.view({d.B * d.T, d.NH, d.D}).copy_(std::get<0>(r));  // out [B,T,NH*D] is token-major
+    const at::Tensor& l = std::get<1>(r);
+    TORCH_CHECK(l.dim() == 2 && l.size(0) == d.NH && l.size(1) == d.B * d.T,
+                "attention_forward: flash varlen returned a log-sum-exp of shape ", l.sizes(),
+                ", expected [NH, B*T] = [", d.NH, ", ", d.B * d.T, "]");
+    lse.copy_(l.view({d.NH, d.B, d.T}).permute({1, 0, 2}));
+    return;
+  }
   if (use_flash(d, q)) {
     const auto r = at::_scaled_dot_product_flash_attention(
         q, expand_kv(d, k), expand_kv(d, v), /*dropout_p=*/0.0, /*is_causal=*/true,
@@ -102,7 +144,7 @@ void attention_forward(at::Tensor& out, at::Tensor& lse, const at::Tensor& q, co
   }
 #endif
   if (!o.defined()) {
-    const at::Tensor s = masked_scores(d, q, k);
+    const at::Tensor s = masked_scores(d, q, k, positions);
     const at::Tensor l = at::logsumexp(s, -1, /*keepdim=*/true);
     lse.copy_(l.view({d.B, d.NH, d.T}));
     const at::Tensor p = at::exp(s - l).to(q.scalar_type());
@@ -113,14 +155,28 @@ void attention_forward(at::Tensor& out, at::Tensor& lse, const at::Tensor& q, co
 
 void attention_backward(at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, const at::Tensor& dout,
                         const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                        const at::Tensor& out, const at::Tensor& lse) {
+                        const at::Tensor& out, const at::Tensor& lse,
+                        const TokenPositions& positions) {
   const Dims d = dims(q, k);
   const at::Tensor dout_heads = dout.view({d.B, d.T, d.NH, d.D}).transpose(1, 2);  // [B,NH,T,D]
 #if RAMSTREAM_TORCH_HAS_FLASH_SDPA
+  if (use_flash(d, q) && positions.packed()) {
+    const at::Tensor no_philox = no_philox_state();
+    const int64_t N = d.B * d.T;
+    const auto r = at::_flash_attention_backward(
+        dout.view({N, d.NH, d.D}), tokens_major(q), tokens_major(expand_kv(d, k)),
+        tokens_major(expand_kv(d, v)), out.view({N, d.NH, d.D}),
+        lse.permute({1, 0, 2}).reshape({d.NH, N}).contiguous(), positions.cu_seqlens,
+        positions.cu_seqlens, positions.max_seqlen, positions.max_seqlen, /*dropout_p=*/0.0,
+        /*is_causal=*/true, no_philox, no_philox, /*scale=*/1.0 / std::sqrt(double(d.D)));
+    dq.copy_(std::get<0>(r).view({d.B, d.T, d.NH, d.D}).transpose(1, 2));
+    // Sum the grads of the G query heads that shared each key/value head.
+    dk.copy_(std::get<1>(r).view({d.B, d.T, d.NKV, d.G, d.D}).sum(3).transpose(1, 2));
+    dv.copy_(std::get<2>(r).view({d.B, d.T, d.NKV, d.G, d.D}).sum(3).transpose(1, 2));
+    return;
+  }
   if (use_flash(d, q)) {
-    // Without dropout the kernel ignores the philox state; these are the empty tensors the
-    // forward itself returns in that case.
-    const at::Tensor no_philox = at::empty({}, at::TensorOptions().dtype(at::kLong));
+    const at::Tensor no_philox = no_philox_state();
     const auto r = at::_scaled_dot_product_flash_attention_backward(
         dout_heads, q, expand_kv(d, k), expand_kv(d, v),
         out.view({d.B, d.T, d.NH, d.D}).transpose(1, 2), lse, at::Tensor(), at::Tensor(),
@@ -136,7 +192,7 @@ void attention_backward(at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, const at
   (void)out;
   const double scale = 1.0 / std::sqrt(double(d.D));
   const at::Tensor dob = dout_heads.reshape({d.B, d.NKV, d.G * d.T, d.D});
-  const at::Tensor s = masked_scores(d, q, k);
+  const at::Tensor s = masked_scores(d, q, k, positions);
   const at::Tensor p = at::exp(s - lse.view({d.B, d.NKV, d.G * d.T, 1}).to(s.scalar_type()));
   const at::Tensor pc = p.to(q.scalar_type());
   dv.copy_(at::matmul(pc.transpose(2, 3), dob));  // sums the G heads of each kv head

@@ -110,6 +110,35 @@ TEST_P(RopeTest, ForwardBackwardOnStridedView) {
   EXPECT_EQ(dfused.permute({0, 2, 1, 3}).narrow(1, 0, H).abs().max().item<double>(), 0.0);
 }
 
+// Packed rows: every token rotated by its position in its document.
+TEST_P(RopeTest, PackedPositionsOnStridedView) {
+  testing::TinyOptions o;
+  o.scaling = GetParam();
+  const model::ModelConfig cfg = testing::tiny_config(o);
+  const at::Tensor positions = testing::packed_positions({{4, 1, 6}, {2, 9}});
+  const int64_t B = 2, T = 11, H = 3, D = cfg.head_dim;
+  const RopeTables rope = make_rope_tables(cfg, T, at::kDouble);
+  const TokenPositions tp = make_token_positions(positions, at::kCPU);
+  ASSERT_TRUE(tp.packed());
+  at::manual_seed(14);
+  const at::Tensor fused = at::randn({B, T, 2 * H, D}, kF64);
+  const at::Tensor x0 = fused.permute({0, 2, 1, 3}).narrow(1, H, H);
+  at::Tensor out = at::empty({B, H, T, D}, kF64);
+  rope_forward(out, x0, rope.cos, rope.sin, tp);
+  at::Tensor x = leaf(x0.contiguous());
+  at::Tensor ref = reference::rope(x, rope.cos, rope.sin, positions);
+  EXPECT_LE(compare("rope packed out", out, ref).max_rel, kOpTol);
+  // A document that starts mid-row is rotated as if it started the row: not by its offset.
+  const at::Tensor plain = reference::rope(x0.contiguous(), rope.cos, rope.sin);
+  EXPECT_GT((out - plain).abs().max().item<double>(), 1e-3);
+  const at::Tensor dout = at::randn({B, H, T, D}, kF64);
+  ref.backward(dout);
+  at::Tensor dfused = at::zeros({B, T, 2 * H, D}, kF64);
+  at::Tensor dx = dfused.permute({0, 2, 1, 3}).narrow(1, H, H);
+  rope_backward(dx, dout, rope.cos, rope.sin, tp);
+  EXPECT_LE(compare("rope packed dx", dx, x.grad()).max_rel, kOpTol);
+}
+
 INSTANTIATE_TEST_SUITE_P(Scaling, RopeTest,
                          ::testing::Values(model::RopeScalingType::kNone,
                                            model::RopeScalingType::kLinear,
@@ -174,6 +203,48 @@ TEST_P(AttentionTest, ForwardBackward) {
   EXPECT_LE(compare("attention dv", dv, v.grad()).max_rel, kOpTol);
 }
 
+// Each row of the case split into documents (lengths cycling through a fixed pattern, another
+// phase per row), so the rows hold documents of 1..5 tokens and different boundaries.
+std::vector<std::vector<int64_t>> split_rows(int64_t B, int64_t T) {
+  static const int64_t kPattern[] = {3, 1, 5, 2, 4};
+  std::vector<std::vector<int64_t>> rows(static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t left = T, k = b; left > 0; ++k) {
+      const int64_t len = std::min(kPattern[k % 5], left);
+      rows[static_cast<size_t>(b)].push_back(len);
+      left -= len;
+    }
+  }
+  return rows;
+}
+
+// Block-causal attention on packed rows against autograd on an explicit [B,T,T] mask.
+TEST_P(AttentionTest, PackedRowsBlockCausal) {
+  const AttnCase c = GetParam();
+  at::manual_seed(15);
+  const at::Tensor positions = testing::packed_positions(split_rows(c.B, c.T));
+  const TokenPositions tp = make_token_positions(positions, at::kCPU);
+  const at::Tensor q0 = at::randn({c.B, c.NH, c.T, c.D}, kF64);
+  const at::Tensor k0 = at::randn({c.B, c.NKV, c.T, c.D}, kF64);
+  const at::Tensor v0 = at::randn({c.B, c.NKV, c.T, c.D}, kF64);
+  at::Tensor out = at::empty({c.B, c.T, c.NH * c.D}, kF64);
+  at::Tensor lse = at::empty({c.B, c.NH, c.T}, kF64);
+  attention_forward(out, lse, q0, k0, v0, tp);
+  at::Tensor q = leaf(q0), k = leaf(k0), v = leaf(v0);
+  at::Tensor ref = reference::attention(q, k, v, positions);
+  EXPECT_LE(compare("attention packed out", out, ref).max_rel, kOpTol);
+  if (tp.packed()) {  // the mask matters: plain causal attention gives something else
+    EXPECT_GT((out - reference::attention(q0, k0, v0)).abs().max().item<double>(), 1e-3);
+  }
+  const at::Tensor dout = at::randn({c.B, c.T, c.NH * c.D}, kF64);
+  ref.backward(dout);
+  at::Tensor dq = at::full_like(q0, 7.0), dk = at::full_like(k0, 7.0), dv = at::full_like(v0, 7.0);
+  attention_backward(dq, dk, dv, dout, q0, k0, v0, out, lse, tp);
+  EXPECT_LE(compare("attention packed dq", dq, q.grad()).max_rel, kOpTol);
+  EXPECT_LE(compare("attention packed dk", dk, k.grad()).max_rel, kOpTol);
+  EXPECT_LE(compare("attention packed dv", dv, v.grad()).max_rel, kOpTol);
+}
+
 INSTANTIATE_TEST_SUITE_P(Shapes, AttentionTest,
                          ::testing::Values(AttnCase{2, 4, 2, 9, 8},     // GQA, odd T
                                            AttnCase{2, 4, 4, 8, 8},     // MHA
@@ -184,6 +255,59 @@ INSTANTIATE_TEST_SUITE_P(Shapes, AttentionTest,
                            return "NH" + std::to_string(c.NH) + "_NKV" + std::to_string(c.NKV) +
                                   "_T" + std::to_string(c.T);
                          });
+
+TEST(Positions, DocumentsOfPackedRows) {
+  const DocumentBounds d = find_documents(testing::packed_positions({{3, 2}, {5}}));
+  EXPECT_TRUE(d.packed);
+  EXPECT_EQ(d.cu_seqlens, (std::vector<int32_t>{0, 3, 5, 10}));
+  EXPECT_EQ(d.max_seqlen, 5);
+  // One document per row is plain causal attention: no positions to carry.
+  const at::Tensor plain = testing::packed_positions({{6}, {6}, {6}});
+  EXPECT_FALSE(find_documents(plain).packed);
+  EXPECT_FALSE(make_token_positions(plain, at::kCPU).packed());
+  EXPECT_FALSE(make_token_positions(at::Tensor(), at::kCPU).packed());
+  const TokenPositions tp = make_token_positions(testing::packed_positions({{1, 4}}), at::kCPU);
+  ASSERT_TRUE(tp.packed());
+  EXPECT_EQ(tp.max_seqlen, 4);
+  EXPECT_EQ(tp.cu_seqlens.scalar_type(), at::kInt);
+  EXPECT_TRUE(at::equal(tp.cu_seqlens, at::tensor({0, 1, 5}, at::kInt)));
+}
+
+// Every position that is neither 0 nor the previous + 1, at every place of a few packings: an
+// error naming its row and token (or, at a row's first token, saying rows start at 0).
+TEST(Positions, InvalidPositionsNameRowAndToken) {
+  int checked = 0;
+  for (const auto& rows : std::vector<std::vector<std::vector<int64_t>>>{
+           {{4, 3}, {7}}, {{1, 1, 1}, {2, 1}}, {{5}, {2, 3}, {1, 4}}}) {
+    const at::Tensor good = testing::packed_positions(rows);
+    const int64_t B = good.size(0), T = good.size(1);
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t prev = t > 0 ? good[b][t - 1].item<int64_t>() : -1;
+        for (int64_t bad : {prev + 2, prev, int64_t{-1}, int64_t{1000}}) {
+          if (bad == 0 || bad == prev + 1) continue;
+          at::Tensor p = good.clone();
+          p[b][t] = bad;
+          const std::string want = t == 0 ? "row " + std::to_string(b) + " starts at position"
+                                          : "row " + std::to_string(b) + ", token " +
+                                                std::to_string(t) + " has position " +
+                                                std::to_string(bad);
+          try {
+            find_documents(p);
+            ADD_FAILURE() << "accepted position " << bad << " at row " << b << " token " << t;
+          } catch (const c10::Error& e) {
+            EXPECT_NE(std::string(e.what()).find(want), std::string::npos)
+                << "want '" << want << "' in: " << e.what_without_backtrace();
+          }
+          ++checked;
+        }
+      }
+    }
+  }
+  EXPECT_GT(checked, 60);
+  EXPECT_THROW(find_documents(at::zeros({2, 3}, at::kInt)), c10::Error);  // not int64
+  EXPECT_THROW(find_documents(at::zeros({6}, at::kLong)), c10::Error);    // not [B,T]
+}
 
 TEST(Ops, SwiGLU) {
   at::manual_seed(6);

@@ -10,20 +10,39 @@ at::Tensor rmsnorm(const at::Tensor& x, const at::Tensor& w, double eps) {
   return x * at::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + eps) * w;
 }
 
-at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  const int64_t T = x.size(2), half = x.size(3) / 2;
-  const at::Tensor c = cos.narrow(0, 0, T).to(x.scalar_type());
-  const at::Tensor s = sin.narrow(0, 0, T).to(x.scalar_type());
+at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                const at::Tensor& positions) {
+  const int64_t B = x.size(0), T = x.size(2), half = x.size(3) / 2;
+  at::Tensor c = cos.narrow(0, 0, T).to(x.scalar_type());
+  at::Tensor s = sin.narrow(0, 0, T).to(x.scalar_type());
+  if (positions.defined()) {  // the table rows of each token's position: [B, 1, T, D/2]
+    c = at::embedding(cos, positions).to(x.scalar_type()).view({B, 1, T, half});
+    s = at::embedding(sin, positions).to(x.scalar_type()).view({B, 1, T, half});
+  }
   const at::Tensor a = x.narrow(3, 0, half), b = x.narrow(3, half, half);
   return at::cat({a * c - b * s, b * c + a * s}, 3);
 }
 
-at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                     const at::Tensor& positions) {
   const int64_t B = q.size(0), NH = q.size(1), T = q.size(2), D = q.size(3);
   const int64_t G = NH / k.size(1);
   const at::Tensor kk = k.repeat_interleave(G, 1), vv = v.repeat_interleave(G, 1);
-  const at::Tensor mask =
-      at::ones({T, T}, at::TensorOptions().dtype(at::kBool)).triu(/*diagonal=*/1);
+  at::Tensor mask = at::ones({T, T}, at::TensorOptions().dtype(at::kBool)).triu(/*diagonal=*/1);
+  if (positions.defined()) {
+    // Element by element from the definition: hidden[b][t][j] = j > t or j < t - positions[b][t].
+    mask = at::zeros({B, 1, T, T}, at::TensorOptions().dtype(at::kBool));
+    const at::Tensor p = positions.to(at::kCPU).contiguous();
+    const auto pa = p.accessor<int64_t, 2>();
+    auto m = mask.accessor<bool, 4>();
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t start = t - pa[b][t];
+        for (int64_t j = 0; j < T; ++j) m[b][0][t][j] = j > t || j < start;
+      }
+    }
+    mask = mask.to(q.device());
+  }
   at::Tensor scores = at::matmul(q, kk.transpose(2, 3)) / std::sqrt(double(D));
   scores = scores.masked_fill(mask, -std::numeric_limits<double>::infinity());
   const at::Tensor out = at::matmul(at::softmax(scores, -1), vv);  // [B,NH,T,D]

@@ -16,10 +16,13 @@
 namespace ramstream::autograd::reference {
 
 at::Tensor rmsnorm(const at::Tensor& x, const at::Tensor& w, double eps);
-// x [B,H,T,D]; cos/sin [T, D/2]
-at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
-// q [B,NH,T,D], k/v [B,NKV,T,D] -> [B,T,NH*D]
-at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
+// x [B,H,T,D]; cos/sin [T, D/2]; positions [B,T] int64 (positions.h), undefined: 0..T-1
+at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                const at::Tensor& positions = {});
+// q [B,NH,T,D], k/v [B,NKV,T,D] -> [B,T,NH*D]; with positions, query t sees keys
+// t - positions[b][t] .. t (an explicit [B,T,T] mask)
+at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                     const at::Tensor& positions = {});
 at::Tensor swiglu(const at::Tensor& gu);
 // x [B,T,C] -> y [B,T,C]
 at::Tensor block(const model::BlockParams& p, const at::Tensor& x, const RopeTables& rope,

@@ -60,6 +60,25 @@ inline TinyOptions opts_with(void (*edit)(TinyOptions&)) {
   return o;
 }
 
+// Positions [B,T] int64 of rows packing documents of the given lengths (each row's lengths sum
+// to T): 0..len-1 per document, laid end to end.
+inline at::Tensor packed_positions(const std::vector<std::vector<int64_t>>& rows) {
+  std::vector<int64_t> flat;
+  for (const std::vector<int64_t>& lengths : rows) {
+    for (int64_t len : lengths) {
+      for (int64_t k = 0; k < len; ++k) flat.push_back(k);
+    }
+  }
+  const int64_t B = static_cast<int64_t>(rows.size());
+  const int64_t T = B > 0 ? static_cast<int64_t>(flat.size()) / B : 0;
+  for (const std::vector<int64_t>& lengths : rows) {
+    int64_t sum = 0;
+    for (int64_t len : lengths) sum += len;
+    TORCH_CHECK(sum == T, "packed_positions: rows of different lengths");
+  }
+  return at::tensor(flat, at::kLong).view({B, T});
+}
+
 // Compares every parameter grad (ours vs ref, same config); returns the largest max_rel.
 inline double compare_grads(model::ModelParams& ours, model::ModelParams& ref) {
   std::vector<std::pair<std::string, at::Tensor>> a, b;

@@ -53,6 +53,18 @@ Status OutFile::write(const void* data, size_t bytes) {
   return Ok{};
 }
 
+Status prepare_parent_folder(const std::string& path) {
+  const std::string parent = parent_of(strip_trailing_slashes(path));
+  std::error_code ec;
+  fs::create_directories(parent, ec);
+  if (ec) return Error{parent + ": cannot create the parent folder: " + ec.message()};
+  if (!fs::is_directory(parent, ec)) return Error{parent + ": the parent is not a folder"};
+  if (::access(parent.c_str(), W_OK | X_OK) != 0) {
+    return errno_error(parent, "cannot write into the parent folder", errno);
+  }
+  return Ok{};
+}
+
 Status fsync_path(const std::string& path) {
   // O_RDONLY works for folders and files alike; fsync needs no write access.
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -138,9 +150,8 @@ Result<StagedDir> StagedDir::create(const std::string& target_in) {
   if (fs::exists(st) && !fs::is_directory(st)) {
     return Error{target + ": exists and is not a folder; refusing to replace it"};
   }
-  const std::string parent = parent_of(target);
-  fs::create_directories(parent, ec);
-  if (ec) return Error{parent + ": cannot create parent folder: " + ec.message()};
+  Status parent_ok = prepare_parent_folder(target);
+  if (!parent_ok.ok()) return parent_ok.error();
   const std::string staging = target + pid_suffix("tmp");
   fs::remove_all(staging, ec);  // a stale one from a crashed run of a process with our pid
   if (ec) return Error{staging + ": cannot remove stale staging folder: " + ec.message()};

@@ -63,6 +63,10 @@ class OutFile {
 Status write_file_atomic(const std::string& path, const std::function<Status(OutFile&)>& body);
 Status write_file_atomic(const std::string& path, const std::string& bytes);
 
+// Creates the missing parent folders of `path` (a file or folder about to be written) and checks
+// that the parent is a folder this process can create entries in; errors name the parent.
+Status prepare_parent_folder(const std::string& path);
+
 // fsync of one file or folder.
 Status fsync_path(const std::string& path);
 // fsync of every regular file and folder under `dir`, children before parents, `dir` last.

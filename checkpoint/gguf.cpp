@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <map>
@@ -17,6 +19,7 @@
 #include <ATen/core/grad_mode.h>
 
 #include "model/hf_names.h"
+#include "util/user_file.h"
 
 namespace ramstream::checkpoint {
 
@@ -379,29 +382,6 @@ using VT = GgufValueType;
 
 constexpr uint32_t kNumValueTypes = 13;
 
-// Bytes of a scalar value type; 0 for string and array.
-uint64_t scalar_size(VT t) {
-  switch (t) {
-    case VT::kUint8:
-    case VT::kInt8:
-    case VT::kBool:
-      return 1;
-    case VT::kUint16:
-    case VT::kInt16:
-      return 2;
-    case VT::kUint32:
-    case VT::kInt32:
-    case VT::kFloat32:
-      return 4;
-    case VT::kUint64:
-    case VT::kInt64:
-    case VT::kFloat64:
-      return 8;
-    default:
-      return 0;
-  }
-}
-
 // Fills a scalar GgufValue of type `t` from its little-endian bytes.
 GgufValue decode_scalar(VT t, const uint8_t* p) {
   GgufValue v;
@@ -455,6 +435,28 @@ bool is_signed(VT t) {
 
 }  // namespace
 
+uint64_t gguf_scalar_size(GgufValueType t) {
+  switch (t) {
+    case VT::kUint8:
+    case VT::kInt8:
+    case VT::kBool:
+      return 1;
+    case VT::kUint16:
+    case VT::kInt16:
+      return 2;
+    case VT::kUint32:
+    case VT::kInt32:
+    case VT::kFloat32:
+      return 4;
+    case VT::kUint64:
+    case VT::kInt64:
+    case VT::kFloat64:
+      return 8;
+    default:
+      return 0;
+  }
+}
+
 const char* gguf_value_type_name(GgufValueType t) {
   static const char* const kNames[kNumValueTypes] = {"u8",  "i8",  "u16",  "i16",    "u32",
                                                      "i32", "f32", "bool", "string", "array",
@@ -480,7 +482,7 @@ std::optional<double> GgufValue::as_double() const {
 }
 
 std::optional<GgufValue> GgufValue::scalar_at(uint64_t k) const {
-  const uint64_t size = scalar_size(elem_type);
+  const uint64_t size = gguf_scalar_size(elem_type);
   if (!is_array() || size == 0 || k >= count) return std::nullopt;
   return decode_scalar(elem_type, raw.data() + k * size);
 }
@@ -585,7 +587,7 @@ Status read_array(Cursor& c, int depth, GgufValue* out, const std::string& what)
   const VT et = out->elem_type;
   // Every element takes at least this many bytes, so a count the rest of the file cannot hold
   // is refused before anything is allocated for it.
-  const uint64_t min_elem = et == VT::kString ? 8 : et == VT::kArray ? 12 : scalar_size(et);
+  const uint64_t min_elem = et == VT::kString ? 8 : et == VT::kArray ? 12 : gguf_scalar_size(et);
   if (out->count > c.left() / min_elem) {
     return Error{what + ": array of " + std::to_string(out->count) + " " +
                  gguf_value_type_name(et) + " elements cannot fit in the " +
@@ -618,7 +620,7 @@ Status read_value(Cursor& c, VT type, int depth, GgufValue* out, const std::stri
   if (type == VT::kString) return c.string(&out->str, what);
   if (type == VT::kArray) return read_array(c, depth, out, what);
   const uint8_t* p = nullptr;
-  Status s = c.bytes(scalar_size(type), &p, what);
+  Status s = c.bytes(gguf_scalar_size(type), &p, what);
   if (!s.ok()) return s;
   *out = decode_scalar(type, p);
   return Ok{};
@@ -627,7 +629,7 @@ Status read_value(Cursor& c, VT type, int depth, GgufValue* out, const std::stri
 }  // namespace
 
 Result<GgufFile> GgufFile::open(const std::string& path) {
-  Result<std::shared_ptr<const MappedFile>> mapped = MappedFile::open(path);
+  Result<std::shared_ptr<const MappedFile>> mapped = MappedFile::open(path, "a GGUF file");
   if (!mapped.ok()) return mapped.error();
   return parse(std::move(mapped).value(), path);
 }
@@ -822,11 +824,29 @@ Result<int64_t> GgufFile::get_int(const std::string& key) const {
   return *n;
 }
 
+namespace {
+
+// The shortest decimal that reads back as the same float: converters store config values such as
+// rms_norm_eps = 1e-5 as f32, and 1e-5 (not 9.99999974737875e-06) is what was meant.
+double shortest_decimal(float x) {
+  if (!std::isfinite(x)) return x;
+  char buf[32];
+  for (int digits = 1; digits <= 9; ++digits) {
+    std::snprintf(buf, sizeof buf, "%.*g", digits, static_cast<double>(x));
+    const double d = std::strtod(buf, nullptr);
+    if (static_cast<float>(d) == x) return d;
+  }
+  return x;
+}
+
+}  // namespace
+
 Result<double> GgufFile::get_float(const std::string& key) const {
   const GgufValue* v = find(key);
   if (v == nullptr) return key_error(key, "missing");
   const std::optional<double> x = v->as_double();
   if (!x) return key_error(key, "expected a number, got " + v->describe());
+  if (v->type == VT::kFloat32) return shortest_decimal(static_cast<float>(*x));
   return *x;
 }
 
@@ -865,7 +885,7 @@ Result<std::vector<int64_t>> GgufFile::get_int_array(const std::string& key) con
 Result<std::vector<double>> GgufFile::get_float_array(const std::string& key) const {
   const GgufValue* v = find(key);
   if (v == nullptr) return key_error(key, "missing");
-  if (!v->is_array() || scalar_size(v->elem_type) == 0 || v->elem_type == VT::kBool) {
+  if (!v->is_array() || gguf_scalar_size(v->elem_type) == 0 || v->elem_type == VT::kBool) {
     return key_error(key, "expected an array of numbers, got " + v->describe());
   }
   std::vector<double> out;
@@ -953,19 +973,52 @@ std::string shape_str(at::IntArrayRef shape) {
   return s + "]";
 }
 
-// llama.cpp's converter stores q/k rows per head as [D/2, 2] (interleaved pairs, for ggml's
-// NORM RoPE) where HF has [2, D/2] (rotate-half): convert_hf_to_gguf.py's permute() is
-// w.reshape(n_head, 2, D/2, ...).swapaxes(1, 2). This is its inverse (transformers'
-// _reverse_permute_weights): reshape(n_head, D/2, 2, ...).swapaxes(1, 2). Works for weights
-// [rows, C] and biases [rows].
-at::Tensor unpermute_rope_rows(const at::Tensor& w, int64_t n_head) {
+// Rows [n_head, a, b, ...] -> [n_head, b, a, ...]: both directions of llama.cpp's Q/K row order.
+at::Tensor swap_rope_row_halves(const at::Tensor& w, int64_t n_head, int64_t a) {
   const int64_t rows = w.size(0);
-  std::vector<int64_t> shape = {n_head, rows / n_head / 2, 2};
+  std::vector<int64_t> shape = {n_head, a, rows / n_head / a};
   for (int64_t d = 1; d < w.dim(); ++d) shape.push_back(w.size(d));
   return w.reshape(shape).transpose(1, 2).reshape(w.sizes());
 }
 
 }  // namespace
+
+at::Tensor gguf_permute_rope_rows(const at::Tensor& w, int64_t n_head) {
+  return swap_rope_row_halves(w, n_head, 2);
+}
+
+at::Tensor gguf_unpermute_rope_rows(const at::Tensor& w, int64_t n_head) {
+  return swap_rope_row_halves(w, n_head, w.size(0) / n_head / 2);
+}
+
+bool gguf_arch_permutes_rope_rows(const std::string& arch) {
+  return arch == "llama";
+}
+
+std::string gguf_arch_of(const model::ModelConfig& cfg) {
+  if (cfg.model_type == "llama" || cfg.model_type == "mistral") return "llama";
+  if (cfg.model_type == "qwen2") return "qwen2";
+  return "";
+}
+
+std::string hf_name_to_gguf(const std::string& hf) {
+  for (const auto& [g, h] : kGlobalNames) {
+    if (hf == h) return g;
+  }
+  static const std::string kLayers = "model.layers.";
+  if (hf.compare(0, kLayers.size(), kLayers) != 0) return "";
+  const size_t dot = hf.find('.', kLayers.size());
+  if (dot == std::string::npos) return "";
+  const std::string layer = hf.substr(kLayers.size(), dot - kLayers.size());
+  const std::string rest = hf.substr(dot + 1);
+  for (const auto& [g, h] : kLayerNames) {
+    if (rest == h) {
+      const std::string name = "blk." + layer + "." + g;
+      return gguf_name_to_hf(name) == hf ? name : "";  // checks the layer digits
+    }
+  }
+  return "";
+}
 
 std::string gguf_name_to_hf(const std::string& name) {
   for (const auto& [g, hf] : kGlobalNames) {
@@ -991,13 +1044,13 @@ Result<model::ModelConfig> gguf_model_config(const GgufFile& f) {
   auto fail = [&](const std::string& what) -> Error { return Error{f.path() + ": " + what}; };
   Result<std::string> arch = f.get_string("general.architecture");
   if (!arch.ok()) return arch.error();
-  if (arch.value() != "llama") {
-    return fail("key 'general.architecture': '" + arch.value() +
-                "' is not supported (only 'llama' models import from GGUF so far)");
+  if (arch.value() != "llama" && arch.value() != "qwen2") {
+    return fail("key 'general.architecture': " + quote_bounded(arch.value()) +
+                " is not supported (llama and qwen2 models import from GGUF)");
   }
   const std::string p = arch.value() + ".";
   model::ModelConfig cfg;
-  cfg.model_type = "llama";
+  cfg.model_type = arch.value();
 
   auto req_int = [&](const std::string& key, int64_t* out) -> Status {
     Result<int64_t> r = f.get_int(p + key);
@@ -1075,27 +1128,42 @@ Result<model::ModelConfig> gguf_model_config(const GgufFile& f) {
     }
   }
 
+  // The vocabulary size: the tokenizer's length, else llama.vocab_size, else the embedding rows
+  // (a file without tokenizer metadata); the tensor shapes are checked against it below.
   const GgufValue* tokens = f.find("tokenizer.ggml.tokens");
-  if (tokens == nullptr)
-    return fail("key 'tokenizer.ggml.tokens': missing (needed for vocab size)");
-  if (!tokens->is_array()) {
-    return fail("key 'tokenizer.ggml.tokens': expected an array, got " + tokens->describe());
+  if (tokens != nullptr) {
+    if (!tokens->is_array()) {
+      return fail("key 'tokenizer.ggml.tokens': expected an array, got " + tokens->describe());
+    }
+    if (tokens->count > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+      return fail("key 'tokenizer.ggml.tokens': absurd length");
+    }
+    cfg.vocab_size = static_cast<int64_t>(tokens->count);
   }
-  if (tokens->count > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-    return fail("key 'tokenizer.ggml.tokens': absurd length");
-  }
-  cfg.vocab_size = static_cast<int64_t>(tokens->count);
   if (f.find(p + "vocab_size")) {
     Result<int64_t> v = f.get_int(p + "vocab_size");
     if (!v.ok()) return v.error();
-    if (v.value() != cfg.vocab_size) {
+    if (tokens != nullptr && v.value() != cfg.vocab_size) {
       return fail("key '" + p + "vocab_size': " + std::to_string(v.value()) + " but " +
                   "tokenizer.ggml.tokens has " + std::to_string(cfg.vocab_size) + " tokens");
     }
+    cfg.vocab_size = v.value();
+  } else if (tokens == nullptr) {
+    Result<const GgufTensorInfo*> embd = f.info("token_embd.weight");
+    if (!embd.ok()) {
+      return fail("no key 'tokenizer.ggml.tokens' or '" + p +
+                  "vocab_size' and no tensor 'token_embd.weight': the vocabulary size is unknown");
+    }
+    cfg.vocab_size = embd.value()->ne.back();
   }
   cfg.tie_word_embeddings = !f.contains("output.weight");
   cfg.qkv_bias = f.contains("blk.0.attn_q.bias");
   cfg.o_bias = f.contains("blk.0.attn_output.bias");
+  if (cfg.model_type == "qwen2" && (!cfg.qkv_bias || cfg.o_bias)) {
+    return fail(std::string("a qwen2 model has q/k/v biases and no output-projection bias, but ") +
+                (cfg.qkv_bias ? "tensor 'blk.0.attn_output.bias' exists"
+                              : "there is no tensor 'blk.0.attn_q.bias'"));
+  }
   Status valid = model::validate_model_config(cfg, f.path());
   if (!valid.ok()) return valid.error();
 
@@ -1166,8 +1234,10 @@ Status gguf_load_weights(const GgufFile& f, const model::ModelConfig& cfg,
     } else {
       int64_t heads = 0;
       const model::RowPart part = model::resolve_hf_name(cfg, hf).value().row->part;
-      if (part == model::RowPart::kQ) heads = cfg.num_heads;
-      if (part == model::RowPart::kK) heads = cfg.num_kv_heads;
+      if (gguf_arch_permutes_rope_rows(gguf_arch_of(cfg))) {
+        if (part == model::RowPart::kQ) heads = cfg.num_heads;
+        if (part == model::RowPart::kK) heads = cfg.num_kv_heads;
+      }
       copies.push_back({name, view.value(), heads});
     }
   }
@@ -1186,9 +1256,18 @@ Status gguf_load_weights(const GgufFile& f, const model::ModelConfig& cfg,
   for (Copy& c : copies) {
     Result<at::Tensor> t = f.dequantize(c.name);
     if (!t.ok()) return t.error();
-    c.dst.copy_(c.unpermute_heads ? unpermute_rope_rows(t.value(), c.unpermute_heads) : t.value());
+    c.dst.copy_(c.unpermute_heads ? gguf_unpermute_rope_rows(t.value(), c.unpermute_heads)
+                                  : t.value());
   }
   return Ok{};
+}
+
+bool gguf_has_tokenizer(const GgufFile& f) {
+  static const std::string kPrefix = "tokenizer.";
+  for (const std::string& key : f.keys()) {
+    if (key.compare(0, kPrefix.size(), kPrefix) == 0) return true;
+  }
+  return false;
 }
 
 Result<GgufTokenizer> gguf_tokenizer(const GgufFile& f) {
@@ -1219,9 +1298,13 @@ Result<GgufTokenizer> gguf_tokenizer(const GgufFile& f) {
       return fail("tokenizer.ggml.token_type", std::to_string(types.value().size()) +
                                                    " entries for " + std::to_string(n) + " tokens");
     }
-    for (int64_t v : types.value()) {
-      if (v < std::numeric_limits<int32_t>::min() || v > std::numeric_limits<int32_t>::max()) {
-        return fail("tokenizer.ggml.token_type", "value " + std::to_string(v) + " out of range");
+    for (size_t k = 0; k < types.value().size(); ++k) {
+      const int64_t v = types.value()[k];
+      if (v < 0 || v > kGgufTokenTypeMax) {
+        return fail("tokenizer.ggml.token_type", "value " + std::to_string(v) + " at index " +
+                                                     std::to_string(k) +
+                                                     " is not a llama.cpp token type (0.." +
+                                                     std::to_string(kGgufTokenTypeMax) + ")");
       }
       t.token_type.push_back(static_cast<int32_t>(v));
     }

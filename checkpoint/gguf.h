@@ -244,6 +244,8 @@ enum class GgufValueType : uint32_t {
 };
 // "u32", "string", "array" ...
 const char* gguf_value_type_name(GgufValueType t);
+// Bytes of one value of a scalar type; 0 for string and array.
+uint64_t gguf_scalar_size(GgufValueType t);
 
 // One metadata value. Scalars are widened into u (unsigned ints, bool), i (signed ints) or f
 // (floats); arrays keep their elements compactly: scalars as the file's packed little-endian
@@ -343,22 +345,25 @@ class GgufFile {
 
 // ---- model import ----------------------------------------------------------------------------
 
-// A ModelConfig from llama.cpp metadata: general.architecture must be "llama"; reads
-// llama.{block_count, context_length, embedding_length, feed_forward_length,
-// attention.head_count, attention.head_count_kv, attention.key_length,
-// attention.layer_norm_rms_epsilon, rope.freq_base, rope.dimension_count, rope.scaling.*}; the
-// vocabulary size is the length of tokenizer.ggml.tokens (checked against llama.vocab_size when
-// present); embeddings are tied when there is no output.weight; q/k/v (o) biases when
-// blk.0.attn_q.bias (attn_output.bias) exist. Refuses what the model cannot represent (partial
-// rotary, yarn scaling, llama3-style rope_freqs.weight factors), and metadata the tensors
-// contradict (token_embd / blk.0 q, k, ffn_up shapes, one attn_norm per layer), so a hostile
-// header cannot make allocate_model_params ask for far more memory than the file holds.
+// A ModelConfig from llama.cpp metadata: general.architecture must be "llama" or "qwen2" (the
+// model_type it gets; qwen2 must have q/k/v biases); reads ARCH.{block_count, context_length,
+// embedding_length, feed_forward_length, attention.head_count, attention.head_count_kv,
+// attention.key_length, attention.layer_norm_rms_epsilon, rope.freq_base, rope.dimension_count,
+// rope.scaling.*}, f32 values as the shortest decimal that gives the same float (1e-5, not
+// 9.99999974737875e-06); the vocabulary size is the length of tokenizer.ggml.tokens (checked
+// against ARCH.vocab_size when present), else ARCH.vocab_size, else the rows of token_embd.weight
+// (a file without tokenizer metadata); embeddings are tied when there is no output.weight; q/k/v
+// (o) biases when blk.0.attn_q.bias (attn_output.bias) exist. Refuses what the model cannot
+// represent (partial rotary, yarn scaling, llama3-style rope_freqs.weight factors), and metadata
+// the tensors contradict (token_embd / blk.0 q, k, ffn_up shapes, one attn_norm per layer), so a
+// hostile header cannot make allocate_model_params ask for far more memory than the file holds.
 Result<model::ModelConfig> gguf_model_config(const GgufFile& f);
 
 // Dequantises every tensor of `f` into `params` (any dtype; converts on copy), mapping llama.cpp
 // names (token_embd.weight, blk.N.attn_q.weight, ...) to Hugging Face names and those to our
 // views with model::hf_param_view. Undoes the row permutation llama.cpp's converter applies to
-// attn_q/attn_k (weights and biases) for its interleaved RoPE. Everything is checked before
+// attn_q/attn_k (weights and biases) of "llama" files for its interleaved RoPE (qwen2 files keep
+// HF's row order: llama.cpp runs them with NEOX RoPE). Everything is checked before
 // anything is written: missing, unexpected, mis-shaped or undequantisable tensors are listed in
 // one error.
 Status gguf_load_weights(const GgufFile& f, const model::ModelConfig& cfg,
@@ -368,6 +373,19 @@ Status gguf_load_weights(const GgufFile& f, const model::ModelConfig& cfg,
 // "model.layers.3.self_attn.q_proj.weight"); "" when there is none. Layer ranges are checked
 // later, by model::hf_param_view.
 std::string gguf_name_to_hf(const std::string& gguf_name);
+// The inverse: "model.layers.3.self_attn.q_proj.weight" -> "blk.3.attn_q.weight"; "" for none.
+std::string hf_name_to_gguf(const std::string& hf_name);
+
+// llama.cpp's architecture name for a model_type: "llama" (llama, mistral), "qwen2"; "" for none.
+std::string gguf_arch_of(const model::ModelConfig& cfg);
+// Whether llama.cpp stores ARCH's q/k rows permuted (true for "llama", whose ggml RoPE pairs
+// adjacent dims; false for "qwen2", run with NEOX RoPE on HF's rotate-half order).
+bool gguf_arch_permutes_rope_rows(const std::string& arch);
+// HF rotate-half rows -> llama.cpp's interleaved rows, per head (convert_hf_to_gguf.py's
+// permute(): w.reshape(n_head, 2, D/2, ...).swapaxes(1, 2)), for weights [rows, C] and biases
+// [rows]; unpermute is its inverse (transformers' _reverse_permute_weights). k uses the kv heads.
+at::Tensor gguf_permute_rope_rows(const at::Tensor& w, int64_t n_head);
+at::Tensor gguf_unpermute_rope_rows(const at::Tensor& w, int64_t n_head);
 
 // Tokenizer metadata as stored (tokenizer.ggml.*); plain data for the tokenizer in data/.
 struct GgufTokenizer {
@@ -382,8 +400,25 @@ struct GgufTokenizer {
   std::string chat_template;  // tokenizer.chat_template, "" when absent
 };
 
-// Errors name the key: a missing tokenizer.ggml.model or tokens, a mistyped key, token_type or
-// scores whose length differs from tokens, a special id outside the vocabulary.
+// llama.cpp's token types (llama_token_type), the values of tokenizer.ggml.token_type.
+enum GgufTokenType : int32_t {
+  kGgufTokenUndefined = 0,
+  kGgufTokenNormal = 1,
+  kGgufTokenUnknown = 2,
+  kGgufTokenControl = 3,
+  kGgufTokenUserDefined = 4,
+  kGgufTokenUnused = 5,
+  kGgufTokenByte = 6,
+};
+constexpr int32_t kGgufTokenTypeMax = kGgufTokenByte;
+
+// Whether `f` has any tokenizer metadata (a key starting with "tokenizer."). A file with some
+// must have all of it right: gguf_tokenizer() then tells what is wrong.
+bool gguf_has_tokenizer(const GgufFile& f);
+
+// Errors name the file and the key: a missing tokenizer.ggml.model or tokens, a mistyped key,
+// token_type or scores whose length differs from tokens, a token type outside 0..6, a special
+// id outside the vocabulary.
 Result<GgufTokenizer> gguf_tokenizer(const GgufFile& f);
 
 }  // namespace ramstream::checkpoint

@@ -3,11 +3,14 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <vector>
 
 #include "checkpoint/atomic_file.h"
 #include "checkpoint/safetensors_writer.h"
 #include "model/hf_names.h"
+#include "util/json_read.h"
+#include "util/user_file.h"
 
 namespace ramstream::checkpoint {
 namespace {
@@ -60,7 +63,7 @@ bool is_hf_non_weight_file(const std::string& f) {
   static const char* const kWeightSuffixes[] = {".safetensors", ".bin",       ".pt", ".pth",
                                                 ".ckpt",        ".gguf",      ".h5", ".msgpack",
                                                 ".onnx",        ".index.json"};
-  if (f == "config.json" || f.empty()) return false;
+  if (f == "config.json" || f == kHfOutputMarker || f.empty()) return false;
   for (const char* s : kWeightSuffixes) {
     if (ends_with(f, s)) return false;
   }
@@ -115,7 +118,7 @@ Result<PreparedFolder> prepare_hf_folder(const std::string& dir, const model::Mo
     }
     const fs::path src_config = fs::path(opts.copy_from_dir) / "config.json";
     if (fs::exists(src_config, ec)) {
-      Result<json> src = model::read_json_file(src_config.string());
+      Result<json> src = read_json_file(src_config.string(), "the source model config");
       if (!src.ok()) return src.error();
       for (const char* key : kTokenIdKeys) {
         if (src.value().is_object() && src.value().contains(key)) {
@@ -134,6 +137,10 @@ Status write_prepared(const std::string& dir, const PreparedFolder& folder,
                       const HfSaveOptions& opts) {
   if (!opts.copy_from_dir.empty()) {
     Status st = copy_non_weight_files(opts.copy_from_dir, dir);
+    if (!st.ok()) return st;
+  }
+  if (opts.write_extra_files) {
+    Status st = opts.write_extra_files(dir);
     if (!st.ok()) return st;
   }
   const json& config = folder.config;
@@ -171,14 +178,91 @@ json token_ids_config(int64_t bos_id, int64_t eos_id, int64_t pad_id) {
   return j;
 }
 
+namespace {
+
+// Top-level entry names of `dir`, sorted.
+Result<std::vector<std::string>> entry_names(const std::string& dir) {
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    names.push_back(it->path().filename().string());
+  }
+  if (ec) return Error{dir + ": cannot list: " + ec.message()};
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+Status write_output_marker(const std::string& dir) {
+  Result<std::vector<std::string>> names = entry_names(dir);
+  if (!names.ok()) return names.error();
+  json files = json::array();
+  for (const std::string& n : names.value()) {
+    if (n != kHfOutputMarker) files.push_back(n);
+  }
+  const json marker = {{"written_by", "ramstream"}, {"kind", "hf_model_folder"}, {"files", files}};
+  return write_file_atomic(dir + "/" + kHfOutputMarker,
+                           marker.dump(2, ' ', false, json::error_handler_t::replace) + "\n");
+}
+
+}  // namespace
+
+Status check_replaceable_output(const std::string& dir) {
+  std::error_code ec;
+  const fs::file_status st = fs::symlink_status(dir, ec);
+  if (!fs::exists(st)) return Ok{};
+  if (!fs::is_directory(st)) return Error{dir + ": exists and is not a folder; not replacing it"};
+  Result<std::vector<std::string>> names = entry_names(dir);
+  if (!names.ok()) return names.error();
+  if (names.value().empty()) return Ok{};
+  std::set<std::string> ours;
+  const std::string marker_path = dir + "/" + kHfOutputMarker;
+  bool has_marker = false;
+  if (fs::is_regular_file(fs::symlink_status(marker_path, ec))) {
+    JsonLimits limits;
+    limits.max_bytes = 1 << 20;
+    Result<json> marker = read_json_file(marker_path, "ramstream's output marker", limits);
+    if (marker.ok() && marker.value().is_object() &&
+        marker.value().value("written_by", json()) == "ramstream" &&
+        marker.value().value("files", json()).is_array()) {
+      has_marker = true;
+      ours.insert(kHfOutputMarker);
+      for (const json& f : marker.value()["files"]) {
+        if (f.is_string()) ours.insert(f.get<std::string>());
+      }
+    }
+  }
+  std::vector<std::string> foreign;
+  for (const std::string& n : names.value()) {
+    if (!ours.count(n)) foreign.push_back(n);
+  }
+  if (foreign.empty()) return Ok{};
+  std::string msg =
+      dir + ": not empty and " +
+      (has_marker ? std::string("holds entries the previous save did not write")
+                  : std::string("not a folder ramstream wrote (no ") + kHfOutputMarker + ")") +
+      "; refusing to replace it, which would delete: ";
+  constexpr size_t kShown = 4;
+  for (size_t k = 0; k < foreign.size() && k < kShown; ++k) {
+    msg += (k ? ", " : "") + quote_bounded(foreign[k], 60);
+  }
+  if (foreign.size() > kShown) msg += " and " + std::to_string(foreign.size() - kShown) + " more";
+  return Error{msg};
+}
+
 Status save_hf_folder(const std::string& dir, const model::ModelConfig& cfg,
                       model::ModelParams& params, const HfSaveOptions& opts) {
   // Everything that can be checked is checked before the staging folder exists.
   Result<PreparedFolder> folder = prepare_hf_folder(dir, cfg, params, opts);
   if (!folder.ok()) return folder.error();
+  if (!opts.replace_foreign) {
+    Status replaceable = check_replaceable_output(dir);
+    if (!replaceable.ok()) return replaceable;
+  }
   Result<StagedDir> stage = StagedDir::create(dir);
   if (!stage.ok()) return stage.error();
   Status st = write_prepared(stage.value().path(), folder.value(), opts);
+  if (!st.ok()) return st;
+  st = write_output_marker(stage.value().path());
   if (!st.ok()) return st;
   return stage.value().commit();
 }

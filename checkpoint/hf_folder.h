@@ -14,8 +14,17 @@
 // Weights stream from `params` (typically the fp32 master copy in host RAM) through one 16 MiB
 // staging buffer, converting to `dtype` on the way: saving needs no second copy of the model.
 // The whole folder is staged and published atomically (checkpoint/atomic_file.h): on any error
-// `dir` keeps its previous content, and no half-written folder is ever visible under its name.
-// An existing `dir` is replaced as a whole, not merged into.
+// `dir` keeps its previous content, no half-written folder is ever visible under its name, and
+// the staging folder is removed. Missing parent folders are created; errors about the parent
+// name it.
+//
+// A folder save_hf_folder writes holds kHfOutputMarker, ramstream_output.json:
+//   {"written_by": "ramstream", "kind": "hf_model_folder", "files": ["config.json", ...]}
+// listing every entry the save put there. An existing `dir` is replaced as a whole (not merged
+// into) only when it is empty or such an output whose entries are all listed in its marker, so a
+// save never deletes files it did not write: any other folder (a user's, a download, one of our
+// outputs a user has added files to, a training checkpoint) is refused unless
+// opts.replace_foreign.
 //
 //   HfSaveOptions opts;
 //   opts.copy_from_dir = "/models/smollm2";  // tokenizer, chat template, generation config
@@ -41,10 +50,18 @@
 
 namespace ramstream::checkpoint {
 
+// The marker file of a folder save_hf_folder wrote (see above).
+constexpr const char* kHfOutputMarker = "ramstream_output.json";
+
 struct HfSaveOptions {
   at::ScalarType dtype = at::kBFloat16;  // on disk: kBFloat16, kHalf or kFloat
   uint64_t max_shard_bytes = 5ull << 30;
   std::string copy_from_dir;  // source HF folder for the non-weight files; empty: none
+  // Writes more files into the folder being saved, before the weights (a tokenizer built in
+  // memory: data::Tokenizer::save); its Error aborts the save.
+  std::function<Status(const std::string& dir)> write_extra_files;
+  // save_hf_folder replaces a non-empty `dir` that is not a previous output (`--force`).
+  bool replace_foreign = false;
   nlohmann::json extra_config = nlohmann::json::object();  // merged into config.json
   // Called after each tensor is written; an Error aborts the save (progress, tests).
   std::function<Status(const std::string& hf_name)> after_tensor;
@@ -59,8 +76,14 @@ struct HfSaveOptions {
 // so that generation stops at eos.
 nlohmann::json token_ids_config(int64_t bos_id, int64_t eos_id, int64_t pad_id);
 
-// True for the file names save_hf_folder copies from a source folder (see above).
+// True for the file names save_hf_folder copies from a source folder (see above; never the
+// marker).
 bool is_hf_non_weight_file(const std::string& file_name);
+
+// Ok when save_hf_folder may replace `dir` without replace_foreign: it does not exist, is an
+// empty folder, or is a previous output whose entries its marker all lists. Otherwise an Error
+// naming `dir` and what is in the way (a file, or up to a few entries that are not ours).
+Status check_replaceable_output(const std::string& dir);
 
 Status save_hf_folder(const std::string& dir, const model::ModelConfig& cfg,
                       model::ModelParams& params, const HfSaveOptions& opts = {});

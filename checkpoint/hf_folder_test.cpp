@@ -16,6 +16,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "checkpoint/atomic_file.h"
 #include "checkpoint/hf_loader.h"
 #include "checkpoint/safetensors.h"
 #include "checkpoint/safetensors_test_util.h"
@@ -116,8 +117,8 @@ TEST_F(HfFolderTest, FixturesRoundTripBitwiseInFp32) {
     EXPECT_EQ(cfg["dtype"], "float32");
     EXPECT_EQ(cfg["torch_dtype"], "float32");
     // reference.safetensors is a weight file by name and is not copied; versions.json is.
-    EXPECT_EQ(listing(out),
-              (std::vector<std::string>{"config.json", "model.safetensors", "versions.json"}));
+    EXPECT_EQ(listing(out), (std::vector<std::string>{"config.json", "model.safetensors",
+                                                      kHfOutputMarker, "versions.json"}));
   }
 }
 
@@ -203,7 +204,8 @@ TEST_F(HfFolderTest, CopiesNonWeightFilesAndMergesConfig) {
   Status st = save_hf_folder(out.string(), c, p, opts);
   ASSERT_TRUE(st.ok()) << st.error().message;
 
-  std::vector<std::string> want = {"config.json", "linked.txt", "model.safetensors"};
+  std::vector<std::string> want = {"config.json", "linked.txt", "model.safetensors",
+                                   kHfOutputMarker};
   for (const auto& [n, text] : kept) want.push_back(n);
   std::sort(want.begin(), want.end());
   EXPECT_EQ(listing(out), want);
@@ -235,7 +237,8 @@ TEST_F(HfFolderTest, GenerationConfigIsWrittenOnlyWhenTokenIdsAreKnown) {
   ModelParams p = random_params(c);
   HfSaveOptions opts;
   ASSERT_TRUE(save_hf_folder((dir_ / "none").string(), c, p, opts).ok());
-  EXPECT_EQ(listing(dir_ / "none"), (std::vector<std::string>{"config.json", "model.safetensors"}));
+  EXPECT_EQ(listing(dir_ / "none"),
+            (std::vector<std::string>{"config.json", "model.safetensors", kHfOutputMarker}));
 
   opts.extra_config = {{"bos_token_id", 1}, {"eos_token_id", json::array({2, 3})}};
   ASSERT_TRUE(save_hf_folder((dir_ / "ids").string(), c, p, opts).ok());
@@ -266,10 +269,12 @@ TEST_F(HfFolderTest, FailedSaveLeavesTargetUntouched) {
     EXPECT_TRUE(listing(dir_).empty()) << fail_after;
   }
 
-  // Previous content survives byte for byte, whether the hook returns an Error or throws.
+  // Previous content survives byte for byte, whether the hook returns an Error or throws (a
+  // file of the user's in it, so replacing needs replace_foreign).
   opts.after_tensor = nullptr;
   ASSERT_TRUE(save_hf_folder(out.string(), c, p, opts).ok());
   write_file((out / "marker.txt").string(), "previous save");
+  opts.replace_foreign = true;
   std::map<std::string, std::string> before;
   for (const std::string& f : listing(out)) before[f] = read_all(out / f);
   ModelParams changed = random_params(c);
@@ -293,6 +298,88 @@ TEST_F(HfFolderTest, FailedSaveLeavesTargetUntouched) {
   EXPECT_EQ(listing(dir_), std::vector<std::string>{"ckpt"});
   Loaded back = load_folder(out);
   model::testing::expect_equal_params(changed, back.params);
+}
+
+TEST_F(HfFolderTest, ReplacesOnlyEmptyFoldersAndItsOwnOutputs) {
+  const ModelConfig c = model::testing::tiny_config({});
+  ModelParams p = random_params(c);
+  HfSaveOptions opts;
+  const fs::path out = dir_ / "out";
+  EXPECT_TRUE(check_replaceable_output(out.string()).ok());  // absent
+  fs::create_directories(out);
+  EXPECT_TRUE(check_replaceable_output(out.string()).ok());  // empty
+  ASSERT_TRUE(save_hf_folder(out.string(), c, p, opts).ok());
+  const json marker = json::parse(read_all(out / kHfOutputMarker));
+  EXPECT_EQ(marker["written_by"], "ramstream");
+  EXPECT_EQ(marker["files"], json::array({"config.json", "model.safetensors"}));
+  EXPECT_TRUE(check_replaceable_output(out.string()).ok());  // ours
+  ASSERT_TRUE(save_hf_folder(out.string(), c, p, opts).ok());
+
+  // Whatever it did not write blocks a replace, and is named; replace_foreign overrides.
+  write_file((out / "eval.json").string(), "{}");
+  fs::create_directories(out / "plots");
+  Status st = save_hf_folder(out.string(), c, p, opts);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.error().message.find(out.string() + ": not empty"), std::string::npos)
+      << st.error().message;
+  EXPECT_NE(st.error().message.find("'eval.json', 'plots'"), std::string::npos)
+      << st.error().message;
+  EXPECT_TRUE(fs::exists(out / "eval.json"));
+  opts.replace_foreign = true;
+  ASSERT_TRUE(save_hf_folder(out.string(), c, p, opts).ok());
+  EXPECT_FALSE(fs::exists(out / "eval.json"));
+  opts.replace_foreign = false;
+
+  // Someone else's folder, with or without a marker that is not ours.
+  const std::vector<std::pair<std::string, std::string>> markers = {
+      {"", ""},
+      {kHfOutputMarker, R"({"written_by": "other", "files": ["a.txt"]})"},
+      {kHfOutputMarker, "not json"},
+      {kHfOutputMarker, R"({"written_by": "ramstream", "files": "a.txt"})"},
+  };
+  for (size_t k = 0; k < markers.size(); ++k) {
+    const fs::path theirs = dir_ / ("theirs" + std::to_string(k));
+    fs::create_directories(theirs);
+    write_file((theirs / "a.txt").string(), "keep");
+    if (!markers[k].first.empty())
+      write_file((theirs / markers[k].first).string(), markers[k].second);
+    st = save_hf_folder(theirs.string(), c, p, opts);
+    ASSERT_FALSE(st.ok()) << k;
+    EXPECT_NE(st.error().message.find("'a.txt'"), std::string::npos) << st.error().message;
+    EXPECT_EQ(read_all(theirs / "a.txt"), "keep");
+  }
+  write_file((dir_ / "file").string(), "x");
+  EXPECT_FALSE(check_replaceable_output((dir_ / "file").string()).ok());
+  // No staging folder left by any of it.
+  for (const std::string& n : listing(dir_)) EXPECT_EQ(n.find(".tmp-"), std::string::npos) << n;
+}
+
+TEST_F(HfFolderTest, ExtraFilesAndMissingParents) {
+  const ModelConfig c = model::testing::tiny_config({});
+  ModelParams p = random_params(c);
+  HfSaveOptions opts;
+  opts.write_extra_files = [](const std::string& dir) {
+    return write_file_atomic(dir + "/tokenizer.json", "{}");
+  };
+  const fs::path out = dir_ / "a" / "b" / "out";
+  ASSERT_TRUE(save_hf_folder(out.string(), c, p, opts).ok());
+  EXPECT_EQ(read_all(out / "tokenizer.json"), "{}");
+  const json marker = json::parse(read_all(out / kHfOutputMarker));
+  EXPECT_EQ(marker["files"], json::array({"config.json", "model.safetensors", "tokenizer.json"}));
+  // A failing extra file aborts the save and leaves nothing.
+  opts.write_extra_files = [](const std::string&) -> Status { return Error{"no tokenizer"}; };
+  Status st = save_hf_folder((dir_ / "x").string(), c, p, opts);
+  ASSERT_FALSE(st.ok());
+  EXPECT_FALSE(fs::exists(dir_ / "x"));
+  // A parent that cannot be created is named, not a staging path.
+  write_file((dir_ / "plain").string(), "x");
+  opts.write_extra_files = nullptr;
+  st = save_hf_folder((dir_ / "plain" / "sub" / "out").string(), c, p, opts);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.error().message.find((dir_ / "plain" / "sub").string() + ": cannot create"),
+            std::string::npos)
+      << st.error().message;
+  EXPECT_EQ(st.error().message.find(".tmp-"), std::string::npos) << st.error().message;
 }
 
 TEST_F(HfFolderTest, RefusesBadOptionsBeforeCreatingAnything) {

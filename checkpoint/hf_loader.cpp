@@ -2,15 +2,13 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
-#include <map>
-#include <sstream>
 
 #include <ATen/core/grad_mode.h>
 #include <nlohmann/json.hpp>
 
-#include "checkpoint/safetensors.h"
 #include "model/hf_names.h"
+#include "util/json_read.h"
+#include "util/user_file.h"
 
 namespace ramstream::checkpoint {
 namespace {
@@ -20,67 +18,102 @@ using nlohmann::json;
 
 constexpr const char* kSingleFile = "model.safetensors";
 constexpr const char* kIndexFile = "model.safetensors.index.json";
-constexpr size_t kMaxListed = 8;  // names listed per problem kind; the rest are counted
+constexpr size_t kMaxListed = 8;       // names listed per problem kind; the rest are counted
+constexpr size_t kMaxNameBytes = 120;  // of a tensor or shard name quoted in a message
+
+std::string quoted(const std::string& name) {
+  return quote_bounded(name, kMaxNameBytes);
+}
 
 struct Sources {
-  std::vector<std::string> files;
+  std::vector<std::string> files;                 // sorted
   std::string index_path;                         // empty without an index
   std::map<std::string, std::string> weight_map;  // tensor -> shard path, with an index
 };
+
+// Why `shard` is not a plain file name beside the index, or "" when it is one.
+std::string bad_shard_name(const std::string& shard) {
+  if (shard.empty() || shard == "." || shard == "..") return "not a file name";
+  if (shard[0] == '/') return "an absolute path (shards must lie beside the index)";
+  if (shard.find("..") != std::string::npos && shard.find('/') != std::string::npos) {
+    return "a path leaving the folder ('..')";
+  }
+  if (shard.find('/') != std::string::npos || shard.find('\\') != std::string::npos) {
+    return "a path, not a file name beside the index";
+  }
+  for (unsigned char c : shard) {
+    if (c < 0x20 || c == 0x7f) return "a name with control characters";
+  }
+  return "";
+}
+
+Result<Sources> read_index(const fs::path& dir, const std::string& index_path) {
+  Sources s;
+  s.index_path = index_path;
+  // Real indexes list a few thousand tensors (~100 KB); 64 MiB is far beyond any.
+  Result<json> parsed = read_json_file(index_path, "the safetensors index");
+  if (!parsed.ok()) return parsed.error();
+  const json& j = parsed.value();
+  auto fail = [&](const std::string& what) -> Error { return Error{index_path + ": " + what}; };
+  if (!j.is_object()) {
+    return fail("expected a JSON object with a 'weight_map', found " + describe_json(j));
+  }
+  auto meta = j.find("metadata");
+  if (meta != j.end() && !meta->is_null()) {
+    if (!meta->is_object()) {
+      return fail("key 'metadata': expected an object, found " + describe_json(*meta));
+    }
+    auto total = meta->find("total_size");
+    if (total != meta->end() && !total->is_null() && !total->is_number_unsigned()) {
+      return fail("key 'metadata.total_size': expected a byte count, found " +
+                  describe_json(*total));
+    }
+  }
+  auto map = j.find("weight_map");
+  if (map == j.end()) return fail("key 'weight_map': missing (required)");
+  if (!map->is_object()) {
+    return fail("key 'weight_map': expected an object {tensor: shard file}, found " +
+                describe_json(*map));
+  }
+  for (auto it = map->begin(); it != map->end(); ++it) {
+    const std::string key = "key 'weight_map' entry " + quoted(it.key()) + ": ";
+    if (!it.value().is_string()) {
+      return fail(key + "expected a file name (the shard), found " + describe_json(it.value()));
+    }
+    const std::string& shard = it.value().get_ref<const std::string&>();
+    const std::string why = bad_shard_name(shard);
+    if (!why.empty()) return fail(key + "invalid shard name " + quoted(shard) + ": " + why);
+    const std::string shard_path = (dir / shard).string();
+    s.weight_map[it.key()] = shard_path;
+    s.files.push_back(shard_path);
+  }
+  std::sort(s.files.begin(), s.files.end());
+  s.files.erase(std::unique(s.files.begin(), s.files.end()), s.files.end());
+  return s;
+}
 
 Result<Sources> find_sources(const std::string& path) {
   std::error_code ec;
   const fs::file_status st = fs::status(path, ec);
   if (ec || !fs::exists(st)) return Error{path + ": no such file or folder"};
-  Sources s;
   if (!fs::is_directory(st)) {
+    Sources s;
     s.files.push_back(path);
     return s;
   }
   const fs::path dir(path);
   const fs::path index = dir / kIndexFile;
-  if (fs::exists(index, ec)) {
-    s.index_path = index.string();
-    std::ifstream in(index, std::ios::binary);
-    if (!in) return Error{s.index_path + ": cannot open"};
-    json j;
-    try {
-      j = json::parse(in);
-    } catch (const json::exception& e) {
-      return Error{s.index_path + ": invalid JSON: " + e.what()};
-    }
-    if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object()) {
-      return Error{s.index_path + ": key 'weight_map': missing or not an object"};
-    }
-    for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
-      if (!it.value().is_string()) {
-        return Error{s.index_path + ": weight_map['" + it.key() + "']: expected a file name"};
-      }
-      const std::string shard = it.value().get<std::string>();
-      // A shard name is a file beside the index, never a path out of the folder.
-      if (shard.empty() || shard == "." || shard == ".." || shard.find('/') != std::string::npos ||
-          shard.find('\\') != std::string::npos) {
-        return Error{s.index_path + ": weight_map['" + it.key() + "']: invalid shard name '" +
-                     shard + "'"};
-      }
-      const std::string shard_path = (dir / shard).string();
-      s.weight_map[it.key()] = shard_path;
-      if (std::find(s.files.begin(), s.files.end(), shard_path) == s.files.end()) {
-        s.files.push_back(shard_path);
-      }
-    }
-    std::sort(s.files.begin(), s.files.end());
-    return s;
-  }
+  if (fs::exists(fs::symlink_status(index, ec))) return read_index(dir, index.string());
   const fs::path single = dir / kSingleFile;
-  if (fs::exists(single, ec)) {
+  if (fs::exists(fs::symlink_status(single, ec))) {
+    Sources s;
     s.files.push_back(single.string());
     return s;
   }
   return Error{path + ": folder has neither " + kSingleFile + " nor " + kIndexFile};
 }
 
-std::string shape_str(at::IntArrayRef shape) {
+std::string shape_str(const std::vector<int64_t>& shape) {
   std::string s = "[";
   for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
   return s + "]";
@@ -100,6 +133,27 @@ struct ProblemList {
   }
 };
 
+struct WeightProblems {
+  ProblemList missing{"missing tensors", {}};
+  ProblemList unexpected{"unexpected tensors", {}};
+  ProblemList mismatched{"shape/dtype mismatches", {}};
+  ProblemList index{"index inconsistencies", {}};
+
+  bool empty() const {
+    return missing.items.empty() && unexpected.items.empty() && mismatched.items.empty() &&
+           index.items.empty();
+  }
+  Status status(const std::string& source, const model::ModelConfig& cfg) const {
+    if (empty()) return Ok{};
+    std::string msg = source + ": weights do not match the " + cfg.model_type + " config:";
+    missing.append_to(&msg);
+    unexpected.append_to(&msg);
+    mismatched.append_to(&msg);
+    index.append_to(&msg);
+    return Error{msg};
+  }
+};
+
 bool ignored_by_hf(const model::ModelConfig& cfg, const std::string& name) {
   static const std::string kInvFreq = ".rotary_emb.inv_freq";
   if (name.size() >= kInvFreq.size() &&
@@ -114,7 +168,72 @@ bool is_float(SafetensorsDtype d) {
          d == SafetensorsDtype::kF16 || d == SafetensorsDtype::kBF16;
 }
 
+// The shape the HF tensor `ref` has in a model of `cfg` (what hf_param_view would return).
+std::vector<int64_t> expected_shape(const model::ModelConfig& cfg, const model::BlockLayout& layout,
+                                    const model::HfParamRef& ref) {
+  const int64_t rows = ref.row_end - ref.row_begin;
+  switch (ref.row->target) {
+    case model::HfTarget::kEmbedding:
+    case model::HfTarget::kLmHead:
+      return {rows, cfg.hidden_size};
+    case model::HfTarget::kFinalNorm:
+      return {rows};
+    case model::HfTarget::kBlock:
+      break;
+  }
+  std::vector<int64_t> shape = layout[ref.row->block].shape;
+  shape.at(0) = rows;
+  return shape;
+}
+
+void check_tensors(const std::vector<CheckpointTensor>& tensors, const model::ModelConfig& cfg,
+                   WeightProblems* p) {
+  const model::BlockLayout layout = model::block_layout(cfg);
+  std::map<std::string, const CheckpointTensor*> found;
+  for (const CheckpointTensor& t : tensors) {
+    const std::string label = t.file + ": tensor " + quoted(t.stored.empty() ? t.name : t.stored);
+    if (t.name.empty()) {
+      p->unexpected.items.push_back(label + " (no Hugging Face name)");
+      continue;
+    }
+    if (ignored_by_hf(cfg, t.name)) continue;
+    auto [it, inserted] = found.emplace(t.name, &t);
+    if (!inserted) {
+      p->index.items.push_back(quoted(t.name) + " is in both " + it->second->file + " and " +
+                               t.file);
+      continue;
+    }
+    if (t.name.size() > kMaxNameBytes) {
+      p->unexpected.items.push_back(label);
+      continue;
+    }
+    Result<model::HfParamRef> ref = model::resolve_hf_name(cfg, t.name);
+    if (!ref.ok()) {
+      p->unexpected.items.push_back(t.file + ": " + ref.error().message);
+      continue;
+    }
+    const std::vector<int64_t> want = expected_shape(cfg, layout, ref.value());
+    if (!t.convertible) {
+      p->mismatched.items.push_back(label + ": dtype " + t.dtype +
+                                    " is not a floating-point type we can load");
+    } else if (t.shape != want) {
+      p->mismatched.items.push_back(label + ": file has shape " + shape_str(t.shape) +
+                                    ", model expects " + shape_str(want));
+    }
+  }
+  for (const std::string& name : model::hf_param_names(cfg)) {
+    if (!found.count(name)) p->missing.items.push_back("'" + name + "'");
+  }
+}
+
 }  // namespace
+
+Status check_checkpoint_tensors(const std::vector<CheckpointTensor>& tensors,
+                                const model::ModelConfig& cfg, const std::string& source) {
+  WeightProblems problems;
+  check_tensors(tensors, cfg, &problems);
+  return problems.status(source, cfg);
+}
 
 Result<std::vector<std::string>> hf_safetensors_files(const std::string& path) {
   Result<Sources> s = find_sources(path);
@@ -122,93 +241,77 @@ Result<std::vector<std::string>> hf_safetensors_files(const std::string& path) {
   return s.value().files;
 }
 
-Status load_hf_weights(const std::string& path, const model::ModelConfig& cfg,
-                       model::ModelParams& params) {
+bool has_hf_weights(const std::string& dir) {
+  std::error_code ec;
+  const fs::path d(dir);
+  return fs::exists(fs::symlink_status(d / kIndexFile, ec)) ||
+         fs::exists(fs::symlink_status(d / kSingleFile, ec));
+}
+
+Result<HfCheckpoint> open_hf_checkpoint(const std::string& path, const model::ModelConfig& cfg) {
   Result<Sources> src = find_sources(path);
   if (!src.ok()) return src.error();
   const Sources& sources = src.value();
-
-  std::vector<SafetensorsFile> files;
+  HfCheckpoint ck;
+  ck.index_path = sources.index_path;
+  WeightProblems problems;
   for (const std::string& f : sources.files) {
+    std::error_code ec;
+    if (!sources.index_path.empty() && !fs::exists(f, ec)) {
+      problems.index.items.push_back("shard " + f + " is listed in the index but does not exist");
+      continue;
+    }
     Result<SafetensorsFile> r = SafetensorsFile::open(f);
     if (!r.ok()) return r.error();
-    files.push_back(std::move(r).value());
+    ck.files.push_back(std::move(r).value());
   }
 
-  // name -> index into `files`; a name in two shards is ambiguous.
-  std::map<std::string, size_t> where;
-  ProblemList index_problems{"index inconsistencies", {}};
-  for (size_t i = 0; i < files.size(); ++i) {
-    for (const std::string& name : files[i].names()) {
-      auto [it, inserted] = where.emplace(name, i);
-      if (!inserted) {
-        index_problems.items.push_back("'" + name + "' is in both " + files[it->second].path() +
-                                       " and " + files[i].path());
-      }
+  std::vector<CheckpointTensor> tensors;
+  for (size_t i = 0; i < ck.files.size(); ++i) {
+    const SafetensorsFile& file = ck.files[i];
+    for (const std::string& name : file.names()) {
+      const SafetensorInfo& info = *file.info(name).value();
+      ck.tensor_bytes += info.end - info.begin;
+      ck.where.emplace(name, i);
+      tensors.push_back({name, "", file.path(), info.shape, safetensors_dtype_name(info.dtype),
+                         is_float(info.dtype)});
     }
   }
+  check_tensors(tensors, cfg, &problems);
   if (!sources.index_path.empty()) {
     for (const auto& [name, shard] : sources.weight_map) {
-      auto it = where.find(name);
-      if (it == where.end() || files[it->second].path() != shard) {
-        index_problems.items.push_back("'" + name + "' is listed in shard " + shard +
+      auto it = ck.where.find(name);
+      std::error_code ec;
+      if ((it == ck.where.end() || ck.files[it->second].path() != shard) && fs::exists(shard, ec)) {
+        problems.index.items.push_back(quoted(name) + " is listed in shard " + shard +
                                        " but is not there");
       }
     }
-    for (const auto& [name, i] : where) {
+    for (const auto& [name, i] : ck.where) {
       if (!sources.weight_map.count(name)) {
-        index_problems.items.push_back("'" + name + "' in " + files[i].path() +
+        problems.index.items.push_back(quoted(name) + " in " + ck.files[i].path() +
                                        " is not listed in the index");
       }
     }
   }
+  Status st = problems.status(path, cfg);
+  if (!st.ok()) return st.error();
+  return ck;
+}
 
-  // Check everything before writing anything, so a bad checkpoint leaves params untouched.
-  struct Copy {
-    const SafetensorsFile* file;
-    std::string name;
-    at::Tensor dst;
-  };
-  std::vector<Copy> copies;
-  ProblemList unexpected{"unexpected tensors", {}};
-  ProblemList mismatched{"shape/dtype mismatches", {}};
-  for (const auto& [name, i] : where) {
+Status load_hf_weights(const std::string& path, const model::ModelConfig& cfg,
+                       model::ModelParams& params) {
+  Result<HfCheckpoint> opened = open_hf_checkpoint(path, cfg);
+  if (!opened.ok()) return opened.error();
+  const HfCheckpoint& ck = opened.value();
+  // Everything was checked above, so a bad checkpoint has left params untouched.
+  at::NoGradGuard no_grad;
+  for (const auto& [name, i] : ck.where) {
     if (ignored_by_hf(cfg, name)) continue;
     Result<at::Tensor> view = model::hf_param_view(params, cfg, name);
-    if (!view.ok()) {
-      unexpected.items.push_back(files[i].path() + ": " + view.error().message);
-      continue;
-    }
-    const SafetensorInfo& info = *files[i].info(name).value();
-    if (!is_float(info.dtype)) {
-      mismatched.items.push_back(files[i].path() + ": tensor '" + name + "': dtype " +
-                                 safetensors_dtype_name(info.dtype) +
-                                 " is not a floating-point type");
-    } else if (view.value().sizes() != at::IntArrayRef(info.shape)) {
-      mismatched.items.push_back(files[i].path() + ": tensor '" + name + "': file has shape " +
-                                 shape_str(info.shape) + ", model expects " +
-                                 shape_str(view.value().sizes()));
-    } else {
-      copies.push_back({&files[i], name, view.value()});
-    }
-  }
-  ProblemList missing{"missing tensors", {}};
-  for (const std::string& name : model::hf_param_names(cfg)) {
-    if (!where.count(name)) missing.items.push_back("'" + name + "'");
-  }
-  if (!index_problems.items.empty() || !unexpected.items.empty() || !mismatched.items.empty() ||
-      !missing.items.empty()) {
-    std::string msg = path + ": weights do not match the " + cfg.model_type + " config:";
-    missing.append_to(&msg);
-    unexpected.append_to(&msg);
-    mismatched.append_to(&msg);
-    index_problems.append_to(&msg);
-    return Error{msg};
-  }
-
-  at::NoGradGuard no_grad;
-  for (Copy& c : copies) {
-    Status st = c.file->read_into(c.name, c.dst);
+    if (!view.ok()) return Error{path + ": " + view.error().message};
+    at::Tensor dst = view.value();
+    Status st = ck.files[i].read_into(name, dst);
     if (!st.ok()) return st;
   }
   return Ok{};

@@ -1,5 +1,6 @@
 #include "checkpoint/hf_loader.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -188,6 +189,112 @@ TEST_F(HfLoaderTest, ShardedFolderWithIndex) {
   EXPECT_NE(load_error(path("sharded"), c).find("'weight_map'"), std::string::npos);
   write_file(path("sharded/model.safetensors.index.json"), "{");
   EXPECT_NE(load_error(path("sharded"), c).find("invalid JSON"), std::string::npos);
+}
+
+// Generated broken model.safetensors.index.json files: each is refused by both the loader and
+// open_hf_checkpoint (what `inspect` runs), with the same message naming the index.
+TEST_F(HfLoaderTest, BrokenIndexVariantsAreRefusedTheSameWayEverywhere) {
+  const ModelConfig c = tiny("llama", true, false);
+  auto [p, named] = random_model(c, at::kFloat);
+  write_file(path("ix/model-00001-of-00001.safetensors"), safetensors_bytes(named));
+  nlohmann::json good = {{"metadata", {{"total_size", 1}}},
+                         {"weight_map", nlohmann::json::object()}};
+  for (const auto& [n, t] : named) good["weight_map"][n] = "model-00001-of-00001.safetensors";
+  const std::string index = path("ix/model.safetensors.index.json");
+  write_file(index, good.dump());
+  ASSERT_TRUE(open_hf_checkpoint(path("ix"), c).ok());
+
+  const std::string first = named[0].first;
+  std::vector<std::pair<std::string, std::string>> variants;  // text, expected substring
+  for (const char* text :
+       {"{", "", "[1, 2]", "null", "{\"weight_map\": 3}", "{}", "{\"weight_map\": null}",
+        "{\"weight_map\": []}", "{\"weight_map\": \"x\"}"}) {
+    variants.emplace_back(text, "");
+  }
+  for (const nlohmann::json& shard :
+       {nlohmann::json("/etc/passwd"), nlohmann::json("../x.safetensors"),
+        nlohmann::json("a/../../b.safetensors"), nlohmann::json("sub/x.safetensors"),
+        nlohmann::json("a\\b"), nlohmann::json(""), nlohmann::json("."), nlohmann::json(".."),
+        nlohmann::json("x\x01y"), nlohmann::json(7), nlohmann::json(nullptr),
+        nlohmann::json::array({"a"}), nlohmann::json::object()}) {
+    nlohmann::json j = good;
+    j["weight_map"][first] = shard;
+    variants.emplace_back(j.dump(), "key 'weight_map' entry '" + first + "'");
+  }
+  for (const nlohmann::json& meta :
+       {nlohmann::json(3), nlohmann::json("x"), nlohmann::json{{"total_size", "big"}},
+        nlohmann::json{{"total_size", -1}}}) {
+    nlohmann::json j = good;
+    j["metadata"] = meta;
+    variants.emplace_back(j.dump(), "metadata");
+  }
+  variants.emplace_back(std::string(100000, '[') + std::string(100000, ']'), "nest deeper");
+  variants.emplace_back("{\"weight_map\": {}}", "missing tensors");  // lists nothing
+  {
+    nlohmann::json j = good;
+    j["weight_map"][first] = "model-00002-of-00002.safetensors";  // missing shard
+    variants.emplace_back(j.dump(), "does not exist");
+  }
+  for (const auto& [text, expect] : variants) {
+    write_file(index, text);
+    const std::string e = load_error(path("ix"), c);
+    EXPECT_NE(e.find(path("ix")), std::string::npos) << text.substr(0, 80) << ": " << e;
+    EXPECT_NE(e.find(expect), std::string::npos) << text.substr(0, 80) << ": " << e;
+    EXPECT_LT(e.size(), 2000u) << text.substr(0, 80);
+    Result<HfCheckpoint> ck = open_hf_checkpoint(path("ix"), c);
+    ASSERT_FALSE(ck.ok()) << text.substr(0, 80);
+    EXPECT_EQ(ck.error().message, e);
+  }
+  // The index itself as a folder or a FIFO.
+  fs::remove(index);
+  fs::create_directories(index);
+  EXPECT_NE(load_error(path("ix"), c).find("is a folder"), std::string::npos);
+  fs::remove(index);
+  ASSERT_EQ(::mkfifo(index.c_str(), 0600), 0);
+  EXPECT_NE(load_error(path("ix"), c).find("not a regular file"), std::string::npos);
+}
+
+TEST_F(HfLoaderTest, NonRegularWeightFilesAreRefused) {
+  const ModelConfig c = tiny("llama", false, false);
+  fs::create_directories(dir_ / "dev");
+  fs::create_symlink("/dev/zero", dir_ / "dev" / "model.safetensors");
+  EXPECT_NE(load_error(path("dev"), c).find("not a regular file"), std::string::npos);
+  const std::string fifo = path("fifo.safetensors");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  EXPECT_NE(load_error(fifo, c).find("not a regular file"), std::string::npos);
+  fs::create_directories(dir_ / "folder" / "model.safetensors");
+  EXPECT_NE(load_error(path("folder"), c).find("is a folder"), std::string::npos);
+}
+
+// The format-independent check that `inspect` runs on GGUF files too.
+TEST(CheckpointTensors, ListsEveryKindOfProblem) {
+  const ModelConfig c = tiny("llama", true, false);
+  const model::ModelParams p = model::allocate_model_params(c, at::kFloat);
+  std::vector<CheckpointTensor> tensors;
+  for (const std::string& n : model::hf_param_names(c)) {
+    model::ModelParams q = p;
+    tensors.push_back(
+        {n, "", "m.gguf", model::hf_param_view(q, c, n).value().sizes().vec(), "f32"});
+  }
+  ASSERT_TRUE(check_checkpoint_tensors(tensors, c, "m.gguf").ok());
+  std::vector<CheckpointTensor> bad = tensors;
+  bad[0].convertible = false;
+  bad[0].dtype = "iq1_m";
+  bad[1].shape = {1, 2, 3};
+  bad.push_back({"", "blk.0.weird", "m.gguf", {4}, "f32"});
+  bad.push_back({std::string(100000, 'n'), "", "m.gguf", {4}, "f32"});
+  bad.push_back(tensors[2]);
+  bad.erase(bad.begin() + 3);
+  const Status st = check_checkpoint_tensors(bad, c, "m.gguf");
+  ASSERT_FALSE(st.ok());
+  const std::string& e = st.error().message;
+  EXPECT_EQ(e.rfind("m.gguf: weights do not match the llama config:", 0), 0u) << e;
+  EXPECT_NE(e.find("iq1_m"), std::string::npos) << e;
+  EXPECT_NE(e.find("file has shape [1, 2, 3]"), std::string::npos) << e;
+  EXPECT_NE(e.find("'blk.0.weird' (no Hugging Face name)"), std::string::npos) << e;
+  EXPECT_NE(e.find("is in both"), std::string::npos) << e;
+  EXPECT_NE(e.find("1 missing"), std::string::npos) << e;
+  EXPECT_LT(e.size(), 3000u);
 }
 
 TEST_F(HfLoaderTest, BadPaths) {

@@ -8,11 +8,17 @@
 #include <cerrno>
 #include <cstring>
 
+#include "util/user_file.h"
+
 namespace ramstream::checkpoint {
 
-Result<std::shared_ptr<const MappedFile>> MappedFile::open(const std::string& path) {
-  auto fail = [&](const std::string& what) -> Error { return Error{path + ": " + what}; };
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+Result<std::shared_ptr<const MappedFile>> MappedFile::open(const std::string& path,
+                                                           const char* what) {
+  auto fail = [&](const std::string& problem) -> Error { return Error{path + ": " + problem}; };
+  Status regular = check_regular_file(path, what);
+  if (!regular.ok()) return regular.error();
+  // O_NONBLOCK: should the path become a FIFO after the check, open must not wait for a writer.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return fail(std::string("cannot open: ") + std::strerror(errno));
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
@@ -22,7 +28,7 @@ Result<std::shared_ptr<const MappedFile>> MappedFile::open(const std::string& pa
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
-    return fail("not a regular file");
+    return fail(std::string("is not a regular file, expected ") + what);
   }
   std::shared_ptr<MappedFile> f(new MappedFile());
   f->size_ = static_cast<uint64_t>(st.st_size);

@@ -18,9 +18,12 @@ namespace ramstream::checkpoint {
 
 class MappedFile {
  public:
-  // Errors name the path: cannot open / cannot stat / not a regular file / mmap failure. An empty
-  // file opens with size() == 0 (the format parser reports the truncation).
-  static Result<std::shared_ptr<const MappedFile>> open(const std::string& path);
+  // Errors name the path: missing, a folder or another non-regular file (a FIFO would block, a
+  // device read forever; see check_regular_file), cannot open, mmap failure. `what` says what
+  // the file should be ("a safetensors file"). An empty file opens with size() == 0 (the format
+  // parser reports the truncation).
+  static Result<std::shared_ptr<const MappedFile>> open(const std::string& path,
+                                                        const char* what = "a model file");
   static std::shared_ptr<const MappedFile> copy_of(const uint8_t* bytes, size_t size);
 
   MappedFile(const MappedFile&) = delete;

@@ -8,9 +8,12 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <set>
+#include <string_view>
 
 #include <nlohmann/json.hpp>
+
+#include "util/json_read.h"
+#include "util/user_file.h"
 
 namespace ramstream::checkpoint {
 
@@ -84,7 +87,7 @@ int64_t SafetensorInfo::numel() const {
 
 Result<SafetensorsFile> SafetensorsFile::open(const std::string& path) {
   auto fail = [&](const std::string& what) -> Error { return Error{path + ": " + what}; };
-  Result<std::shared_ptr<const MappedFile>> mapped = MappedFile::open(path);
+  Result<std::shared_ptr<const MappedFile>> mapped = MappedFile::open(path, "a safetensors file");
   if (!mapped.ok()) return mapped.error();
   std::shared_ptr<const MappedFile> mapping = std::move(mapped).value();
   const uint64_t file_size = mapping->size();
@@ -105,26 +108,17 @@ Result<SafetensorsFile> SafetensorsFile::open(const std::string& path) {
   }
   const char* header = reinterpret_cast<const char*>(base + 8);
 
-  // Duplicate names would make lookups ambiguous; the DOM keeps only the last, so catch them
-  // while parsing.
-  std::set<std::string> seen;
-  std::string duplicate;
-  json j;
-  try {
-    j = json::parse(header, header + header_len,
-                    [&](int depth, json::parse_event_t event, json& parsed) {
-                      if (depth == 1 && event == json::parse_event_t::key && duplicate.empty() &&
-                          !seen.insert(parsed.get<std::string>()).second) {
-                        duplicate = parsed.get<std::string>();
-                      }
-                      return true;
-                    });
-  } catch (const json::exception& e) {
-    return fail("invalid JSON header (" + std::to_string(header_len) + " bytes): " + e.what());
-  }
-  if (!duplicate.empty()) return fail("tensor '" + duplicate + "' appears twice in the header");
+  // Duplicate names would make lookups ambiguous (the tree keeps only the last). A real header
+  // nests 3 levels ({name: {shape: [...]}}); deeper or denser ones only cost memory.
+  JsonLimits limits;
+  limits.max_depth = 8;
+  limits.max_values = 1u << 22;
+  limits.unique_keys = true;
+  Result<json> parsed = parse_json(std::string_view(header, header_len), path + ": header", limits);
+  if (!parsed.ok()) return parsed.error();
+  const json& j = parsed.value();
   if (!j.is_object()) {
-    return fail(std::string("header is a JSON ") + j.type_name() + ", expected an object");
+    return fail("header is " + describe_json(j) + ", expected an object");
   }
 
   SafetensorsFile f;
@@ -139,14 +133,16 @@ Result<SafetensorsFile> SafetensorsFile::open(const std::string& path) {
       if (!v.is_object()) return fail("__metadata__ must be an object of strings");
       for (auto m = v.begin(); m != v.end(); ++m) {
         if (!m.value().is_string()) {
-          return fail("__metadata__ key '" + m.key() + "': value must be a string, got " +
-                      m.value().type_name());
+          return fail("__metadata__ key " + quote_bounded(m.key()) +
+                      ": value must be a string, got " + m.value().type_name());
         }
         f.metadata_[m.key()] = m.value().get<std::string>();
       }
       continue;
     }
-    auto bad = [&](const std::string& what) { return fail("tensor '" + name + "': " + what); };
+    auto bad = [&](const std::string& what) {
+      return fail("tensor " + quote_bounded(name, 120) + ": " + what);
+    };
     if (!v.is_object()) return bad(std::string("entry must be an object, got ") + v.type_name());
     SafetensorInfo info;
     info.name = name;
@@ -159,8 +155,8 @@ Result<SafetensorsFile> SafetensorsFile::open(const std::string& path) {
       if (dtype == r.name) row = &r;
     }
     if (row == nullptr) {
-      return bad("unsupported dtype '" + dtype.substr(0, 32) +
-                 "' (supported: " + supported_dtypes() + ")");
+      return bad("unsupported dtype " + quote_bounded(dtype, 32) +
+                 " (supported: " + supported_dtypes() + ")");
     }
     info.dtype = row->dtype;
 
@@ -213,8 +209,8 @@ Result<SafetensorsFile> SafetensorsFile::open(const std::string& path) {
   });
   for (size_t i = 0; i < f.infos_.size(); ++i) {
     if (i > 0 && f.infos_[i].begin < f.infos_[i - 1].end) {
-      return fail("tensors '" + f.infos_[i - 1].name + "' and '" + f.infos_[i].name +
-                  "' overlap in the data section");
+      return fail("tensors " + quote_bounded(f.infos_[i - 1].name, 120) + " and " +
+                  quote_bounded(f.infos_[i].name, 120) + " overlap in the data section");
     }
     f.names_.push_back(f.infos_[i].name);
     f.index_.emplace(f.infos_[i].name, i);

@@ -163,8 +163,14 @@ TEST_F(SafetensorsTest, HostileFiles) {
                {"'a'", "twice"});
   expect_error(raw_safetensors(R"({"__metadata__": {"k": 1}})", ""), {"__metadata__", "'k'"});
   expect_error(raw_safetensors(R"({"__metadata__": []})", ""), {"__metadata__"});
+  // Deep or dense headers are refused while parsing, before the tree grows.
   expect_error(raw_safetensors(std::string(100000, '[') + std::string(100000, ']'), ""),
-               {"expected an object"});
+               {"header:1:9:", "nest deeper"});
+  {
+    std::string dense = "{\"__metadata__\": {}, \"x\": [";
+    for (int i = 0; i < (1 << 22); ++i) dense += i ? ",0" : "0";
+    expect_error(raw_safetensors(dense + "]}", ""), {"more than", "values"});
+  }
   expect_error(raw_safetensors("{\"w\xff\": 1}", ""), {"invalid JSON"});
   // A directory is not a file.
   Result<SafetensorsFile> d = SafetensorsFile::open(dir_.string());

@@ -24,6 +24,7 @@
 #include "checkpoint/safetensors_writer.h"
 #include "model/config.h"
 #include "model/hf_names.h"
+#include "util/json_read.h"
 
 namespace ramstream::checkpoint {
 namespace {
@@ -390,7 +391,7 @@ Result<json> read_verified_state(const std::string& dir, bool crc_files) {
   if (!fs::exists(state_path, ec)) {
     return Error{dir + ": " + kStateJson + " is missing (an incomplete save, or not a checkpoint)"};
   }
-  Result<json> parsed = model::read_json_file(state_path);
+  Result<json> parsed = read_json_file(state_path, "the training state");
   if (!parsed.ok()) return parsed.error();
   const json& state = parsed.value();
   auto bad = [&](const std::string& what) { return Error{state_path + ": " + what}; };

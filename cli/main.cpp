@@ -1,184 +1,49 @@
 // The `ramstream` command line: thin parsing over the library.
 //
 //   ramstream run RECIPE [key.sub=value ...]       # train: a recipe file or a bundled name
-//   ramstream ls                                    # bundled recipes
+//   ramstream ls                                    # the bundled recipes, one line each
+//   ramstream show RECIPE [key.sub=value ...]      # the resolved recipe: every key, its value,
+//                                                   #   default and meaning (valid YAML)
 //   ramstream cp NAME DEST                          # copy a bundled recipe to edit it
-//   ramstream validate FILE                         # check a recipe; non-zero exit on problems
-//   ramstream inspect --model DIR                   # architecture, parameters, memory per mode
+//   ramstream validate RECIPE [key.sub=value ...]  # keys, values and the files it names; at most
+//                                                   #   50 problems shown, the rest counted; exit 1
+//   ramstream inspect --model DIR|FILE.gguf         # architecture, memory per mode, checks
 //   ramstream convert --from FILE.gguf --to DIR [--dtype bf16|fp16|fp32]   # GGUF -> HF folder
+//   ramstream convert --from DIR --to FILE.gguf [--type f32|f16|bf16|q8_0] # HF folder -> GGUF
 //   ramstream --version
-#include <sys/stat.h>
+//
+// An unknown command lists the commands. Whatever goes wrong ends in one line on stderr naming
+// the command and, where known, the file, and a non-zero exit (2: the command line or the recipe
+// is wrong), never in a signal: exceptions that escape a command are caught here.
+#include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
 #include <filesystem>
-#include <fstream>
+#include <new>
 #include <string>
 #include <vector>
 
 #include <CLI/CLI.hpp>
 
-#include "checkpoint/gguf.h"
-#include "checkpoint/hf_folder.h"
-#include "checkpoint/hf_loader.h"
-#include "checkpoint/safetensors.h"
-#include "data/tokenizer.h"
-#include "model/config.h"
-#include "model/params.h"
-#include "pipeline/param_store.h"
-#include "pipeline/stages.h"
+#include "cli/commands.h"
 #include "trainer/recipe.h"
 #include "trainer/trainer.h"
 #include "util/torch_compat.h"
+#include "util/user_file.h"
 
 namespace rs = ramstream;
 
 namespace {
 
-constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
-
-struct ParamCounts {
-  int64_t embedding = 0, per_block = 0, blocks = 0, final_norm = 0, lm_head = 0;
-  int64_t total() const { return embedding + blocks + final_norm + lm_head; }
-};
-
-ParamCounts count_params(const rs::model::ModelConfig& cfg) {
-  ParamCounts c;
-  c.embedding = cfg.vocab_size * cfg.hidden_size;
-  const rs::model::BlockLayout layout = rs::model::block_layout(cfg);
-  for (const rs::model::TensorSlot& s : layout.slots) c.per_block += s.numel;
-  c.blocks = c.per_block * cfg.num_layers;
-  c.final_norm = cfg.hidden_size;
-  c.lm_head = cfg.tie_word_embeddings ? 0 : cfg.vocab_size * cfg.hidden_size;
-  return c;
-}
-
-int inspect(const std::string& dir) {
-  const std::string config_path = dir + "/config.json";
-  rs::Result<rs::model::ModelConfig> cfg_or = rs::model::load_model_config(config_path);
-  if (!cfg_or.ok()) {
-    std::fprintf(stderr, "ramstream inspect: %s\n", cfg_or.error().message.c_str());
-    return 1;
-  }
-  const rs::model::ModelConfig& cfg = cfg_or.value();
-  const ParamCounts n = count_params(cfg);
-  std::printf("model          %s (%s)\n", dir.c_str(), cfg.model_type.c_str());
-  std::printf("layers         %lld\n", static_cast<long long>(cfg.num_layers));
-  std::printf(
-      "hidden         %lld, MLP %lld, vocab %lld\n", static_cast<long long>(cfg.hidden_size),
-      static_cast<long long>(cfg.intermediate_size), static_cast<long long>(cfg.vocab_size));
-  std::printf("heads          %lld query, %lld key/value, head dim %lld\n",
-              static_cast<long long>(cfg.num_heads), static_cast<long long>(cfg.num_kv_heads),
-              static_cast<long long>(cfg.head_dim));
-  std::printf("embeddings     %s\n", cfg.tie_word_embeddings ? "tied" : "untied");
-  std::printf("parameters     %.3f M (embedding %.3f M, %lld blocks x %.3f M, head %.3f M)\n",
-              n.total() / 1e6, n.embedding / 1e6, static_cast<long long>(cfg.num_layers),
-              n.per_block / 1e6, n.lm_head / 1e6);
-  // Host memory of the parameter store per mode (pipeline/param_store.h): fp32 master + Adam m, v,
-  // plus a bf16 working copy (GPU) or fp32 grads (CPU with exact clipping).
-  const rs::pipeline::StagePlan plan = rs::pipeline::plan_stages(cfg);
-  rs::pipeline::ParamStoreOptions gpu, cpu_clip, cpu_noclip;
-  gpu.working_copy_bf16 = true;
-  cpu_clip.grad_regions = true;
-  cpu_noclip.grad_regions = false;
-  const auto gib = [&](const rs::pipeline::ParamStoreOptions& o) {
-    return double(rs::pipeline::ParamStore::bytes_needed(plan, o)) / kGiB;
-  };
-  std::printf(
-      "host memory    full fine-tune: GPU %.2f GiB (14 B/param), CPU %.2f GiB with "
-      "clipping (16 B/param), %.2f GiB without (12 B/param)\n",
-      gib(gpu), gib(cpu_clip), gib(cpu_noclip));
-  std::printf("               inference: %.2f GiB (bf16 weights)\n", n.total() * 2.0 / kGiB);
-  std::printf("device memory  %.3f GiB per streamed layer slot (bf16), 2 slots by default\n",
-              double(plan.slot_numel) * 2.0 / kGiB);
-
-  rs::Result<std::vector<std::string>> files = rs::checkpoint::hf_safetensors_files(dir);
-  if (!files.ok()) {
-    std::printf("weights        none usable: %s\n", files.error().message.c_str());
-    return 0;
-  }
-  uint64_t bytes = 0;
-  for (const std::string& f : files.value()) {
-    rs::Result<rs::checkpoint::SafetensorsFile> st = rs::checkpoint::SafetensorsFile::open(f);
-    if (!st.ok()) {
-      std::fprintf(stderr, "ramstream inspect: %s\n", st.error().message.c_str());
-      return 1;
-    }
-    for (const std::string& name : st.value().names()) {
-      const rs::checkpoint::SafetensorInfo* info = st.value().info(name).value();
-      bytes += info->end - info->begin;
-    }
-  }
-  std::printf("weights        %zu safetensors file(s), %.3f GiB\n", files.value().size(),
-              bytes / kGiB);
-  return 0;
-}
-
-// GGUF (llama.cpp) -> Hugging Face folder: dequantised weights, Q/K rows back in HF order.
-int convert(const std::string& from, const std::string& to, const std::string& dtype_name) {
-  at::ScalarType dtype;
-  if (dtype_name == "bf16") {
-    dtype = at::kBFloat16;
-  } else if (dtype_name == "fp16") {
-    dtype = at::kHalf;
-  } else if (dtype_name == "fp32") {
-    dtype = at::kFloat;
-  } else {
-    std::fprintf(stderr, "ramstream convert: --dtype must be bf16, fp16 or fp32, got '%s'\n",
-                 dtype_name.c_str());
-    return 2;
-  }
-  rs::Result<rs::checkpoint::GgufFile> file = rs::checkpoint::GgufFile::open(from);
-  if (!file.ok()) {
-    std::fprintf(stderr, "ramstream convert: %s\n", file.error().message.c_str());
-    return 1;
-  }
-  rs::Result<rs::model::ModelConfig> cfg = rs::checkpoint::gguf_model_config(file.value());
-  if (!cfg.ok()) {
-    std::fprintf(stderr, "ramstream convert: %s\n", cfg.error().message.c_str());
-    return 1;
-  }
-  rs::model::ModelParams params = rs::model::allocate_model_params(cfg.value(), at::kFloat);
-  rs::Status st = rs::checkpoint::gguf_load_weights(file.value(), cfg.value(), params);
-  if (!st.ok()) {
-    std::fprintf(stderr, "ramstream convert: %s\n", st.error().message.c_str());
-    return 1;
-  }
-  rs::checkpoint::HfSaveOptions opts;
-  opts.dtype = dtype;
-  // The tokenizer goes through a scratch folder that save_hf_folder copies from, so the model
-  // folder still appears atomically with everything in it.
-  std::string tokenizer_note = "no tokenizer in the GGUF";
-  const std::string scratch = to + ".tokenizer-" + std::to_string(::getpid());
-  rs::Result<rs::checkpoint::GgufTokenizer> meta = rs::checkpoint::gguf_tokenizer(file.value());
-  if (meta.ok()) {
-    rs::Result<rs::data::Tokenizer> tok = rs::data::Tokenizer::from_gguf(meta.value(), from);
-    if (!tok.ok()) {
-      tokenizer_note = "tokenizer not converted: " + tok.error().message;
-    } else {
-      ::mkdir(scratch.c_str(), 0755);
-      st = tok.value().save(scratch);
-      if (!st.ok()) {
-        std::fprintf(stderr, "ramstream convert: %s\n", st.error().message.c_str());
-        std::filesystem::remove_all(scratch);
-        return 1;
-      }
-      opts.copy_from_dir = scratch;
-      opts.extra_config = rs::checkpoint::token_ids_config(
-          tok.value().bos_id(), tok.value().eos_id(), tok.value().pad_id());
-      tokenizer_note = "tokenizer.json (" + std::to_string(tok.value().vocab_size()) + " tokens)";
-    }
-  }
-  st = rs::checkpoint::save_hf_folder(to, cfg.value(), params, opts);
-  if (!opts.copy_from_dir.empty()) std::filesystem::remove_all(scratch);
-  if (!st.ok()) {
-    std::fprintf(stderr, "ramstream convert: %s\n", st.error().message.c_str());
-    return 1;
-  }
-  std::printf("wrote %s: %s, %.3f M parameters as %s, %s\n", to.c_str(),
-              cfg.value().model_type.c_str(), params.numel() / 1e6, dtype_name.c_str(),
-              tokenizer_note.c_str());
-  return 0;
+// A path from the command line in a message: whole unless it is absurdly long.
+std::string shown_path(const std::string& path) {
+  return path.size() <= 4096 ? path : rs::quote_bounded(path, 200);
 }
 
 int run(const std::string& recipe_name, const std::vector<std::string>& overrides) {
@@ -187,6 +52,11 @@ int run(const std::string& recipe_name, const std::vector<std::string>& override
     std::fprintf(stderr, "ramstream run: %s\n", recipe.error().message.c_str());
     return 2;
   }
+  const std::vector<std::string> missing = rs::trainer::recipe_path_problems(recipe.value());
+  for (const std::string& p : missing) {
+    std::fprintf(stderr, "ramstream run: %s: %s\n", recipe.value().source.c_str(), p.c_str());
+  }
+  if (!missing.empty()) return 1;
   rs::Result<std::unique_ptr<rs::trainer::Trainer>> trainer =
       rs::trainer::Trainer::create(recipe.value());
   if (!trainer.ok()) {
@@ -198,80 +68,161 @@ int run(const std::string& recipe_name, const std::vector<std::string>& override
     std::fprintf(stderr, "ramstream run: %s\n", sum.error().message.c_str());
     return 1;
   }
-  const rs::trainer::TrainSummary& s = sum.value();
-  std::printf("done: steps %lld..%lld", static_cast<long long>(s.first_step),
-              static_cast<long long>(s.last_step));
-  if (s.last_step > s.first_step) {
-    std::printf(", loss %.4f -> %.4f, %.1f tokens/s", s.first_loss, s.last_loss, s.tokens_per_s);
-  }
-  std::printf("%s\n", s.interrupted ? " (interrupted)" : "");
-  if (s.before.accuracy >= 0 && s.after.accuracy >= 0) {
-    std::printf("held-out accuracy: %.1f%% before -> %.1f%% after (%lld examples)\n",
-                100 * s.before.accuracy, 100 * s.after.accuracy,
-                static_cast<long long>(s.after.total));
-  }
-  if (!s.last_checkpoint.empty()) std::printf("checkpoint: %s\n", s.last_checkpoint.c_str());
-  return 0;
+  std::fputs(rs::trainer::summary_text(sum.value()).c_str(), stdout);
+  return sum.value().exit_status();  // 130 / 143 after Ctrl-C / SIGTERM (saved first)
 }
 
 int list_recipes() {
+  size_t width = 0;
   for (const rs::trainer::BundledRecipe& r : rs::trainer::bundled_recipes()) {
-    // The first header line says what the recipe is for: "# name: what it does".
-    std::string first = r.text.substr(0, r.text.find('\n'));
-    const size_t colon = first.find(": ");
-    std::string what = colon == std::string::npos ? "" : first.substr(colon + 2);
-    std::printf("%-26s %s\n", r.name.c_str(), what.c_str());
+    width = std::max(width, r.name.size());
+  }
+  for (const rs::trainer::BundledRecipe& r : rs::trainer::bundled_recipes()) {
+    std::printf("%-*s  %s\n", static_cast<int>(width), r.name.c_str(),
+                rs::trainer::recipe_description(r).c_str());
+  }
+  std::printf(
+      "\n`ramstream show NAME` prints every key of one, `ramstream cp NAME FILE` copies it.\n");
+  return 0;
+}
+
+int show(const std::string& recipe_name, const std::vector<std::string>& overrides) {
+  rs::Result<rs::trainer::Recipe> recipe = rs::trainer::load_recipe(recipe_name, overrides);
+  if (!recipe.ok()) {
+    std::fprintf(stderr, "ramstream show: %s\n", recipe.error().message.c_str());
+    return 2;
+  }
+  std::fputs(rs::trainer::describe_recipe(recipe.value()).c_str(), stdout);
+  // Shown anyway: a recipe is often looked at before its files are in place.
+  for (const std::string& p : rs::trainer::recipe_path_problems(recipe.value())) {
+    std::fprintf(stderr, "ramstream show: warning: %s\n", p.c_str());
+  }
+  return 0;
+}
+
+bool is_folder(const std::filesystem::path& path) {
+  std::error_code ec;
+  return std::filesystem::is_directory(path.empty() ? "." : path, ec);
+}
+
+// Writes `text` to a new file `dest`: never over an existing file, nor through a symlink.
+int write_new_file(const std::string& dest, const std::string& text) {
+  const int fd = ::open(dest.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    const int err = errno;
+    if (err == EEXIST) {
+      std::fprintf(stderr, "ramstream cp: %s exists; not overwriting it\n",
+                   shown_path(dest).c_str());
+    } else if (err == ENOENT && !is_folder(std::filesystem::path(dest).parent_path())) {
+      const std::string parent = std::filesystem::path(dest).parent_path().string();
+      std::fprintf(stderr, "ramstream cp: cannot create %s: no folder %s\n",
+                   shown_path(dest).c_str(), shown_path(parent.empty() ? "." : parent).c_str());
+    } else {
+      std::fprintf(stderr, "ramstream cp: cannot create %s: %s\n", shown_path(dest).c_str(),
+                   std::strerror(err));
+    }
+    return 1;
+  }
+  size_t done = 0;
+  int err = 0;
+  while (done < text.size()) {
+    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      err = n < 0 ? errno : EIO;
+      break;
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (::close(fd) != 0 && err == 0) err = errno;
+  if (err != 0) {
+    ::unlink(dest.c_str());
+    std::fprintf(stderr, "ramstream cp: cannot write %s: %s\n", shown_path(dest).c_str(),
+                 std::strerror(err));
+    return 1;
   }
   return 0;
 }
 
 int copy_recipe(const std::string& name, std::string dest) {
-  for (const rs::trainer::BundledRecipe& r : rs::trainer::bundled_recipes()) {
-    if (r.name != name) continue;
-    if (std::filesystem::is_directory(dest)) dest += "/" + name + ".yaml";
-    if (std::filesystem::exists(dest)) {
-      std::fprintf(stderr, "ramstream cp: %s exists; not overwriting it\n", dest.c_str());
-      return 1;
+  const std::vector<rs::trainer::BundledRecipe>& all = rs::trainer::bundled_recipes();
+  const auto it =
+      std::find_if(all.begin(), all.end(), [&](const auto& r) { return r.name == name; });
+  if (it == all.end()) {
+    std::fprintf(stderr, "ramstream cp: no bundled recipe %s (see `ramstream ls`)\n",
+                 rs::quote_bounded(name).c_str());
+    return 1;
+  }
+  std::error_code ec;  // a symlink loop or an unreadable folder: open() below says what it is
+  if (std::filesystem::is_directory(dest, ec)) dest += "/" + name + ".yaml";
+  if (write_new_file(dest, it->text) != 0) return 1;
+  std::printf("wrote %s\n", shown_path(dest).c_str());
+  // The copy is a user's recipe: its relative paths now resolve against the working directory.
+  rs::Result<rs::trainer::Recipe> bundled = rs::trainer::load_recipe(name, {});
+  rs::Result<rs::trainer::Recipe> copied = rs::trainer::parse_recipe(it->text, dest, {});
+  if (bundled.ok() && copied.ok()) {
+    const std::pair<const char*, std::string rs::trainer::Recipe::*> paths[] = {
+        {"model.path", &rs::trainer::Recipe::model_path},
+        {"data.path", &rs::trainer::Recipe::data_path},
+        {"data.val_path", &rs::trainer::Recipe::val_path}};
+    for (const auto& [key, field] : paths) {
+      if (bundled.value().*field != copied.value().*field) {
+        std::printf(
+            "note: %s '%s' is now relative to the working directory; the bundled one is %s\n", key,
+            (copied.value().*field).c_str(), (bundled.value().*field).c_str());
+      }
     }
-    std::ofstream out(dest, std::ios::binary);
-    out << r.text;
-    if (!out) {
-      std::fprintf(stderr, "ramstream cp: cannot write %s\n", dest.c_str());
-      return 1;
-    }
-    std::printf("wrote %s\n", dest.c_str());
+  }
+  return 0;
+}
+
+int validate(const std::string& file, const std::vector<std::string>& overrides) {
+  const rs::trainer::RecipeCheck check = rs::trainer::validate_recipe(file, overrides);
+  for (const std::string& p : check.problems) std::fprintf(stderr, "%s\n", p.c_str());
+  if (check.total > check.problems.size()) {
+    std::fprintf(stderr, "... and %zu more problems\n", check.total - check.problems.size());
+  }
+  if (check.ok()) {
+    std::printf("%s: ok\n", shown_path(file).c_str());
     return 0;
   }
-  std::fprintf(stderr, "ramstream cp: no bundled recipe '%s' (see `ramstream ls`)\n", name.c_str());
+  std::fprintf(stderr, "%s: %zu problem%s\n", shown_path(file).c_str(), check.total,
+               check.total == 1 ? "" : "s");
   return 1;
 }
 
-int validate(const std::string& file) {
-  const std::vector<std::string> problems = rs::trainer::validate_recipe(file);
-  for (const std::string& p : problems) std::fprintf(stderr, "%s\n", p.c_str());
-  if (problems.empty()) std::printf("%s: ok\n", file.c_str());
-  return problems.empty() ? 0 : 1;
+// "unknown command 'x'" (CLI11 would say "The following argument was not expected") and the list.
+int no_such_command(const CLI::App& app, const char* given) {
+  std::string list;
+  size_t width = 0;
+  const auto commands = app.get_subcommands([](const CLI::App*) { return true; });
+  for (const CLI::App* c : commands) width = std::max(width, c->get_name().size());
+  for (const CLI::App* c : commands) {
+    list += "  " + c->get_name() + std::string(width + 2 - c->get_name().size(), ' ') +
+            c->get_description() + "\n";
+  }
+  if (given == nullptr) {
+    std::fprintf(stderr, "ramstream: a command is required. The commands:\n%s", list.c_str());
+  } else {
+    std::fprintf(stderr, "ramstream: unknown command %s. The commands:\n%s",
+                 rs::quote_bounded(given).c_str(), list.c_str());
+  }
+  std::fprintf(stderr, "`ramstream COMMAND --help` shows a command's options.\n");
+  return 2;
 }
 
-}  // namespace
+// What failed, for the one line printed when an exception escapes a command.
+struct Context {
+  std::string command = "ramstream";
+  std::string file;
+};
 
-int main(int argc, char** argv) {
+int cli_main(int argc, char** argv, Context& context) {
   CLI::App app{"ramstream: RAM-centric LLM training and inference"};
   app.set_version_flag("--version", std::string("ramstream 0.1 (libtorch ") +
                                         std::to_string(TORCH_VERSION_MAJOR) + "." +
                                         std::to_string(TORCH_VERSION_MINOR) + ")");
   app.require_subcommand(1);
-  std::string model_dir;
-  CLI::App* inspect_cmd =
-      app.add_subcommand("inspect", "architecture, parameter counts and memory needs of a model");
-  inspect_cmd->add_option("--model", model_dir, "Hugging Face model folder (config.json, weights)")
-      ->required();
-  std::string from, to, dtype = "bf16";
-  CLI::App* convert_cmd =
-      app.add_subcommand("convert", "convert a GGUF (llama.cpp) model to a Hugging Face folder");
-  convert_cmd->add_option("--from", from, "the .gguf file")->required();
-  convert_cmd->add_option("--to", to, "the folder to write (replaced atomically)")->required();
-  convert_cmd->add_option("--dtype", dtype, "weights on disk: bf16 (default), fp16 or fp32");
   std::string recipe;
   std::vector<std::string> overrides;
   CLI::App* run_cmd =
@@ -279,19 +230,105 @@ int main(int argc, char** argv) {
   run_cmd->add_option("recipe", recipe, "recipe file, or the name of a bundled recipe")->required();
   run_cmd->add_option("overrides", overrides, "key.sub=value overrides, applied in order");
   CLI::App* ls_cmd = app.add_subcommand("ls", "list the bundled recipes");
+  CLI::App* show_cmd = app.add_subcommand(
+      "show", "print a resolved recipe: every key with its value, default and meaning");
+  show_cmd->add_option("recipe", recipe, "recipe file, or the name of a bundled recipe")
+      ->required();
+  show_cmd->add_option("overrides", overrides, "key.sub=value overrides, applied in order");
   std::string cp_name, cp_dest;
   CLI::App* cp_cmd = app.add_subcommand("cp", "copy a bundled recipe to a file to edit");
   cp_cmd->add_option("name", cp_name, "bundled recipe name")->required();
   cp_cmd->add_option("dest", cp_dest, "destination file or folder")->required();
-  std::string validate_file;
-  CLI::App* validate_cmd = app.add_subcommand("validate", "check a recipe file");
-  validate_cmd->add_option("file", validate_file, "recipe file or bundled name")->required();
+  CLI::App* validate_cmd =
+      app.add_subcommand("validate", "check a recipe's keys, values and the files it names");
+  validate_cmd->add_option("recipe", recipe, "recipe file or bundled name")->required();
+  validate_cmd->add_option("overrides", overrides, "key.sub=value overrides, applied in order");
+  std::string model_dir;
+  CLI::App* inspect_cmd =
+      app.add_subcommand("inspect", "architecture, parameter counts and memory needs of a model");
+  inspect_cmd->add_option("--model", model_dir, "a Hugging Face model folder or a .gguf file")
+      ->required();
+  rs::cli::ConvertArgs convert_args;
+  CLI::App* convert_cmd = app.add_subcommand(
+      "convert", "convert a GGUF (llama.cpp) model to a Hugging Face folder, or back");
+  convert_cmd->add_option("--from", convert_args.from, "a .gguf file, or a Hugging Face folder")
+      ->required();
+  convert_cmd->add_option("--to", convert_args.to, "the folder (or .gguf file) to write")
+      ->required();
+  convert_cmd->add_option("--dtype", convert_args.dtype,
+                          "GGUF -> folder weights: bf16 (default), fp16 or fp32");
+  convert_cmd->add_option("--type", convert_args.type,
+                          "folder -> GGUF weights: f16 (default), f32, bf16 or q8_0");
+  convert_cmd->add_flag("--force", convert_args.force,
+                        "replace a --to that exists and is not a previous ramstream output");
+
+  if (argc < 2) return no_such_command(app, nullptr);
+  if (argv[1][0] != '-') {
+    const auto named =
+        app.get_subcommands([&](const CLI::App* c) { return c->get_name() == argv[1]; });
+    if (named.empty()) return no_such_command(app, argv[1]);
+  }
   CLI11_PARSE(app, argc, argv);
+  for (const CLI::App* c : app.get_subcommands()) context.command = "ramstream " + c->get_name();
+  if (*run_cmd || *show_cmd || *validate_cmd) context.file = recipe;
+  if (*cp_cmd) context.file = cp_dest;
+  if (*inspect_cmd) context.file = model_dir;
+  if (*convert_cmd) context.file = convert_args.from;
+
   if (*run_cmd) return run(recipe, overrides);
   if (*ls_cmd) return list_recipes();
+  if (*show_cmd) return show(recipe, overrides);
   if (*cp_cmd) return copy_recipe(cp_name, cp_dest);
-  if (*validate_cmd) return validate(validate_file);
-  if (*inspect_cmd) return inspect(model_dir);
-  if (*convert_cmd) return convert(from, to, dtype);
+  if (*validate_cmd) return validate(recipe, overrides);
+  if (*inspect_cmd) return rs::cli::inspect_command(model_dir);
+  if (*convert_cmd) return rs::cli::convert_command(convert_args);
   return 0;
+}
+
+// An exception that escapes on another thread ends in std::terminate: one line and exit 1 rather
+// than an abort.
+[[noreturn]] void exit_on_terminate() {
+  std::string what = "no exception";
+  if (const std::exception_ptr e = std::current_exception()) {
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& x) {
+      what = x.what();
+    } catch (...) {
+      what = "an exception of unknown type";
+    }
+  }
+  std::fprintf(stderr, "ramstream: internal error: %s\n", rs::quote_bounded(what, 300).c_str());
+  std::fflush(stderr);
+  std::_Exit(1);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::set_terminate(exit_on_terminate);
+  Context context;
+  const auto fail = [&](const std::string& what) {
+    const std::string file = context.file.empty() ? "" : shown_path(context.file) + ": ";
+    std::fprintf(stderr, "%s: %s%s\n", context.command.c_str(), file.c_str(),
+                 rs::quote_bounded(what, 300).c_str());
+    return 1;
+  };
+  try {
+    return cli_main(argc, argv, context);
+  } catch (const std::filesystem::filesystem_error& e) {
+    // Name the path the operation failed on, which may be a file inside the one given.
+    const std::string path = e.path1().empty() ? "" : shown_path(e.path1().string()) + ": ";
+    std::fprintf(stderr, "%s: %s%s\n", context.command.c_str(), path.c_str(),
+                 e.code().message().c_str());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "%s: %sout of memory\n", context.command.c_str(),
+                 context.file.empty() ? "" : (shown_path(context.file) + ": ").c_str());
+    return 1;
+  } catch (const std::exception& e) {
+    return fail(e.what());
+  } catch (...) {
+    return fail("an exception of unknown type");
+  }
 }

@@ -4,6 +4,8 @@
 #include <string_view>
 #include <utility>
 
+#include "util/user_file.h"
+
 namespace ramstream::data {
 namespace {
 
@@ -297,6 +299,45 @@ std::string render_generation_prompt(const ChatFormat& format,
     text += llama3_header("assistant");
   }
   return text;
+}
+
+Status validate_conversation(const std::vector<ChatMessage>& messages, std::string_view list_name) {
+  const std::string list(list_name);
+  auto at = [&](size_t k) { return list + "[" + std::to_string(k) + "]"; };
+  if (messages.empty()) return Error{"empty conversation: '" + list + "' has no messages"};
+  const ChatMessage* previous = nullptr;  // the last user or assistant message
+  size_t previous_index = 0;
+  for (size_t k = 0; k < messages.size(); ++k) {
+    const ChatMessage& m = messages[k];
+    if (m.role != "system" && m.role != "user" && m.role != "assistant") {
+      return Error{at(k) + ": unknown role " + quote_bounded(m.role, 40) +
+                   " (expected system, user or assistant)"};
+    }
+    if (python_strip(m.content).empty()) return Error{at(k) + ": empty " + m.role + " message"};
+    if (m.role == "system") {
+      if (k != 0) {
+        return Error{at(k) + ": a system message after the conversation started; the system " +
+                     "message must be the first and only one"};
+      }
+      continue;
+    }
+    if (previous == nullptr && m.role == "assistant") {
+      return Error{at(k) + ": the conversation starts with an assistant message; a user message " +
+                   "must come first"};
+    }
+    if (previous != nullptr && previous->role == m.role) {
+      return Error{at(k) + ": two " + m.role + " messages in a row (" + at(previous_index) +
+                   " and " + at(k) + "); user and assistant must alternate"};
+    }
+    previous = &m;
+    previous_index = k;
+  }
+  if (previous == nullptr) return Error{list + ": only a system message, no user message"};
+  if (previous->role != "assistant") {
+    return Error{at(previous_index) + ": the conversation ends with a user message; it must end " +
+                 "with the assistant's reply to train on"};
+  }
+  return Ok{};
 }
 
 std::string chat_text(const std::vector<ChatSegment>& segments) {

@@ -17,9 +17,14 @@
 // Llama-3.1's and Llama-3.2's templates for conversations of system/user/assistant messages
 // (tests/fixtures/make_chat_reference.py, data/chat_test.cpp).
 //
+// Conversations read from data files are checked first (validate_conversation): the roles must be
+// in the order the templates assume, as torchtune's message validation requires.
+//
 //   Result<ChatFormat> fmt = detect_chat_format(tokenizer.chat_template());
-//   std::vector<ChatSegment> segs = render_chat(fmt.value(), {{"user", "2+2?"}, {"assistant",
-//   "4"}}); std::string prompt = render_generation_prompt(fmt.value(), {{"user", "2+2?"}});
+//   std::vector<ChatMessage> convo = {{"user", "2+2?"}, {"assistant", "4"}};
+//   Status ok = validate_conversation(convo);   // "messages[1]: two user messages in a row"
+//   std::vector<ChatSegment> segs = render_chat(fmt.value(), convo);
+//   std::string prompt = render_generation_prompt(fmt.value(), {{"user", "2+2?"}});
 #pragma once
 
 #include <string>
@@ -63,6 +68,14 @@ std::vector<ChatSegment> render_chat(const ChatFormat& format,
 // The conversation followed by the assistant header: the prompt for generating the next reply.
 std::string render_generation_prompt(const ChatFormat& format,
                                      const std::vector<ChatMessage>& messages);
+
+// Ok when `messages` is a conversation to train on: every role is system, user or assistant; at
+// most one system message, and only first; then user and assistant alternate, starting with the
+// user; no content is empty (or only white space); the last message is the assistant's reply.
+// Otherwise an error naming the first message at fault as `list_name[index]` and what is wrong,
+// e.g. "messages[3]: two user messages in a row (messages[2] and messages[3])".
+Status validate_conversation(const std::vector<ChatMessage>& messages,
+                             std::string_view list_name = "messages");
 
 // The segments' text, concatenated.
 std::string chat_text(const std::vector<ChatSegment>& segments);

@@ -178,5 +178,122 @@ TEST(ChatTemplate, PythonStripMatchesJinjaTrim) {
   EXPECT_EQ(python_strip(""), "");
 }
 
+// ---- validate_conversation -------------------------------------------------------------------
+
+// A well-formed conversation: an optional system message, then `pairs` user/assistant turns.
+std::vector<ChatMessage> well_formed(bool system, int pairs) {
+  std::vector<ChatMessage> m;
+  if (system) m.push_back({"system", "Be brief."});
+  for (int k = 0; k < pairs; ++k) {
+    m.push_back({"user", "question " + std::to_string(k)});
+    m.push_back({"assistant", "answer " + std::to_string(k)});
+  }
+  return m;
+}
+
+TEST(ChatValidation, AcceptsWellFormedConversations) {
+  for (bool system : {false, true}) {
+    for (int pairs = 1; pairs <= 4; ++pairs) {
+      Status st = validate_conversation(well_formed(system, pairs));
+      EXPECT_TRUE(st.ok()) << (st.ok() ? "" : st.error().message);
+    }
+  }
+}
+
+// Every kind of malformed conversation, generated over many shapes and positions: refused, the
+// message names the first message at fault and what is wrong with it.
+TEST(ChatValidation, RejectsEveryKindOfMalformedConversationNamingTheMessage) {
+  enum Kind {
+    kAssistantFirst,
+    kSystemLate,
+    kTwoUsers,
+    kTwoAssistants,
+    kUnknownRole,
+    kEmpty,
+    kNoReply,
+    kKinds
+  };
+  const char* unknown_roles[] = {"bot", "User", "tool", "", "function", "gpt"};
+  const char* blank_contents[] = {"", " ", "\t\n", "\xC2\xA0"};
+  uint64_t rng = 12345;
+  auto below = [&rng](size_t n) {
+    rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+    return static_cast<size_t>((rng >> 33) % n);
+  };
+  int checked = 0;
+  for (int kind = 0; kind < kKinds; ++kind) {
+    for (int variant = 0; variant < 24; ++variant) {
+      const bool system = variant % 2 == 1;
+      std::vector<ChatMessage> m = well_formed(system, 1 + variant / 2 % 4);
+      const size_t first = system ? 1 : 0;  // index of the first user message
+      size_t at = 0;
+      std::string what;
+      switch (kind) {
+        case kAssistantFirst:
+          m.erase(m.begin() + first);
+          at = first;
+          what = "starts with an assistant message";
+          break;
+        case kSystemLate:
+          at = 1 + below(m.size());  // 1..size: anywhere after the start, the end included
+          m.insert(m.begin() + at, {"system", "Late."});
+          what = "a system message after the conversation started";
+          break;
+        case kTwoUsers:
+        case kTwoAssistants: {
+          const size_t pair = below((m.size() - first) / 2);
+          const size_t i = first + 2 * pair + (kind == kTwoUsers ? 0 : 1);
+          m.insert(m.begin() + i + 1, m[i]);
+          at = i + 1;
+          what = std::string("two ") + (kind == kTwoUsers ? "user" : "assistant") +
+                 " messages in a row (messages[" + std::to_string(i) + "] and messages[" +
+                 std::to_string(at) + "])";
+          break;
+        }
+        case kUnknownRole:
+          at = below(m.size());
+          m[at].role = unknown_roles[below(std::size(unknown_roles))];
+          what = "unknown role '" + m[at].role + "'";
+          break;
+        case kEmpty:
+          at = below(m.size());
+          m[at].content = blank_contents[below(std::size(blank_contents))];
+          what = "empty " + m[at].role + " message";
+          break;
+        case kNoReply:
+          m.pop_back();
+          at = m.size() - 1;
+          what = "ends with a user message";
+          break;
+      }
+      Status st = validate_conversation(m);
+      ASSERT_FALSE(st.ok()) << "kind " << kind << " variant " << variant;
+      const std::string& msg = st.error().message;
+      EXPECT_EQ(msg.rfind("messages[" + std::to_string(at) + "]: ", 0), 0u)
+          << "kind " << kind << ": " << msg;
+      EXPECT_NE(msg.find(what), std::string::npos) << "kind " << kind << ": " << msg;
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, kKinds * 24);
+}
+
+TEST(ChatValidation, NamesTheListAndRefusesEmptyOrSystemOnly) {
+  Status empty = validate_conversation({}, "conversations");
+  ASSERT_FALSE(empty.ok());
+  EXPECT_NE(empty.error().message.find("'conversations' has no messages"), std::string::npos);
+  Status system_only = validate_conversation({{"system", "S"}}, "conversations");
+  ASSERT_FALSE(system_only.ok());
+  EXPECT_NE(system_only.error().message.find("only a system message"), std::string::npos);
+  Status late =
+      validate_conversation({{"user", "q"}, {"assistant", "a"}, {"user", "q2"}}, "conversations");
+  ASSERT_FALSE(late.ok());
+  EXPECT_EQ(late.error().message.rfind("conversations[2]: ", 0), 0u) << late.error().message;
+  // A long unknown role is quoted cut short, not echoed whole.
+  Status long_role = validate_conversation({{std::string(5000, 'x'), "q"}, {"assistant", "a"}});
+  ASSERT_FALSE(long_role.ok());
+  EXPECT_LT(long_role.error().message.size(), 300u);
+}
+
 }  // namespace
 }  // namespace ramstream::data

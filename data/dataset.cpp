@@ -2,13 +2,10 @@
 
 #include <algorithm>
 #include <cctype>
-#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -17,6 +14,7 @@
 #include <variant>
 
 #include "data/dataset_internal.h"
+#include "util/user_file.h"
 
 namespace ramstream::data {
 namespace {
@@ -71,15 +69,15 @@ Result<Columns> make_columns(const std::map<std::string, std::string>& renames) 
   return cols;
 }
 
-Result<std::string> read_whole_file(const std::string& path) {
-  std::error_code ec;
-  if (!fs::exists(path, ec)) return Error{path + ": no such file"};
-  if (fs::is_directory(path, ec)) return Error{path + ": is a folder, expected a data file"};
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Error{path + ": cannot open: " + std::strerror(errno)};
-  std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) return Error{path + ": read error"};
-  if (content.compare(0, 3, "\xEF\xBB\xBF") == 0) content.erase(0, 3);  // UTF-8 BOM
+// Data files are read whole; beyond this size the tokenised rows would not fit in memory either.
+constexpr uint64_t kMaxDataFileBytes = uint64_t{16} << 30;
+
+// `path` must be a regular file (a folder, FIFO or device is refused by name, not read).
+Result<std::string> read_data_file(const std::string& path) {
+  Result<std::string> content = read_user_file(path, "the dataset", kMaxDataFileBytes);
+  if (!content.ok()) return content.error();
+  std::string& text = content.value();
+  if (text.compare(0, 3, "\xEF\xBB\xBF") == 0) text.erase(0, 3);  // UTF-8 BOM
   return content;
 }
 
@@ -129,6 +127,8 @@ std::string json_error_text(const std::exception& e) {
     const size_t close = what.find("] ");
     if (close != std::string::npos) what.erase(0, close + 2);
   }
+  // The text can quote the token it stopped at, which may be a whole long line.
+  if (what.size() > 200) what = what.substr(0, 200) + "...";
   return what;
 }
 
@@ -153,11 +153,6 @@ Parsed<std::string> get_string(const json& obj, const std::string& key, bool req
     return Bad{where + "'" + key + "' must be a string, got " + json_type(*it)};
   }
   return it->get<std::string>();
-}
-
-bool any_assistant(const std::vector<ChatMessage>& messages) {
-  return std::any_of(messages.begin(), messages.end(),
-                     [](const ChatMessage& m) { return m.role == "assistant"; });
 }
 
 // The message list of a messages/sharegpt record.
@@ -186,15 +181,16 @@ Parsed<std::vector<ChatMessage>> parse_turns(const json& obj, const std::string&
       } else if (r == "gpt" || r == "assistant") {
         r = "assistant";
       } else if (r != "system") {
-        return Bad{where + "unknown role '" + r + "' in '" + role_key +
+        return Bad{where + "unknown role " + quote_bounded(r, 40) + " in '" + role_key +
                    "' (expected human, gpt or system)"};
       }
-    } else if (r != "system" && r != "user" && r != "assistant") {
-      return Bad{where + "unknown role '" + r + "' (expected system, user or assistant)"};
     }
     messages.push_back({std::move(r), std::get<std::string>(std::move(content))});
   }
-  if (!any_assistant(messages)) return Bad{"conversation has no assistant message"};
+  // Roles in order, no empty message, a reply at the end (unknown roles of the messages format
+  // are found here too).
+  Status valid = validate_conversation(messages, list_key);
+  if (!valid.ok()) return Bad{valid.error().message};
   return messages;
 }
 
@@ -220,6 +216,12 @@ Parsed<RawExample> parse_record(const json& obj, Format format, const Columns& c
       std::string user = std::get<std::string>(std::move(instruction));
       const std::string& in = std::get<std::string>(input);
       if (!in.empty()) user += "\n\n" + in;
+      if (python_strip(user).empty()) {
+        return Bad{"'" + cols["instruction"] + "' and '" + cols["input"] + "' are both empty"};
+      }
+      if (python_strip(std::get<std::string>(output)).empty()) {
+        return Bad{"'" + cols["output"] + "' is empty"};
+      }
       ex.messages = {{"user", std::move(user)},
                      {"assistant", std::get<std::string>(std::move(output))}};
       return ex;
@@ -246,7 +248,14 @@ Parsed<Format> format_from_keys(const json& obj, const Columns& cols) {
   if (obj.contains(cols["instruction"])) return Format::kAlpaca;
   if (obj.contains(cols["text"])) return Format::kJsonl;
   std::string keys;
-  for (const auto& kv : obj.items()) keys += (keys.empty() ? "" : ", ") + kv.key();
+  size_t listed = 0;
+  for (const auto& kv : obj.items()) {
+    if (++listed > 8) {
+      keys += ", ... (" + std::to_string(obj.size()) + " keys)";
+      break;
+    }
+    keys += (keys.empty() ? "" : ", ") + quote_bounded(kv.key(), 40);
+  }
   return Bad{"cannot tell the dataset format from the keys [" + keys + "]; expected '" +
              cols["messages"] + "', '" + cols["conversations"] + "', '" + cols["instruction"] +
              "' or '" + cols["text"] + "' (set data.format or data.columns)"};
@@ -425,17 +434,21 @@ int32_t pad_id_of(const TextEncoder& encoder) {
 }
 
 // Cuts `ex` into pieces of at most `max_len` tokens; the label at each cut is dropped because the
-// token it names lies in the next piece.
+// token it names lies in the next piece. A piece starts a document of its row (position 0): it
+// cannot see the piece before it, which lies in another row.
 void append_piece(TokenRow& row, const TokenRow& ex, size_t begin, size_t end) {
   row.ids.insert(row.ids.end(), ex.ids.begin() + begin, ex.ids.begin() + end);
   row.labels.insert(row.labels.end(), ex.labels.begin() + begin, ex.labels.begin() + end);
+  for (size_t k = begin; k < end; ++k) row.positions.push_back(static_cast<int32_t>(k - begin));
   if (end < ex.ids.size()) row.labels.back() = kIgnoreLabel;
 }
 
+// Padding continues the positions of the row's last document (see dataset.h for why).
 void pad_and_flush(std::vector<TokenRow>& rows, TokenRow& row, size_t max_len, int32_t pad) {
   if (row.ids.empty()) return;
   row.ids.resize(max_len, pad);
   row.labels.resize(max_len, kIgnoreLabel);
+  while (row.positions.size() < max_len) row.positions.push_back(row.positions.back() + 1);
   rows.push_back(std::move(row));
   row = TokenRow();
 }
@@ -493,7 +506,8 @@ void put(std::string& key, const std::string& name, const std::string& value) {
 
 std::string cache_key(const DatasetOptions& opts, const std::string& content, Format format,
                       const TextEncoder& encoder, const ChatFormat& chat) {
-  std::string key = "ramstream dataset cache v1\n";
+  // v2: conversations validated, rows without a trained token dropped.
+  std::string key = "ramstream dataset cache v2\n";
   put(key, "file.path", opts.path);  // only because warnings name it
   put(key, "file.size", std::to_string(content.size()));
   put(key, "file.hash",
@@ -536,6 +550,25 @@ Status check_options(const DatasetOptions& opts) {
   return Ok{};
 }
 
+// What data.max_seq_len does to the conversations of `lengths` (tokens each), `untrained` of which
+// keep no trained token, and which max_seq_len would keep 95% and all of them whole.
+std::string truncation_report(std::vector<size_t> lengths, int64_t untrained, size_t max_len) {
+  std::sort(lengths.begin(), lengths.end());
+  const auto cut = static_cast<int64_t>(lengths.end() -
+                                        std::upper_bound(lengths.begin(), lengths.end(), max_len));
+  std::string text = "data.max_seq_len " + std::to_string(max_len) + " cuts " +
+                     std::to_string(cut) + " of " + std::to_string(lengths.size()) +
+                     " conversations, " + std::to_string(untrained) +
+                     " of them losing their whole reply (nothing left to train on)";
+  if (!lengths.empty()) {
+    const size_t p95 = lengths[(lengths.size() * 95 + 99) / 100 - 1];
+    text += "; they are " + std::to_string(lengths.front()) + " to " +
+            std::to_string(lengths.back()) + " tokens long: max_seq_len " + std::to_string(p95) +
+            " keeps 95% of them whole, " + std::to_string(lengths.back()) + " keeps all";
+  }
+  return text;
+}
+
 Result<Dataset> build_dataset(const DatasetOptions& opts, const TextEncoder& encoder,
                               const ChatFormat& chat_in, ReadResult read) {
   Dataset ds;
@@ -564,6 +597,7 @@ Result<Dataset> build_dataset(const DatasetOptions& opts, const TextEncoder& enc
 
   const size_t max_len = static_cast<size_t>(opts.max_seq_len);
   const int32_t pad = pad_id_of(encoder);
+  std::vector<size_t> conversation_lengths;  // tokens of each conversation, before truncation
   auto rows_of = [&](const std::vector<int64_t>& order, PackStats* stats) {
     std::vector<TokenRow> tokens;
     std::vector<bool> splittable;
@@ -572,20 +606,37 @@ Result<Dataset> build_dataset(const DatasetOptions& opts, const TextEncoder& enc
       const RawExample& ex = read.examples[static_cast<size_t>(i)];
       tokens.push_back(tokenize_example(ex, encoder, chat, opts.train_on_prompt));
       splittable.push_back(ex.messages.empty());
+      if (!ex.messages.empty()) conversation_lengths.push_back(tokens.back().ids.size());
     }
     return pack_rows(std::move(tokens), splittable, max_len, opts.pack, pad, stats);
   };
   PackStats train, val;
   ds.train_rows = rows_of(std::vector<int64_t>(perm.begin() + num_val, perm.end()), &train);
   ds.val_rows = rows_of(val_index, &val);
-  if (ds.train_rows.empty()) return Error{opts.path + ": no training tokens"};
+  if (train.tokens == 0) {
+    return Error{opts.path + ": the tokenizer turned all " + std::to_string(n - num_val) +
+                 " training examples into no tokens at all; the tokenizer (its vocabulary or "
+                 "pre-tokenizer), not the data, is at fault"};
+  }
   ds.num_truncated = train.truncated + val.truncated;
   ds.train_tokens = train.tokens;
-  if (train.untrained + val.untrained > 0) {
-    ds.warnings.push_back(opts.path + ": " + std::to_string(train.untrained + val.untrained) +
-                          " example(s) have no trained token left after truncation to "
-                          "max_seq_len " +
-                          std::to_string(opts.max_seq_len));
+  // Rows with nothing to predict (conversations whose reply was cut off entirely) add no loss.
+  ds.train_rows.erase(std::remove_if(ds.train_rows.begin(), ds.train_rows.end(),
+                                     [](const TokenRow& row) {
+                                       return std::all_of(
+                                           row.labels.begin(), row.labels.end(),
+                                           [](int32_t l) { return l == kIgnoreLabel; });
+                                     }),
+                      ds.train_rows.end());
+  const int64_t untrained = train.untrained + val.untrained;
+  const int64_t conversations = static_cast<int64_t>(conversation_lengths.size());
+  if (ds.train_rows.empty() || 2 * untrained > conversations) {
+    return Error{opts.path + ": " + truncation_report(conversation_lengths, untrained, max_len) +
+                 "; raise data.max_seq_len or shorten the examples"};
+  }
+  if (ds.num_truncated > 0) {
+    ds.warnings.push_back(opts.path + ": " +
+                          truncation_report(conversation_lengths, untrained, max_len));
   }
   for (const TokenRow& row : ds.train_rows) {
     for (size_t k = 0; k < row.ids.size(); ++k) {
@@ -634,12 +685,13 @@ TokenRow tokenize_example(const RawExample& example, const TextEncoder& encoder,
   for (size_t k = 0; k + 1 < row.ids.size(); ++k) {
     if (trained[k + 1]) row.labels[k] = row.ids[k + 1];
   }
+  for (size_t k = 0; k < row.ids.size(); ++k) row.positions.push_back(static_cast<int32_t>(k));
   return row;
 }
 
 Result<std::vector<RawExample>> read_examples(const DatasetOptions& opts) {
   if (Status st = check_options(opts); !st.ok()) return st.error();
-  Result<std::string> content = read_whole_file(opts.path);
+  Result<std::string> content = read_data_file(opts.path);
   if (!content.ok()) return content.error();
   Result<ReadResult> read = read_from_content(opts, content.value());
   if (!read.ok()) return read.error();
@@ -649,7 +701,7 @@ Result<std::vector<RawExample>> read_examples(const DatasetOptions& opts) {
 Result<Dataset> load_dataset(const DatasetOptions& opts, const TextEncoder& encoder,
                              const ChatFormat& chat) {
   if (Status st = check_options(opts); !st.ok()) return st.error();
-  Result<std::string> content = read_whole_file(opts.path);
+  Result<std::string> content = read_data_file(opts.path);
   if (!content.ok()) return content.error();
   Result<ReadResult> read = read_from_content(opts, content.value());
   if (!read.ok()) return read.error();
@@ -708,6 +760,10 @@ DataLoader::DataLoader(std::vector<TokenRow> rows, int64_t batch, uint64_t seed)
     if (r.ids.size() != rows_[0].ids.size() || r.labels.size() != r.ids.size()) {
       throw std::invalid_argument("DataLoader: rows of different lengths");
     }
+    if (!r.positions.empty() && r.positions.size() != r.ids.size()) {
+      throw std::invalid_argument("DataLoader: a row has " + std::to_string(r.positions.size()) +
+                                  " positions for " + std::to_string(r.ids.size()) + " tokens");
+    }
   }
   seek(DataCursor{});
 }
@@ -732,10 +788,16 @@ Batch DataLoader::next() {
   b.seq_len = static_cast<int64_t>(rows_[0].ids.size());
   b.ids.reserve(static_cast<size_t>(b.batch * b.seq_len));
   b.targets.reserve(static_cast<size_t>(b.batch * b.seq_len));
+  b.positions.reserve(static_cast<size_t>(b.batch * b.seq_len));
   for (int64_t k = 0; k < batch_; ++k) {
     const TokenRow& row = rows_[static_cast<size_t>(order_[static_cast<size_t>(cursor_.index)])];
     b.ids.insert(b.ids.end(), row.ids.begin(), row.ids.end());
     b.targets.insert(b.targets.end(), row.labels.begin(), row.labels.end());
+    if (row.positions.empty()) {
+      for (int64_t t = 0; t < b.seq_len; ++t) b.positions.push_back(t);
+    } else {
+      b.positions.insert(b.positions.end(), row.positions.begin(), row.positions.end());
+    }
     if (++cursor_.index == rows_per_epoch()) seek(DataCursor{cursor_.epoch + 1, 0});
   }
   return b;

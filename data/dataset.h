@@ -36,13 +36,23 @@
 // Rows are max_seq_len long and labels never cross a row or an example: labels[i] is ids[i+1]
 // of the same row and the same example, or kIgnoreLabel. Padding is eos (0 when the model has
 // none) with kIgnoreLabel.
+// Positions: positions[i] is token i's place in its document, 0 where a document (or the piece of
+// a text document that a row holds) starts, else positions[i-1] + 1. The model sees a packed row
+// as its documents one by one: RoPE at these positions, and token i attends only to tokens
+// i - positions[i] .. i (autograd/positions.h). Padding continues the positions of the document
+// before it: it comes after every real token of its row and carries no label, so nothing reads
+// it, and a row holding one example stays 0..T-1 (plain causal attention, the fast path).
 //   * pack = true: examples are concatenated in (shuffled) order. A conversation never straddles
 //     two rows: when it does not fit in what is left of a row, the row is padded and it starts the
 //     next one (torchtune's split_across_pack = false). Text documents are cut at row ends and
 //     continue in the next row (split_across_pack = true), so only the last row is padded.
 //   * pack = false: one conversation per row; a long text document fills several rows.
 //   * A conversation longer than max_seq_len keeps its first max_seq_len tokens and is counted in
-//     num_truncated; a text document is never truncated, only split.
+//     num_truncated (with a warning naming the max_seq_len that keeps 95% / all of them whole); a
+//     text document is never truncated, only split. Rows left with no trained token are dropped.
+//     When more than half of the conversations lose their whole reply, or no training row keeps
+//     a trained token, load_dataset refuses with that advice instead of training on (almost)
+//     nothing.
 // Validation: a seeded permutation of the examples (before tokenisation) gives the validation
 // examples (its first val_size) and the training order (the rest); val_rows are packed the same
 // way, val_examples keep them untokenised in file order.
@@ -50,7 +60,7 @@
 //   DatasetOptions opt;  opt.path = "data/bundled/tasks_train.jsonl";  opt.max_seq_len = 256;
 //   Result<Dataset> ds = load_dataset(opt, tokenizer, chat_format);
 //   DataLoader loader(ds.value().train_rows, /*batch=*/8, /*seed=*/42);
-//   Batch b = loader.next();   // b.ids / b.targets: [batch * seq_len] int64, row-major
+//   Batch b = loader.next();   // b.ids / b.targets / b.positions: [batch * seq_len] int64
 #pragma once
 
 #include <cstdint>
@@ -72,7 +82,10 @@ struct DatasetOptions {
   std::map<std::string, std::string> columns;
   std::string system_prompt;     // overrides the template's default system prompt when set
   bool train_on_prompt = false;  // false: only assistant replies carry a loss
-  bool skip_malformed = false;   // false: a malformed record is an error naming file:line
+  // false: a malformed record is an error naming file:line; true: skipped and counted. Malformed
+  // includes conversations that fail validate_conversation (data/chat.h): roles out of order, an
+  // empty message, no reply at the end.
+  bool skip_malformed = false;
   int64_t max_seq_len = 512;
   bool pack = true;  // concatenate examples into rows of max_seq_len (else one example per row)
   // Validation split: val_size examples if > 0, else val_fraction of them (rounded down).
@@ -91,10 +104,12 @@ struct RawExample {
 };
 
 // Tokens of one example, or one packed row: ids[i] is the input token and labels[i] the token it
-// must predict (ids[i+1] of the same example) or kIgnoreLabel.
+// must predict (ids[i+1] of the same example) or kIgnoreLabel; positions[i] its position in its
+// document (see above; empty means 0..n-1, one document).
 struct TokenRow {
   std::vector<int32_t> ids;
   std::vector<int32_t> labels;
+  std::vector<int32_t> positions;
 };
 
 struct Dataset {
@@ -112,8 +127,10 @@ struct Dataset {
 
 // Reads and parses the file only (for the validation set's raw examples and for tests).
 Result<std::vector<RawExample>> read_examples(const DatasetOptions& opts);
-// Everything above. Errors: missing file, unknown format, malformed record (file:line and what is
-// wrong) unless skip_malformed, an empty dataset, a validation split that leaves no training row.
+// Everything above. Errors: a missing file or one that is not a regular file (a folder, a device),
+// unknown format, malformed record (file:line and what is wrong) unless skip_malformed, an empty
+// dataset, a validation split that leaves no training row, replies cut away by max_seq_len (see
+// above), a tokenizer that turns every example into no tokens.
 //
 // Cache (opts.cache_dir set and encoder.fingerprint() not ""): `<cache_dir>/dataset-<hash>.bin`
 // keyed by the file's size and content hash, every option above that changes tokens, the chat
@@ -133,7 +150,7 @@ std::vector<int64_t> seeded_permutation(int64_t n, uint64_t seed);
 
 struct Batch {
   int64_t batch = 0, seq_len = 0;
-  std::vector<int64_t> ids, targets;  // [batch * seq_len] row-major
+  std::vector<int64_t> ids, targets, positions;  // [batch * seq_len] row-major
 };
 
 // Position in the stream of batches; saved in checkpoints so a resumed run continues with the
@@ -150,7 +167,8 @@ struct DataCursor {
 //   DataLoader resumed(rows, batch, seed);  resumed.seek(saved);   // same batches from here on
 class DataLoader {
  public:
-  // Throws std::invalid_argument for no rows, rows of different lengths or batch < 1.
+  // Throws std::invalid_argument for no rows, rows of different lengths, positions that are
+  // neither empty nor one per token, or batch < 1.
   DataLoader(std::vector<TokenRow> rows, int64_t batch, uint64_t seed);
   Batch next();
   DataCursor cursor() const { return cursor_; }

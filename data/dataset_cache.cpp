@@ -1,7 +1,8 @@
 // The tokenised dataset cache file (native little-endian; the magic names the version):
-//   "RSDSET01"  u64 key length, key bytes
+//   "RSDSET02"  u64 key length, key bytes
 //   i64 num_examples, num_skipped, num_truncated, train_tokens, trained_tokens
-//   rows: train then val: u64 count, u64 seq_len, then per row seq_len i32 ids, seq_len i32 labels
+//   rows: train then val: u64 count, u64 seq_len, then per row seq_len i32 ids, seq_len i32
+//     labels, seq_len i32 positions
 //   val_examples: u64 count, then per example i64 line, str text, u64 messages, (str role,
 //     str content) each; warnings: u64 count, str each       (str = u64 length + bytes)
 //   u64 hash_bytes(everything above, seed 3)
@@ -17,7 +18,10 @@
 namespace ramstream::data::internal {
 namespace {
 
-constexpr char kMagic[8] = {'R', 'S', 'D', 'S', 'E', 'T', '0', '1'};
+constexpr char kMagic[8] = {'R', 'S', 'D', 'S', 'E', 'T', '0', '2'};
+// Files of an older version hold what this one cannot use (version 01 had no positions): they are
+// rebuilt like a cache miss, not reported as corrupt.
+constexpr size_t kVersionBytes = 2;
 constexpr uint64_t kChecksumSeed = 3;
 
 class Writer {
@@ -89,7 +93,21 @@ void write_rows(Writer& w, const std::vector<TokenRow>& rows) {
   for (const TokenRow& r : rows) {
     w.raw(r.ids.data(), r.ids.size() * sizeof(int32_t));
     w.raw(r.labels.data(), r.labels.size() * sizeof(int32_t));
+    if (r.positions.size() == r.ids.size()) {
+      w.raw(r.positions.data(), r.positions.size() * sizeof(int32_t));
+    } else {  // none: one document, 0..n-1
+      for (size_t k = 0; k < r.ids.size(); ++k) w.pod<int32_t>(static_cast<int32_t>(k));
+    }
   }
+}
+
+// Each position is 0 or the one before plus 1 (dataset.h); anything else is corruption.
+bool valid_positions(const std::vector<int32_t>& positions) {
+  for (size_t k = 0; k < positions.size(); ++k) {
+    const int32_t p = positions[k];
+    if (p != 0 && (k == 0 || p != positions[k - 1] + 1)) return false;
+  }
+  return true;
 }
 
 bool read_rows(Reader& r, std::vector<TokenRow>* rows) {
@@ -97,15 +115,18 @@ bool read_rows(Reader& r, std::vector<TokenRow>* rows) {
   const uint64_t seq_len = r.pod<uint64_t>();
   if (!r.ok() || (count > 0 && seq_len == 0)) return false;
   if (seq_len > std::numeric_limits<uint32_t>::max()) return false;
-  const uint64_t row_bytes = 2 * seq_len * sizeof(int32_t);
+  const uint64_t row_bytes = 3 * seq_len * sizeof(int32_t);
   if (count > 0 && count > std::numeric_limits<uint64_t>::max() / row_bytes) return false;
   rows->resize(0);
   for (uint64_t k = 0; k < count; ++k) {
     TokenRow row;
     row.ids.resize(seq_len);
     row.labels.resize(seq_len);
+    row.positions.resize(seq_len);
     if (!r.raw(row.ids.data(), seq_len * sizeof(int32_t)) ||
-        !r.raw(row.labels.data(), seq_len * sizeof(int32_t))) {
+        !r.raw(row.labels.data(), seq_len * sizeof(int32_t)) ||
+        !r.raw(row.positions.data(), seq_len * sizeof(int32_t)) ||
+        !valid_positions(row.positions)) {
       return false;
     }
     rows->push_back(std::move(row));
@@ -142,6 +163,11 @@ Result<bool> read_cache(const std::string& path, const std::string& key, Dataset
   if (!in) return false;  // absent (or unreadable, which rebuilding and rewriting will show)
   const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   const Error corrupt{path + ": corrupt dataset cache"};
+  const size_t tag = sizeof(kMagic) - kVersionBytes;
+  if (bytes.size() >= sizeof(kMagic) && std::memcmp(bytes.data(), kMagic, tag) == 0 &&
+      std::memcmp(bytes.data() + tag, kMagic + tag, kVersionBytes) < 0) {
+    return false;  // an older version: rebuilt and overwritten
+  }
   if (bytes.size() < sizeof(kMagic) + 2 * sizeof(uint64_t) ||
       std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0) {
     return corrupt;

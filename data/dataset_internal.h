@@ -48,8 +48,9 @@ uint64_t hash_bytes(const void* data, size_t size, uint64_t seed);
 std::string hex64(uint64_t value);
 
 // The cache file: magic, key text, payload, and a hash of everything before it.
-// read_cache: Ok(true) and `out` filled on a hit; Ok(false) when the file is absent or belongs to
-// another key; Error when it exists but is corrupt (caller warns and rebuilds).
+// read_cache: Ok(true) and `out` filled on a hit; Ok(false) when the file is absent, belongs to
+// another key or was written by an older version of the format (rebuilt without a warning);
+// Error when it exists but is corrupt (caller warns and rebuilds).
 Result<bool> read_cache(const std::string& path, const std::string& key, Dataset* out);
 Status write_cache(const std::string& path, const std::string& key, const Dataset& dataset);
 

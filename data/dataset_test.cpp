@@ -7,9 +7,12 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <set>
 #include <string>
 #include <utility>
@@ -409,7 +412,7 @@ TEST(Dataset, AutoDetection) {
   EXPECT_NE(unknown.error().message.find("unknown_keys.jsonl:1: cannot tell the dataset format"),
             std::string::npos)
       << unknown.error().message;
-  EXPECT_NE(unknown.error().message.find("completion, prompt"), std::string::npos);
+  EXPECT_NE(unknown.error().message.find("'completion', 'prompt'"), std::string::npos);
 
   TempDir dir;
   DatasetOptions o;  // no recognised extension, text content: text
@@ -436,7 +439,8 @@ TEST(Dataset, MalformedRecordsNameFileAndLine) {
       {"unknown_role.jsonl", "unknown_role.jsonl:2: messages[1]: unknown role 'bot'"},
       {"unknown_role_sharegpt.jsonl",
        "unknown_role_sharegpt.jsonl:1: conversations[1]: unknown role 'robot'"},
-      {"no_assistant.jsonl", "no_assistant.jsonl:2: conversation has no assistant message"},
+      {"no_assistant.jsonl",
+       "no_assistant.jsonl:2: messages[0]: the conversation ends with a user message"},
       {"not_object.jsonl", "not_object.jsonl:2: expected a JSON object, got array"},
       {"all_bad.jsonl", "all_bad.jsonl:1: invalid JSON: "},
   };
@@ -495,7 +499,230 @@ TEST(Dataset, EmptyAndMissingFilesAreErrors) {
 
   Result<Dataset> missing = load_dataset(opts_for("nope.jsonl"), enc, chatml());
   ASSERT_FALSE(missing.ok());
-  EXPECT_NE(missing.error().message.find("nope.jsonl: no such file"), std::string::npos);
+  EXPECT_NE(missing.error().message.find("nope.jsonl: No such file"), std::string::npos)
+      << missing.error().message;
+}
+
+// One JSONL record of a conversation given as (role, content) pairs, in the messages format or
+// in ShareGPT's (roles human/gpt/system, other roles written as they are).
+std::string conversation_line(const std::vector<std::pair<std::string, std::string>>& turns,
+                              bool sharegpt) {
+  nlohmann::json list = nlohmann::json::array();
+  for (const auto& [role, content] : turns) {
+    if (!sharegpt) {
+      list.push_back({{"role", role}, {"content", content}});
+      continue;
+    }
+    const std::string from = role == "user" ? "human" : role == "assistant" ? "gpt" : role;
+    list.push_back({{"from", from}, {"value", content}});
+  }
+  return nlohmann::json{{sharegpt ? "conversations" : "messages", list}}.dump() + "\n";
+}
+
+// Conversations whose roles are out of order, empty or unknown, each placed among good ones at a
+// generated line of a messages or ShareGPT file: refused naming file:line and the message, or
+// with skip_malformed skipped and counted.
+TEST(Dataset, MalformedConversationsRefusedAtTheirLineOrSkippedAndCounted) {
+  using Turns = std::vector<std::pair<std::string, std::string>>;
+  const std::vector<std::pair<Turns, std::string>> bad = {
+      {{{"assistant", "a"}, {"user", "q"}, {"assistant", "a"}},
+       "[0]: the conversation starts with an assistant message"},
+      {{{"system", "s"}, {"assistant", "a"}}, "[1]: the conversation starts with an assistant"},
+      {{{"user", "q"}, {"system", "s"}, {"assistant", "a"}}, "[1]: a system message after"},
+      {{{"user", "q"}, {"assistant", "a"}, {"system", "s"}}, "[2]: a system message after"},
+      {{{"user", "q"}, {"user", "q2"}, {"assistant", "a"}}, "[1]: two user messages in a row"},
+      {{{"user", "q"}, {"assistant", "a"}, {"assistant", "b"}},
+       "[2]: two assistant messages in a row"},
+      {{{"user", "q"}, {"assistant", ""}}, "[1]: empty assistant message"},
+      {{{"user", " \t "}, {"assistant", "a"}}, "[0]: empty user message"},
+      {{{"user", "q"}, {"assistant", "a"}, {"user", "q2"}},
+       "[2]: the conversation ends with a user message"},
+      {{{"user", "q"}, {"tool", "x"}, {"assistant", "a"}}, "[1]: unknown role 'tool'"},
+  };
+  const Turns good = {{"system", "Be brief."}, {"user", "2+2?"}, {"assistant", "4"}};
+  TempDir dir;
+  TestEncoder enc;
+  uint64_t rng = 99;
+  for (bool sharegpt : {false, true}) {
+    const std::string list = sharegpt ? "conversations" : "messages";
+    std::string all_bad_file;  // every bad kind once, among good lines
+    int64_t good_lines = 0;
+    for (size_t k = 0; k < bad.size(); ++k) {
+      rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+      const int before = static_cast<int>((rng >> 33) % 5);  // good lines before the bad one
+      std::string text;
+      for (int i = 0; i < before; ++i) text += conversation_line(good, sharegpt);
+      text += conversation_line(bad[k].first, sharegpt);
+      text += conversation_line(good, sharegpt);
+      all_bad_file += text;
+      good_lines += before + 1;
+      const std::string name = "bad" + std::to_string(k) + (sharegpt ? "_sg" : "") + ".jsonl";
+      DatasetOptions o;
+      o.path = dir.file(name, text);
+      Result<Dataset> ds = load_dataset(o, enc, chatml());
+      ASSERT_FALSE(ds.ok()) << name;
+      const std::string want =
+          o.path + ":" + std::to_string(before + 1) + ": " + list + bad[k].second;
+      EXPECT_NE(ds.error().message.find(want), std::string::npos)
+          << "want " << want << "\n got " << ds.error().message;
+    }
+    DatasetOptions o;
+    o.path = dir.file(std::string("all") + (sharegpt ? "_sg" : "") + ".jsonl", all_bad_file);
+    o.skip_malformed = true;
+    Result<Dataset> ds = load_dataset(o, enc, chatml());
+    ASSERT_TRUE(ds.ok()) << ds.error().message;
+    EXPECT_EQ(ds.value().num_skipped, static_cast<int64_t>(bad.size()));
+    EXPECT_EQ(ds.value().num_examples, good_lines);
+    ASSERT_FALSE(ds.value().warnings.empty());
+    EXPECT_NE(ds.value().warnings[0].find("skipped " + std::to_string(bad.size()) + " malformed"),
+              std::string::npos)
+        << ds.value().warnings[0];
+  }
+}
+
+TEST(Dataset, AlpacaWithAnEmptyOutputOrInstructionIsMalformed) {
+  TempDir dir;
+  DatasetOptions o;
+  o.path = dir.file("a.jsonl",
+                    "{\"instruction\": \"Add\", \"output\": \"3\"}\n"
+                    "{\"instruction\": \"Say\", \"output\": \"  \"}\n");
+  Result<std::vector<RawExample>> out = read_examples(o);
+  ASSERT_FALSE(out.ok());
+  EXPECT_NE(out.error().message.find("a.jsonl:2: 'output' is empty"), std::string::npos)
+      << out.error().message;
+  o.path = dir.file("b.jsonl", "{\"instruction\": \"\", \"input\": \"\", \"output\": \"3\"}\n");
+  out = read_examples(o);
+  ASSERT_FALSE(out.ok());
+  EXPECT_NE(out.error().message.find("b.jsonl:1: 'instruction' and 'input' are both empty"),
+            std::string::npos)
+      << out.error().message;
+}
+
+TEST(Dataset, AFolderOrADeviceIsNotADataFile) {
+  TempDir dir;
+  TestEncoder enc;
+  DatasetOptions o;
+  o.path = dir.path();
+  Result<Dataset> folder = load_dataset(o, enc, chatml());
+  ASSERT_FALSE(folder.ok());
+  EXPECT_NE(folder.error().message.find(dir.path() + ": is a folder"), std::string::npos)
+      << folder.error().message;
+  for (const char* device : {"/dev/zero", "/dev/null"}) {
+    o.path = device;
+    Result<std::vector<RawExample>> dev = read_examples(o);
+    ASSERT_FALSE(dev.ok()) << device;
+    EXPECT_NE(dev.error().message.find(std::string(device) + ": is not a regular file"),
+              std::string::npos)
+        << dev.error().message;
+  }
+}
+
+// The token length of each conversation of `text` (one JSONL record a line) as the dataset
+// counts it.
+std::vector<size_t> conversation_lengths(const std::string& path, const TestEncoder& enc) {
+  DatasetOptions o;
+  o.path = path;
+  std::vector<size_t> lengths;
+  for (const RawExample& ex : read_examples(o).value()) {
+    lengths.push_back(tokenize_example(ex, enc, chatml(), false).ids.size());
+  }
+  std::sort(lengths.begin(), lengths.end());
+  return lengths;
+}
+
+// The number after `prefix` in `text`, -1 when absent.
+int64_t number_after(const std::string& text, const std::string& prefix) {
+  const size_t at = text.find(prefix);
+  if (at == std::string::npos) return -1;
+  return std::stoll(text.substr(at + prefix.size()));
+}
+
+// Data whose every reply lies beyond max_seq_len, for several max_seq_len: refused at load,
+// saying how many conversations were cut and which max_seq_len keeps 95% / all of them; those
+// values then work.
+TEST(Dataset, RepliesCutAwayByMaxSeqLenAreRefusedWithTheLengthThatKeepsThem) {
+  TempDir dir;
+  TestEncoder enc;
+  std::string text;
+  for (int i = 0; i < 40; ++i) text += qa_line(std::string(40 + (i * 7) % 53, 'p'), "ok");
+  const std::string path = dir.file("long_prompts.jsonl", text);
+  const std::vector<size_t> lengths = conversation_lengths(path, enc);
+  for (int64_t max_seq_len : {4, 16, 33, 50}) {
+    DatasetOptions o;
+    o.path = path;
+    o.max_seq_len = max_seq_len;
+    Result<Dataset> ds = load_dataset(o, enc, chatml());
+    ASSERT_FALSE(ds.ok()) << max_seq_len;
+    const std::string& msg = ds.error().message;
+    const int64_t cut = static_cast<int64_t>(
+        lengths.end() - std::upper_bound(lengths.begin(), lengths.end(), size_t(max_seq_len)));
+    EXPECT_NE(msg.find(path + ": data.max_seq_len " + std::to_string(max_seq_len) + " cuts " +
+                       std::to_string(cut) + " of 40 conversations"),
+              std::string::npos)
+        << msg;
+    EXPECT_EQ(number_after(msg, "keeps 95% of them whole, "), int64_t(lengths.back())) << msg;
+    const int64_t p95 = number_after(msg, "tokens long: max_seq_len ");
+    ASSERT_GT(p95, max_seq_len) << msg;
+
+    o.max_seq_len = int64_t(lengths.back());  // keeps all
+    Result<Dataset> all = load_dataset(o, enc, chatml());
+    ASSERT_TRUE(all.ok()) << all.error().message;
+    EXPECT_EQ(all.value().num_truncated, 0);
+    o.max_seq_len = p95;  // keeps 95%: at most 2 of the 40 cut, with a warning
+    Result<Dataset> most = load_dataset(o, enc, chatml());
+    ASSERT_TRUE(most.ok()) << most.error().message;
+    EXPECT_LE(most.value().num_truncated, 2);
+    EXPECT_GE(most.value().num_truncated, 1);
+    EXPECT_NE(most.value().warnings.back().find("cuts"), std::string::npos);
+  }
+}
+
+// Below half of the conversations cut away: loads, warns, and no training row is left without a
+// trained token; above half: refused.
+TEST(Dataset, AMinorityOfRepliesCutAwayIsAWarningAndTheirRowsAreDropped) {
+  TempDir dir;
+  TestEncoder enc;
+  for (int long_ones : {1, 4, 6, 9}) {
+    std::string text;
+    for (int i = 0; i < 10; ++i) {
+      text += qa_line(i < long_ones ? std::string(80, 'p') : "q" + std::to_string(i), "ok");
+    }
+    DatasetOptions o;
+    o.path = dir.file("mixed" + std::to_string(long_ones) + ".jsonl", text);
+    o.max_seq_len = 48;
+    Result<Dataset> ds = load_dataset(o, enc, chatml());
+    if (2 * long_ones > 10) {
+      ASSERT_FALSE(ds.ok()) << long_ones;
+      EXPECT_NE(
+          ds.error().message.find(std::to_string(long_ones) + " of them losing their whole reply"),
+          std::string::npos)
+          << ds.error().message;
+      continue;
+    }
+    ASSERT_TRUE(ds.ok()) << ds.error().message;
+    EXPECT_EQ(ds.value().num_truncated, long_ones);
+    EXPECT_NE(ds.value().warnings.back().find("cuts " + std::to_string(long_ones) + " of 10"),
+              std::string::npos)
+        << ds.value().warnings.back();
+    for (const TokenRow& row : ds.value().train_rows) {
+      EXPECT_TRUE(
+          std::any_of(row.labels.begin(), row.labels.end(), [](int32_t l) { return l != I; }));
+    }
+  }
+}
+
+// An encoder that produces nothing: the error blames the tokenizer, not the data.
+TEST(Dataset, ATokenizerThatProducesNoTokensIsNotBlamedOnTheData) {
+  class Silent : public TestEncoder {
+   public:
+    std::vector<int32_t> encode(std::string_view) const override { return {}; }
+  } silent;
+  silent.eos = -1;
+  DatasetOptions o = opts_for("messages.jsonl");
+  Result<Dataset> ds = load_dataset(o, silent, chatml());
+  ASSERT_FALSE(ds.ok());
+  EXPECT_NE(ds.error().message.find("the tokenizer"), std::string::npos) << ds.error().message;
+  EXPECT_NE(ds.error().message.find("not the data"), std::string::npos) << ds.error().message;
 }
 
 // ---- packing
@@ -510,16 +737,19 @@ TEST(Dataset, PackedTextCrossesRowsButLabelsDoNot) {
   const std::vector<TokenRow>& rows = ds.value().train_rows;
   ASSERT_EQ(rows.size(), 2u);
   const int32_t E = kImEnd, P = kImEnd;  // pad is eos
+  // Positions: each piece starts a document of its row; padding continues the last one.
   std::vector<TokenRow> want;
   if (rows[0].ids[0] == 'a') {
-    want = {{{'a', 'b', 'c', E, 'd'}, {'b', 'c', E, I, I}},  // E does not predict 'd'; cut at 'd'
-            {{'e', E, P, P, P}, {E, I, I, I, I}}};
+    want = {{{'a', 'b', 'c', E, 'd'}, {'b', 'c', E, I, I}, {0, 1, 2, 3, 0}},  // cut at 'd'
+            {{'e', E, P, P, P}, {E, I, I, I, I}, {0, 1, 2, 3, 4}}};
   } else {
-    want = {{{'d', 'e', E, 'a', 'b'}, {'e', E, I, 'b', I}}, {{'c', E, P, P, P}, {E, I, I, I, I}}};
+    want = {{{'d', 'e', E, 'a', 'b'}, {'e', E, I, 'b', I}, {0, 1, 2, 0, 1}},
+            {{'c', E, P, P, P}, {E, I, I, I, I}, {0, 1, 2, 3, 4}}};
   }
   for (size_t r = 0; r < 2; ++r) {
     EXPECT_EQ(rows[r].ids, want[r].ids) << r;
-    EXPECT_EQ(rows[r].labels, want[r].labels) << r;
+    EXPECT_EQ(rows[r].labels, want[r].labels) << r;  // E does not predict 'd'
+    EXPECT_EQ(rows[r].positions, want[r].positions) << r;
   }
   EXPECT_EQ(ds.value().train_tokens, 7);
   EXPECT_EQ(ds.value().trained_tokens, 4);
@@ -569,6 +799,53 @@ TEST(Dataset, PackedConversationsNeverStraddleRows) {
   }
   EXPECT_EQ(ds.value().train_tokens, 3 * len);
   EXPECT_EQ(ds.value().trained_tokens, 3 * 5);  // "a000" + <|im_end|> per example
+}
+
+// positions[k] is k's place in its example: 0 at each example's first token, then +1, through
+// the padding after the last example of the row.
+std::vector<int32_t> positions_of_lengths(const std::vector<int64_t>& lengths, int64_t row_len) {
+  std::vector<int32_t> out;
+  for (int64_t len : lengths) {
+    for (int64_t k = 0; k < len; ++k) out.push_back(static_cast<int32_t>(k));
+  }
+  while (static_cast<int64_t>(out.size()) < row_len) out.push_back(out.back() + 1);
+  return out;
+}
+
+TEST(Dataset, PositionsRestartAtEveryPackedExample) {
+  TempDir dir;
+  TestEncoder enc;
+  for (int n : {3, 5, 8}) {
+    for (int per_row : {1, 2, 3}) {
+      DatasetOptions o;
+      o.path = dir.file("c.jsonl", numbered_conversations(n));
+      Result<std::vector<RawExample>> raw = read_examples(o);
+      ASSERT_TRUE(raw.ok());
+      const int64_t len =
+          static_cast<int64_t>(tokenize_example(raw.value()[0], enc, chatml(), false).ids.size());
+      o.max_seq_len = per_row * len + 2;  // per_row examples, then two pads
+      Result<Dataset> ds = load_dataset(o, enc, chatml());
+      ASSERT_TRUE(ds.ok()) << ds.error().message;
+      const std::vector<TokenRow>& rows = ds.value().train_rows;
+      ASSERT_EQ(static_cast<int>(rows.size()), (n + per_row - 1) / per_row);
+      int left = n;
+      for (size_t r = 0; r < rows.size(); ++r) {
+        const int here = std::min(left, per_row);
+        left -= here;
+        EXPECT_EQ(rows[r].positions,
+                  positions_of_lengths(std::vector<int64_t>(static_cast<size_t>(here), len),
+                                       o.max_seq_len))
+            << "n " << n << " per row " << per_row << " row " << r;
+      }
+      // Unpacked: every row is one example and its padding, positions 0..T-1.
+      o.pack = false;
+      Result<Dataset> unpacked = load_dataset(o, enc, chatml());
+      ASSERT_TRUE(unpacked.ok()) << unpacked.error().message;
+      for (const TokenRow& row : unpacked.value().train_rows) {
+        EXPECT_EQ(row.positions, positions_of_lengths({o.max_seq_len}, o.max_seq_len));
+      }
+    }
+  }
 }
 
 TEST(Dataset, WithoutPackingOneExamplePerRow) {
@@ -771,6 +1048,26 @@ TEST(DataLoader, EpochsArePermutationsAndBatchesAreRowMajor) {
   const Batch b = batched.next();
   ASSERT_EQ(b.ids.size(), 12u);
   for (size_t k = 0; k < 3; ++k) EXPECT_EQ(b.ids[4 * k] / 100, epochs[0][k]);
+  // Rows without positions are one document each: 0..T-1.
+  EXPECT_EQ(b.positions, (std::vector<int64_t>{0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3}));
+}
+
+TEST(DataLoader, BatchesCarryTheRowsPositions) {
+  std::vector<TokenRow> rows = distinct_rows(5, 6);
+  for (size_t r = 0; r < rows.size(); ++r) {
+    rows[r].positions = positions_of_lengths({static_cast<int64_t>(r % 3 + 1), 2}, 6);
+  }
+  DataLoader loader(rows, 2, 9);
+  for (int k = 0; k < 6; ++k) {
+    const Batch b = loader.next();
+    ASSERT_EQ(b.positions.size(), 12u);
+    for (size_t j = 0; j < 2; ++j) {
+      const TokenRow& row = rows[static_cast<size_t>(b.ids[6 * j] / 100)];
+      for (size_t t = 0; t < 6; ++t) EXPECT_EQ(b.positions[6 * j + t], row.positions[t]);
+    }
+  }
+  rows[3].positions.pop_back();
+  EXPECT_THROW(DataLoader(rows, 1, 0), std::invalid_argument);
 }
 
 TEST(DataLoader, SeekResumesAtTheSameSample) {
@@ -807,9 +1104,13 @@ void expect_same(const Dataset& a, const Dataset& b) {
   for (size_t r = 0; r < a.train_rows.size(); ++r) {
     EXPECT_EQ(a.train_rows[r].ids, b.train_rows[r].ids);
     EXPECT_EQ(a.train_rows[r].labels, b.train_rows[r].labels);
+    EXPECT_EQ(a.train_rows[r].positions, b.train_rows[r].positions);
   }
   ASSERT_EQ(a.val_rows.size(), b.val_rows.size());
-  for (size_t r = 0; r < a.val_rows.size(); ++r) EXPECT_EQ(a.val_rows[r].ids, b.val_rows[r].ids);
+  for (size_t r = 0; r < a.val_rows.size(); ++r) {
+    EXPECT_EQ(a.val_rows[r].ids, b.val_rows[r].ids);
+    EXPECT_EQ(a.val_rows[r].positions, b.val_rows[r].positions);
+  }
   ASSERT_EQ(a.val_examples.size(), b.val_examples.size());
   for (size_t k = 0; k < a.val_examples.size(); ++k) {
     EXPECT_EQ(a.val_examples[k].line, b.val_examples[k].line);
@@ -912,6 +1213,40 @@ TEST(DatasetCache, CorruptCacheIsRebuiltWithAWarning) {
   corrupt_and_reload("truncated");
   std::ofstream(path, std::ios::binary | std::ios::trunc) << "junk";
   corrupt_and_reload("junk");
+}
+
+// A cache written by the previous version of the format (no positions) is rebuilt and
+// overwritten like a miss, without a warning, whatever follows its magic.
+TEST(DatasetCache, OlderFormatIsRebuilt) {
+  TempDir dir;
+  TestEncoder enc;
+  DatasetOptions o;
+  o.path = dir.file("c.jsonl", numbered_conversations(6));
+  o.max_seq_len = 40;
+  o.cache_dir = dir.path();
+  const Dataset reference = load_dataset(o, enc, chatml()).value();
+  const std::string path = reference.cache_path;
+  std::string bytes;
+  {
+    std::ifstream in(path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  ASSERT_EQ(bytes.compare(0, 8, "RSDSET02"), 0);
+  for (const std::string& old : {bytes, bytes.substr(0, 8), bytes.substr(0, 40)}) {
+    std::string v1 = old;
+    v1.replace(0, 8, "RSDSET01");
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << v1;
+    enc.calls = 0;
+    Result<Dataset> ds = load_dataset(o, enc, chatml());
+    ASSERT_TRUE(ds.ok()) << ds.error().message;
+    EXPECT_FALSE(ds.value().from_cache);
+    EXPECT_GT(enc.calls, 0);  // tokenised again
+    EXPECT_TRUE(ds.value().warnings.empty()) << ds.value().warnings.front();
+    expect_same(ds.value(), reference);
+    Result<Dataset> again = load_dataset(o, enc, chatml());
+    EXPECT_TRUE(again.value().from_cache);  // rewritten in the current format
+    expect_same(again.value(), reference);
+  }
 }
 
 // ---- system prompt and the bundled tasks --------------------------------------------------------

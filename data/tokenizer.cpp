@@ -370,15 +370,25 @@ std::string Tokenizer::Impl::decode(const std::vector<int32_t>& ids, bool skip_s
 
 Tokenizer::Tokenizer(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
 
+// PCRE2 giving up on a tokenizer's regex (or utf8proc failing) is the tokenizer file's fault,
+// so the message names it.
 std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
   std::vector<int32_t> ids;
-  impl_->encode(text, /*split_special=*/true, &ids);
+  try {
+    impl_->encode(text, /*split_special=*/true, &ids);
+  } catch (const std::runtime_error& e) {
+    throw std::runtime_error(impl_->origin + ": " + e.what());
+  }
   return ids;
 }
 
 std::vector<int32_t> Tokenizer::encode_ordinary(std::string_view text) const {
   std::vector<int32_t> ids;
-  impl_->encode(text, /*split_special=*/false, &ids);
+  try {
+    impl_->encode(text, /*split_special=*/false, &ids);
+  } catch (const std::runtime_error& e) {
+    throw std::runtime_error(impl_->origin + ": " + e.what());
+  }
   return ids;
 }
 

@@ -79,7 +79,8 @@ class Tokenizer : public TextEncoder {
 
   // Hugging Face's encode(text, add_special_tokens=False): nothing (not even bos) is added.
   // Ill-formed UTF-8 is first repaired to U+FFFD (Hugging Face only ever sees valid text).
-  // Throws std::runtime_error only if PCRE2 exceeds its match limits on a tokenizer's own regex.
+  // Throws std::runtime_error, naming the tokenizer file, only if PCRE2 gives up on one of the
+  // tokenizer's own regexes (TokenizerRegex::kMatchLimit and friends, data/tokenizer_regex.h).
   std::vector<int32_t> encode(std::string_view text) const override;
   // Special tokens written in the text are encoded as plain text ("<|im_end|>" -> several ids);
   // non-special added tokens still match (`tokenizers` with encode_special_tokens = true).
@@ -107,6 +108,13 @@ class Tokenizer : public TextEncoder {
   // `tokenizers` and `transformers` load it and encode identically (used by convert; checked
   // with make_tokenizer_reference.py --check-saved).
   Status save(const std::string& dir) const;
+  // GGUF tokenizer metadata for llama.cpp, the inverse of from_gguf: tokens 0..vocab_size-1 (ids
+  // without a token as "[PAD<id>]", type unused, as llama.cpp's converter pads), token types
+  // (control for special tokens, user-defined for other added ones, else normal), merges as
+  // "left right", bos/eos/pad/unk ids, add_bos, the chat template, and tokenizer.ggml.pre named
+  // from the normalizer + pre-tokenizer (one of from_gguf's families, else an Error naming the
+  // key 'pre_tokenizer'). Added tokens' lstrip/rstrip/single_word/normalized have no GGUF key.
+  Result<checkpoint::GgufTokenizer> to_gguf(int64_t vocab_size) const;
 
  private:
   struct Impl;

@@ -13,6 +13,8 @@
 #include "data/tokenizer.h"
 #include "data/tokenizer_impl.h"
 #include "data/unicode_utf8.h"
+#include "util/json_read.h"
+#include "util/user_file.h"
 
 namespace ramstream::data {
 namespace {
@@ -32,6 +34,17 @@ constexpr const char* kWordCharRegex = R"([\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\x{200
 
 // Ids are dense in every real vocabulary; a hostile file must not make us allocate billions.
 constexpr int64_t kMaxIdSlack = 1 << 16;
+// Sizes far beyond any byte-level BPE tokenizer (Llama-3: 128256 tokens, 280147 merges; files of
+// 10-20 MB), bounding what a hostile file can make us build.
+constexpr uint64_t kMaxTokenizerJsonBytes = 128ull << 20;
+constexpr uint64_t kMaxTokenizerJsonValues = 1ull << 23;
+constexpr size_t kMaxVocabEntries = size_t{1} << 22;
+constexpr size_t kMaxMerges = size_t{1} << 22;
+constexpr size_t kMaxAddedTokens = size_t{1} << 20;
+// Sequences of pre-tokenizers / normalizers / processors nest one or two levels in real files.
+constexpr int kMaxSequenceDepth = 8;
+constexpr size_t kMaxSequenceSteps = 64;
+constexpr uint64_t kMaxChatTemplateBytes = 16ull << 20;
 
 Result<std::shared_ptr<const TokenizerRegex>> compile_regex(const char* pattern) {
   return TokenizerRegex::compile(pattern);
@@ -79,38 +92,35 @@ Status read_token_string(const Ctx& ctx, const json& obj, const char* name, cons
   return Ok{};
 }
 
-Result<json> read_json_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Error{path + ": cannot open"};
-  std::stringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) return Error{path + ": read error"};
-  json doc = json::parse(ss.str(), nullptr, /*allow_exceptions=*/false);
-  if (doc.is_discarded()) {
-    // Parse again with exceptions for nlohmann's line/column message.
-    try {
-      const json again = json::parse(ss.str());
-    } catch (const json::parse_error& e) {
-      return Error{path + ": malformed JSON: " + e.what()};
-    }
-    return Error{path + ": malformed JSON"};
-  }
-  return doc;
+// tokenizer.json and tokenizer_config.json through the bounded reader (util/json_read.h).
+Result<json> read_tokenizer_file(const std::string& path, const char* what) {
+  JsonLimits limits;
+  limits.max_bytes = kMaxTokenizerJsonBytes;
+  limits.max_values = kMaxTokenizerJsonValues;
+  return read_json_file(path, what, limits);
 }
 
-Result<std::string> read_text_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Error{path + ": cannot open"};
-  std::stringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) return Error{path + ": read error"};
-  return ss.str();
-}
+// A JSON string for messages: quoted as in the file, cut to 80 bytes.
+std::string shown(const std::string& s);
 
 // ---- pre-tokenizer / normalizer / post-processor / decoder sections --------------------------
 
+// A Sequence nested in Sequences `depth` deep, or with too many members, is refused (real files:
+// one level, a few members); `key` names the list.
+Status check_sequence(const Ctx& ctx, const json& list, const std::string& key, int depth) {
+  if (depth >= kMaxSequenceDepth) {
+    return ctx.fail(key, "Sequences nest deeper than " + std::to_string(kMaxSequenceDepth) +
+                             " levels (corrupt or hostile)");
+  }
+  if (list.size() > kMaxSequenceSteps) {
+    return ctx.fail(key, std::to_string(list.size()) + " members, more than the " +
+                             std::to_string(kMaxSequenceSteps) + " supported");
+  }
+  return Ok{};
+}
+
 Status parse_pre_tokenizer(const Ctx& ctx, const json& j, const std::string& key,
-                           std::vector<PreTokenizerStep>* steps) {
+                           std::vector<PreTokenizerStep>* steps, int depth = 0) {
   if (!j.is_object()) return ctx.fail(key, "expected an object, found " + type_name(j));
   auto type_it = j.find("type");
   if (type_it == j.end() || !type_it->is_string()) return ctx.fail(key + ".type", "missing");
@@ -120,10 +130,15 @@ Status parse_pre_tokenizer(const Ctx& ctx, const json& j, const std::string& key
     if (list == j.end() || !list->is_array()) {
       return ctx.fail(key + ".pretokenizers", "expected an array");
     }
-    for (size_t i = 0; i < list->size(); ++i) {
-      Status st = parse_pre_tokenizer(ctx, (*list)[i],
-                                      key + ".pretokenizers[" + std::to_string(i) + "]", steps);
-      if (!st.ok()) return st.error();
+    Status st = check_sequence(ctx, *list, key + ".pretokenizers", depth);
+    for (size_t i = 0; st.ok() && i < list->size(); ++i) {
+      st = parse_pre_tokenizer(ctx, (*list)[i], key + ".pretokenizers[" + std::to_string(i) + "]",
+                               steps, depth + 1);
+    }
+    if (!st.ok()) return st.error();
+    if (steps->size() > kMaxSequenceSteps) {
+      return ctx.fail(
+          key, "more than " + std::to_string(kMaxSequenceSteps) + " pre-tokenizer steps in all");
     }
     return Ok{};
   }
@@ -181,19 +196,20 @@ Status parse_pre_tokenizer(const Ctx& ctx, const json& j, const std::string& key
     } else if (b == "Contiguous") {
       step.behavior = SplitBehavior::kContiguous;
     } else {
-      return ctx.fail(key + ".behavior", "unknown split behavior '" + b + "'");
+      return ctx.fail(key + ".behavior", "unknown split behavior " + quote_bounded(b));
     }
     Status st = read_bool(ctx, j, "invert", key + ".invert", false, &step.invert);
     if (!st.ok()) return st.error();
   } else {
-    return ctx.fail(key + ".type", "pre-tokenizer '" + type +
-                                       "' is not supported (Sequence, Split, Digits, ByteLevel)");
+    return ctx.fail(key + ".type", "pre-tokenizer " + quote_bounded(type) +
+                                       " is not supported (Sequence, Split, Digits, ByteLevel)");
   }
   steps->push_back(std::move(step));
   return Ok{};
 }
 
-Status parse_normalizer(const Ctx& ctx, const json& j, const std::string& key, bool* nfc) {
+Status parse_normalizer(const Ctx& ctx, const json& j, const std::string& key, bool* nfc,
+                        int depth = 0) {
   if (j.is_null()) return Ok{};
   if (!j.is_object() || !j.contains("type") || !j["type"].is_string()) {
     return ctx.fail(key, "expected null or an object with a type");
@@ -208,19 +224,21 @@ Status parse_normalizer(const Ctx& ctx, const json& j, const std::string& key, b
     if (list == j.end() || !list->is_array()) {
       return ctx.fail(key + ".normalizers", "expected an array");
     }
-    for (size_t i = 0; i < list->size(); ++i) {
-      Status st =
-          parse_normalizer(ctx, (*list)[i], key + ".normalizers[" + std::to_string(i) + "]", nfc);
-      if (!st.ok()) return st.error();
+    Status st = check_sequence(ctx, *list, key + ".normalizers", depth);
+    for (size_t i = 0; st.ok() && i < list->size(); ++i) {
+      st = parse_normalizer(ctx, (*list)[i], key + ".normalizers[" + std::to_string(i) + "]", nfc,
+                            depth + 1);
     }
+    if (!st.ok()) return st.error();
     return Ok{};
   }
-  return ctx.fail(key + ".type", "normalizer '" + type + "' is not supported (NFC only)");
+  return ctx.fail(key + ".type",
+                  "normalizer " + quote_bounded(type) + " is not supported (NFC only)");
 }
 
 // The special token TemplateProcessing puts first in a single sequence ("" when none).
 Status parse_post_processor(const Ctx& ctx, const json& j, const std::string& key,
-                            std::string* leading_special) {
+                            std::string* leading_special, int depth = 0) {
   if (j.is_null()) return Ok{};
   if (!j.is_object() || !j.contains("type") || !j["type"].is_string()) {
     return ctx.fail(key, "expected null or an object with a type");
@@ -232,11 +250,12 @@ Status parse_post_processor(const Ctx& ctx, const json& j, const std::string& ke
     if (list == j.end() || !list->is_array()) {
       return ctx.fail(key + ".processors", "expected an array");
     }
-    for (size_t i = 0; i < list->size(); ++i) {
-      Status st = parse_post_processor(
-          ctx, (*list)[i], key + ".processors[" + std::to_string(i) + "]", leading_special);
-      if (!st.ok()) return st.error();
+    Status st = check_sequence(ctx, *list, key + ".processors", depth);
+    for (size_t i = 0; st.ok() && i < list->size(); ++i) {
+      st = parse_post_processor(ctx, (*list)[i], key + ".processors[" + std::to_string(i) + "]",
+                                leading_special, depth + 1);
     }
+    if (!st.ok()) return st.error();
     return Ok{};
   }
   if (type == "TemplateProcessing") {
@@ -256,8 +275,8 @@ Status parse_post_processor(const Ctx& ctx, const json& j, const std::string& ke
     }
     return Ok{};
   }
-  return ctx.fail(key + ".type",
-                  "post-processor '" + type + "' is not supported (TemplateProcessing, ByteLevel)");
+  return ctx.fail(key + ".type", "post-processor " + quote_bounded(type) +
+                                     " is not supported (TemplateProcessing, ByteLevel)");
 }
 
 Status check_decoder(const Ctx& ctx, const json& j, const std::string& key) {
@@ -267,7 +286,7 @@ Status check_decoder(const Ctx& ctx, const json& j, const std::string& key) {
     return check_decoder(ctx, j["decoders"][0], key + ".decoders[0]");
   }
   return ctx.fail(key, "decoder " +
-                           (j.is_object() && j.contains("type") ? j["type"].dump() : j.dump()) +
+                           describe_json(j.is_object() && j.contains("type") ? j["type"] : j) +
                            " is not supported (ByteLevel only)");
 }
 
@@ -281,11 +300,11 @@ struct ConfigTokens {
 };
 
 Status parse_tokenizer_config(const std::string& path, ConfigTokens* out) {
-  Result<json> doc = read_json_file(path);
+  Result<json> doc = read_tokenizer_file(path, "the tokenizer config (tokenizer_config.json)");
   if (!doc.ok()) return doc.error();
   const json& j = doc.value();
   const Ctx ctx{path};
-  if (!j.is_object()) return Error{path + ": expected a JSON object"};
+  if (!j.is_object()) return Error{path + ": expected a JSON object, found " + describe_json(j)};
   Status st = read_token_string(ctx, j, "bos_token", "bos_token", &out->bos, &out->has_bos);
   if (st.ok()) st = read_token_string(ctx, j, "eos_token", "eos_token", &out->eos, &out->has_eos);
   if (st.ok()) st = read_token_string(ctx, j, "pad_token", "pad_token", &out->pad, &out->has_pad);
@@ -326,6 +345,14 @@ bool id_in_range(int64_t id) {
 // Ill-formed UTF-8 (possible in GGUF strings) is written as U+FFFD instead of throwing.
 std::string json_quoted(const std::string& s) {
   return json(s).dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+std::string shown(const std::string& s) {
+  constexpr size_t kMax = 80;
+  if (s.size() <= kMax) return json_quoted(s);
+  size_t n = kMax;
+  while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;
+  return json_quoted(s.substr(0, n)) + "... (" + std::to_string(s.size()) + " bytes)";
 }
 
 // Two FNV-1a 64-bit hashes with different offsets: a 128-bit identity for cache keys (not
@@ -373,7 +400,7 @@ Status Tokenizer::Impl::finish(
   for (const auto& [token, id] : model_vocab) {
     if (present[id] && tokens[id] != token) {
       return Error{origin + ": token id " + std::to_string(id) + " is used by both " +
-                   json_quoted(tokens[id]) + " and " + json_quoted(token)};
+                   shown(tokens[id]) + " and " + shown(token)};
     }
     tokens[id] = token;
     present[id] = 1;
@@ -413,12 +440,11 @@ Status Tokenizer::Impl::finish(
     auto r = model_map.find(right);
     auto m = model_map.find(left + right);
     if (l == model_map.end() || r == model_map.end()) {
-      return ctx.fail(key, "token " + json_quoted(l == model_map.end() ? left : right) +
-                               " is not in the vocabulary");
+      return ctx.fail(
+          key, "token " + shown(l == model_map.end() ? left : right) + " is not in the vocabulary");
     }
     if (m == model_map.end()) {
-      return ctx.fail(key,
-                      "merged token " + json_quoted(left + right) + " is not in the vocabulary");
+      return ctx.fail(key, "merged token " + shown(left + right) + " is not in the vocabulary");
     }
     uint64_t pair = (static_cast<uint64_t>(static_cast<uint32_t>(l->second)) << 32) |
                     static_cast<uint32_t>(r->second);
@@ -430,8 +456,7 @@ Status Tokenizer::Impl::finish(
   if (!unk_token.empty()) {
     auto it = model_map.find(unk_token);
     if (it == model_map.end()) {
-      return ctx.fail("model.unk_token",
-                      "token " + json_quoted(unk_token) + " is not in the vocabulary");
+      return ctx.fail("model.unk_token", "token " + shown(unk_token) + " is not in the vocabulary");
     }
     unk_id = it->second;
   }
@@ -467,11 +492,11 @@ Status Tokenizer::Impl::finish(
 // ---- tokenizer.json ----------------------------------------------------------------------------
 
 Result<Tokenizer> Tokenizer::from_tokenizer_json(const std::string& path) {
-  Result<json> doc = read_json_file(path);
+  Result<json> doc = read_tokenizer_file(path, "the tokenizer (tokenizer.json)");
   if (!doc.ok()) return doc.error();
   const json& j = doc.value();
   const Ctx ctx{path};
-  if (!j.is_object()) return Error{path + ": expected a JSON object"};
+  if (!j.is_object()) return Error{path + ": expected a JSON object, found " + describe_json(j)};
   auto impl = std::make_shared<Impl>();
   impl->origin = path;
 
@@ -481,8 +506,8 @@ Result<Tokenizer> Tokenizer::from_tokenizer_json(const std::string& path) {
   const json& model = *model_it;
   if (model.contains("type")) {
     if (!model["type"].is_string() || model["type"] != "BPE") {
-      return ctx.fail("model.type",
-                      "model " + model["type"].dump() + " is not supported (byte-level BPE only)");
+      return ctx.fail("model.type", "model " + describe_json(model["type"]) +
+                                        " is not supported (byte-level BPE only)");
     }
   } else if (!model.contains("merges")) {
     return ctx.fail("model.type", "missing, and no merges: not a BPE model");
@@ -491,10 +516,18 @@ Result<Tokenizer> Tokenizer::from_tokenizer_json(const std::string& path) {
   if (vocab_it == model.end() || !vocab_it->is_object()) {
     return ctx.fail("model.vocab", "expected an object {token: id}");
   }
+  if (vocab_it->empty()) {
+    return ctx.fail("model.vocab", "empty: the tokenizer defines no tokens");
+  }
+  if (vocab_it->size() > kMaxVocabEntries) {
+    return ctx.fail("model.vocab", std::to_string(vocab_it->size()) + " tokens, more than the " +
+                                       std::to_string(kMaxVocabEntries) + " supported");
+  }
   impl->model_vocab.reserve(vocab_it->size());
   for (auto it = vocab_it->begin(); it != vocab_it->end(); ++it) {
     if (!it.value().is_number_integer() || !id_in_range(it.value().get<int64_t>())) {
-      return ctx.fail("model.vocab." + it.key(), "expected a token id, found " + it.value().dump());
+      return ctx.fail("model.vocab." + it.key().substr(0, 80),
+                      "expected a token id, found " + describe_json(it.value()));
     }
     impl->model_vocab.emplace_back(it.key(), static_cast<int32_t>(it.value().get<int64_t>()));
   }
@@ -506,6 +539,10 @@ Result<Tokenizer> Tokenizer::from_tokenizer_json(const std::string& path) {
   if (merges_it == model.end() || !merges_it->is_array()) {
     return ctx.fail("model.merges", "expected an array");
   }
+  if (merges_it->size() > kMaxMerges) {
+    return ctx.fail("model.merges", std::to_string(merges_it->size()) + " merges, more than the " +
+                                        std::to_string(kMaxMerges) + " supported");
+  }
   merge_strings.reserve(merges_it->size());
   for (size_t i = 0; i < merges_it->size(); ++i) {
     const json& m = (*merges_it)[i];
@@ -514,13 +551,14 @@ Result<Tokenizer> Tokenizer::from_tokenizer_json(const std::string& path) {
       const std::string s = m.get<std::string>();
       const size_t space = s.find(' ');
       if (space == std::string::npos || s.find(' ', space + 1) != std::string::npos) {
-        return ctx.fail(key, "expected \"left right\" (one space), found " + m.dump());
+        return ctx.fail(key, "expected \"left right\" (one space), found " + describe_json(m));
       }
       merge_strings.emplace_back(s.substr(0, space), s.substr(space + 1));
     } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
       merge_strings.emplace_back(m[0].get<std::string>(), m[1].get<std::string>());
     } else {
-      return ctx.fail(key, "expected \"left right\" or [\"left\", \"right\"], found " + m.dump());
+      return ctx.fail(
+          key, "expected \"left right\" or [\"left\", \"right\"], found " + describe_json(m));
     }
   }
   {
@@ -533,7 +571,7 @@ Result<Tokenizer> Tokenizer::from_tokenizer_json(const std::string& path) {
       auto a = model.find(affix);
       if (a != model.end() && !a->is_null() && !(a->is_string() && a->get<std::string>().empty())) {
         return ctx.fail(std::string("model.") + affix,
-                        "not supported in byte-level BPE, found " + a->dump());
+                        "not supported in byte-level BPE, found " + describe_json(*a));
       }
     }
     bool byte_fallback = false;
@@ -564,6 +602,10 @@ Result<Tokenizer> Tokenizer::from_tokenizer_json(const std::string& path) {
   auto added_it = j.find("added_tokens");
   if (added_it != j.end() && !added_it->is_null()) {
     if (!added_it->is_array()) return ctx.fail("added_tokens", "expected an array");
+    if (added_it->size() > kMaxAddedTokens) {
+      return ctx.fail("added_tokens", std::to_string(added_it->size()) + " tokens, more than the " +
+                                          std::to_string(kMaxAddedTokens) + " supported");
+    }
     std::unordered_set<std::string> seen;
     std::unordered_map<int32_t, std::string> added_ids;
     for (size_t i = 0; i < added_it->size(); ++i) {
@@ -597,13 +639,13 @@ Result<Tokenizer> Tokenizer::from_tokenizer_json(const std::string& path) {
         info.id = in_model->second;
       } else if (auto owner = model_by_id.find(info.id); owner != model_by_id.end()) {
         return ctx.fail(key + ".id", "id " + std::to_string(info.id) + " of " +
-                                         json_quoted(info.content) + " belongs to " +
-                                         json_quoted(*owner->second));
+                                         shown(info.content) + " belongs to " +
+                                         shown(*owner->second));
       }
       auto [other, inserted] = added_ids.emplace(info.id, info.content);
       if (!inserted) {
         return ctx.fail(key + ".id", "id " + std::to_string(info.id) + " is used by " +
-                                         json_quoted(other->second) + " too");
+                                         shown(other->second) + " too");
       }
       impl->added.push_back(std::move(info));
     }
@@ -646,7 +688,8 @@ Result<Tokenizer> Tokenizer::from_tokenizer_json(const std::string& path) {
   }
   const fs::path jinja_path = dir / "chat_template.jinja";
   if (config.chat_template.empty() && fs::exists(jinja_path, ec)) {
-    Result<std::string> text = read_text_file(jinja_path.string());
+    Result<std::string> text =
+        read_user_file(jinja_path.string(), "the chat template", kMaxChatTemplateBytes);
     if (!text.ok()) return text.error();
     config.chat_template = std::move(text).value();
   }
@@ -655,8 +698,7 @@ Result<Tokenizer> Tokenizer::from_tokenizer_json(const std::string& path) {
     if (!has) return Ok{};
     auto it = impl->token_ids.find(token);
     if (it == impl->token_ids.end()) {
-      return config_ctx.fail(
-          key, "token " + json_quoted(token) + " is not in the vocabulary of " + path);
+      return config_ctx.fail(key, "token " + shown(token) + " is not in the vocabulary of " + path);
     }
     *id = it->second;
     return Ok{};
@@ -671,7 +713,7 @@ Result<Tokenizer> Tokenizer::from_tokenizer_json(const std::string& path) {
     auto it = impl->token_ids.find(template_bos);
     if (it == impl->token_ids.end()) {
       return ctx.fail("post_processor.single[0]",
-                      "token " + json_quoted(template_bos) + " is not in the vocabulary");
+                      "token " + shown(template_bos) + " is not in the vocabulary");
     }
     template_bos_id = it->second;
   }
@@ -716,6 +758,53 @@ json split_json(const char* regex) {
               {"invert", false}};
 }
 
+// What a GGUF pre-tokenizer family stands for in tokenizer.json terms (from_gguf builds it,
+// to_gguf recognises it).
+struct GgufPreSpec {
+  json pre_tokenizer;
+  bool ignore_merges = false;
+  bool nfc = false;
+};
+
+GgufPreSpec gguf_pre_spec(GgufPre::Family family) {
+  GgufPreSpec spec;
+  switch (family) {
+    case GgufPre::Family::kGpt2:
+      spec.pre_tokenizer = byte_level_json(true);
+      break;
+    case GgufPre::Family::kLlama3:
+      spec.pre_tokenizer = {
+          {"type", "Sequence"},
+          {"pretokenizers", json::array({split_json(kLlama3Regex), byte_level_json(false)})}};
+      spec.ignore_merges = true;
+      break;
+    case GgufPre::Family::kQwen2:
+      spec.pre_tokenizer = {
+          {"type", "Sequence"},
+          {"pretokenizers", json::array({split_json(kQwen2Regex), byte_level_json(false)})}};
+      spec.nfc = true;
+      break;
+    case GgufPre::Family::kDigitsGpt2:
+      spec.pre_tokenizer = {
+          {"type", "Sequence"},
+          {"pretokenizers", json::array({json{{"type", "Digits"}, {"individual_digits", true}},
+                                         byte_level_json(true)})}};
+      break;
+  }
+  return spec;
+}
+
+// `j` without ByteLevel's trim_offsets, which moves offsets and never changes ids.
+json without_trim_offsets(json j) {
+  if (j.is_object()) {
+    j.erase("trim_offsets");
+    for (auto& [key, value] : j.items()) value = without_trim_offsets(value);
+  } else if (j.is_array()) {
+    for (json& value : j) value = without_trim_offsets(value);
+  }
+  return j;
+}
+
 }  // namespace
 
 Result<Tokenizer> Tokenizer::from_gguf(const checkpoint::GgufTokenizer& meta,
@@ -746,31 +835,11 @@ Result<Tokenizer> Tokenizer::from_gguf(const checkpoint::GgufTokenizer& meta,
   }
   auto impl = std::make_shared<Impl>();
   impl->origin = origin;
-  json pre_json;
-  switch (pre->family) {
-    case GgufPre::Family::kGpt2:
-      pre_json = byte_level_json(true);
-      break;
-    case GgufPre::Family::kLlama3:
-      pre_json = {
-          {"type", "Sequence"},
-          {"pretokenizers", json::array({split_json(kLlama3Regex), byte_level_json(false)})}};
-      impl->ignore_merges = true;
-      break;
-    case GgufPre::Family::kQwen2:
-      pre_json = {
-          {"type", "Sequence"},
-          {"pretokenizers", json::array({split_json(kQwen2Regex), byte_level_json(false)})}};
-      impl->normalizer_json = {{"type", "NFC"}};
-      impl->nfc = true;
-      break;
-    case GgufPre::Family::kDigitsGpt2:
-      pre_json = {
-          {"type", "Sequence"},
-          {"pretokenizers", json::array({json{{"type", "Digits"}, {"individual_digits", true}},
-                                         byte_level_json(true)})}};
-      break;
-  }
+  const GgufPreSpec spec = gguf_pre_spec(pre->family);
+  const json& pre_json = spec.pre_tokenizer;
+  impl->ignore_merges = spec.ignore_merges;
+  impl->nfc = spec.nfc;
+  if (spec.nfc) impl->normalizer_json = {{"type", "NFC"}};
   Status st = parse_pre_tokenizer(ctx, pre_json, "pre_tokenizer", &impl->pre_steps);
   if (!st.ok()) return st.error();
   impl->pre_tokenizer_json = pre_json;
@@ -820,8 +889,15 @@ Result<Tokenizer> Tokenizer::from_gguf(const checkpoint::GgufTokenizer& meta,
     if (meta.token_type[id] == 3) role[id] = 1;
     if (meta.token_type[id] == 4) role[id] = 2;
   }
-  for (int64_t id : {meta.bos_id, meta.eos_id, meta.pad_id, meta.unk_id}) {
-    if (id >= n) return ctx.fail("tokenizer.ggml.*_token_id", "id outside the vocabulary");
+  for (const auto& [key, id] :
+       {std::pair<const char*, int64_t>{"tokenizer.ggml.bos_token_id", meta.bos_id},
+        {"tokenizer.ggml.eos_token_id", meta.eos_id},
+        {"tokenizer.ggml.padding_token_id", meta.pad_id},
+        {"tokenizer.ggml.unknown_token_id", meta.unk_id}}) {
+    if (id >= n || id < -1) {
+      return ctx.fail(key, "token id " + std::to_string(id) + " outside the " + std::to_string(n) +
+                               "-token vocabulary");
+    }
     if (id >= 0) role[id] = 1;
   }
   for (int64_t id = 0; id < n; ++id) {
@@ -859,6 +935,71 @@ Result<Tokenizer> Tokenizer::from_gguf(const checkpoint::GgufTokenizer& meta,
   return Tokenizer(std::move(impl));
 }
 
+Result<checkpoint::GgufTokenizer> Tokenizer::to_gguf(int64_t vocab_size) const {
+  const Impl& m = *impl_;
+  const Ctx ctx{m.origin};
+  checkpoint::GgufTokenizer out;
+  out.model = "gpt2";
+  const json pre = without_trim_offsets(m.pre_tokenizer_json);
+  for (const GgufPre& p : kGgufPres) {
+    const GgufPreSpec spec = gguf_pre_spec(p.family);
+    if (without_trim_offsets(spec.pre_tokenizer) == pre && spec.ignore_merges == m.ignore_merges &&
+        spec.nfc == m.nfc) {
+      out.pre = p.names[0];
+      break;
+    }
+  }
+  if (out.pre.empty()) {
+    return ctx.fail("pre_tokenizer",
+                    "this normalizer + pre-tokenizer (+ ignore_merges) is none of llama.cpp's "
+                    "that GGUF can name (gpt-2, llama-bpe, qwen2, smollm): " +
+                        quote_bounded(m.pre_tokenizer_json.dump(), 200));
+  }
+  const int64_t n = static_cast<int64_t>(m.tokens.size());
+  if (n > vocab_size) {
+    return Error{m.origin + ": the tokenizer has " + std::to_string(n) +
+                 " tokens, more than the model's vocabulary of " + std::to_string(vocab_size)};
+  }
+  std::vector<uint8_t> added_plain(m.tokens.size(), 0);
+  for (const AddedTokenInfo& a : m.added) {
+    if (!a.special) added_plain[a.id] = 1;
+  }
+  out.tokens.reserve(static_cast<size_t>(vocab_size));
+  out.token_type.reserve(static_cast<size_t>(vocab_size));
+  for (int64_t id = 0; id < vocab_size; ++id) {
+    if (id >= n || !m.present[id]) {
+      // What llama.cpp's converter writes for ids without a token (padded embeddings).
+      out.tokens.push_back("[PAD" + std::to_string(id) + "]");
+      out.token_type.push_back(checkpoint::kGgufTokenUnused);
+      continue;
+    }
+    out.tokens.push_back(m.tokens[id]);
+    out.token_type.push_back(m.special[id]     ? checkpoint::kGgufTokenControl
+                             : added_plain[id] ? checkpoint::kGgufTokenUserDefined
+                                               : checkpoint::kGgufTokenNormal);
+  }
+  std::unordered_map<int32_t, const std::string*> model_token;
+  for (const auto& [token, id] : m.model_vocab) model_token[id] = &token;
+  out.merges.reserve(m.merge_pairs.size());
+  for (size_t rank = 0; rank < m.merge_pairs.size(); ++rank) {
+    const std::string& left = *model_token.at(m.merge_pairs[rank].first);
+    const std::string& right = *model_token.at(m.merge_pairs[rank].second);
+    if (left.find(' ') != std::string::npos || right.find(' ') != std::string::npos) {
+      return ctx.fail("model.merges[" + std::to_string(rank) + "]",
+                      "a token with a space cannot be written as a GGUF merge \"left right\": " +
+                          quote_bounded(left) + " " + quote_bounded(right));
+    }
+    out.merges.push_back(left + " " + right);
+  }
+  out.bos_id = m.bos_id;
+  out.eos_id = m.eos_id;
+  out.pad_id = m.pad_id;
+  out.unk_id = m.unk_config_id >= 0 ? m.unk_config_id : m.unk_id;
+  out.add_bos = m.add_bos;
+  out.chat_template = m.chat_template;
+  return out;
+}
+
 Result<Tokenizer> Tokenizer::from_model(const std::string& path) {
   std::error_code ec;
   const fs::path p(path);
@@ -869,7 +1010,8 @@ Result<Tokenizer> Tokenizer::from_model(const std::string& path) {
     }
     return from_tokenizer_json(json_path.string());
   }
-  if (!fs::is_regular_file(p, ec)) return Error{path + ": no such file or folder"};
+  Status regular = check_regular_file(path, "a model folder, a tokenizer.json or a .gguf file");
+  if (!regular.ok()) return regular.error();
   char magic[4] = {};
   {
     std::ifstream in(path, std::ios::binary);

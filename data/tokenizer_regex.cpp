@@ -6,6 +6,7 @@
 #include <pcre2.h>
 
 #include "data/unicode_utf8.h"
+#include "util/user_file.h"
 
 namespace ramstream::data {
 namespace {
@@ -18,14 +19,19 @@ std::string pcre2_message(int code) {
 }
 
 // Per-thread match state: one ovector pair is all find_all reads (PCRE2 still reports the whole
-// match when the pattern has more groups), and a JIT stack that grows to 8 MiB for long runs.
+// match when the pattern has more groups), a JIT stack that grows to 8 MiB for long runs, and the
+// limits of TokenizerRegex (the interpreter ignores the JIT stack, the JIT the depth and heap).
 struct MatchScratch {
   pcre2_match_data* data = pcre2_match_data_create(1, nullptr);
   pcre2_match_context* context = pcre2_match_context_create(nullptr);
   pcre2_jit_stack* jit_stack = pcre2_jit_stack_create(32 * 1024, 8 * 1024 * 1024, nullptr);
 
   MatchScratch() {
-    if (context && jit_stack) pcre2_jit_stack_assign(context, nullptr, jit_stack);
+    if (!context) return;
+    if (jit_stack) pcre2_jit_stack_assign(context, nullptr, jit_stack);
+    pcre2_set_match_limit(context, TokenizerRegex::kMatchLimit);
+    pcre2_set_depth_limit(context, TokenizerRegex::kDepthLimit);
+    pcre2_set_heap_limit(context, TokenizerRegex::kHeapLimitKiB);
   }
   ~MatchScratch() {
     pcre2_jit_stack_free(jit_stack);
@@ -84,7 +90,7 @@ Result<std::string> onig_to_pcre2(std::string_view pattern) {
         out += in_class ? space : "[" + space + "]";
       } else if (e == 'S') {
         if (in_class) {
-          return Error{"regex '" + std::string(pattern) + "': \\S inside a character class " +
+          return Error{"regex " + quote_bounded(pattern) + ": \\S inside a character class " +
                        "(offset " + std::to_string(i) + ") is not supported"};
         }
         out += "[^" + space + "]";
@@ -125,8 +131,8 @@ Result<std::shared_ptr<const TokenizerRegex>> TokenizerRegex::build(std::string_
   pcre2_code* compiled = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pcre2.data()), pcre2.size(),
                                        PCRE2_UTF | options, &code, &offset, nullptr);
   if (!compiled) {
-    return Error{"regex '" + std::string(display) + "': " + pcre2_message(code) + " at offset " +
-                 std::to_string(offset) + " of the PCRE2 form '" + pcre2 + "'"};
+    return Error{"regex " + quote_bounded(display) + ": " + pcre2_message(code) + " at offset " +
+                 std::to_string(offset) + " of the PCRE2 form " + quote_bounded(pcre2, 200)};
   }
   // JIT is an optimisation: without it (unsupported CPU, no executable memory) matching falls
   // back to the interpreter.
@@ -138,6 +144,10 @@ Result<std::shared_ptr<const TokenizerRegex>> TokenizerRegex::build(std::string_
 }
 
 Result<std::shared_ptr<const TokenizerRegex>> TokenizerRegex::compile(std::string_view pattern) {
+  if (pattern.size() > kMaxPatternBytes) {
+    return Error{"regex of " + std::to_string(pattern.size()) + " bytes, longer than the " +
+                 std::to_string(kMaxPatternBytes) + " supported"};
+  }
   if (!utf8_valid(pattern)) return Error{"regex is not valid UTF-8"};
   Result<std::string> translated = onig_to_pcre2(pattern);
   if (!translated.ok()) return translated.error();
@@ -145,6 +155,10 @@ Result<std::shared_ptr<const TokenizerRegex>> TokenizerRegex::compile(std::strin
 }
 
 Result<std::shared_ptr<const TokenizerRegex>> TokenizerRegex::literal(std::string_view text) {
+  if (text.size() > kMaxPatternBytes) {
+    return Error{"split string of " + std::to_string(text.size()) + " bytes, longer than the " +
+                 std::to_string(kMaxPatternBytes) + " supported"};
+  }
   if (!utf8_valid(text)) return Error{"split string is not valid UTF-8"};
   return build(text, std::string(text), PCRE2_LITERAL);
 }
@@ -164,12 +178,13 @@ void TokenizerRegex::find_all(std::string_view text,
     if (rc < 0 && rc != PCRE2_ERROR_NOMATCH) {
       // JIT stack or match limit: the interpreter keeps its backtracking state on the heap.
       rc = pcre2_match(code, subject, text.size(), start, PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT, s.data,
-                       nullptr);
+                       s.context);
     }
     if (rc == PCRE2_ERROR_NOMATCH) return;
     if (rc < 0) {
-      throw std::runtime_error("regex '" + pattern_ + "' failed on a " +
-                               std::to_string(text.size()) + "-byte piece: " + pcre2_message(rc));
+      throw std::runtime_error("regex " + quote_bounded(pattern_) + " gave up on a " +
+                               std::to_string(text.size()) +
+                               "-byte piece of text: " + pcre2_message(rc));
     }
     const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(s.data);
     const size_t begin = ov[0], end = ov[1];

@@ -37,10 +37,19 @@ class TokenizerRegex {
   TokenizerRegex(const TokenizerRegex&) = delete;
   TokenizerRegex& operator=(const TokenizerRegex&) = delete;
 
+  // Bounds on one match attempt, so that a pathological pattern (nested quantifiers) fails in
+  // well under a second instead of running for hours: PCRE2's default match limit, made
+  // explicit; a backtracking depth and heap far beyond what the tokenizer patterns need.
+  static constexpr uint32_t kMatchLimit = 10'000'000;
+  static constexpr uint32_t kDepthLimit = 1'000'000;
+  static constexpr uint32_t kHeapLimitKiB = 64 * 1024;
+  // Tokenizer patterns are a few hundred bytes.
+  static constexpr size_t kMaxPatternBytes = 64 * 1024;
+
   // Appends the [begin, end) byte spans of successive non-overlapping matches in `text`, which
   // must be valid UTF-8. After an empty match the search resumes one character later.
-  // Thread-safe. Throws std::runtime_error only when PCRE2 gives up (match or memory limits
-  // exceeded by a pathological pattern and input).
+  // Thread-safe. Throws std::runtime_error only when PCRE2 gives up (a limit above exceeded by
+  // a pathological pattern and input, or out of memory).
   void find_all(std::string_view text, std::vector<std::pair<size_t, size_t>>* spans) const;
   const std::string& pattern() const { return pattern_; }
 

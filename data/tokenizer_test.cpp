@@ -2,6 +2,8 @@
 // tests/fixtures/make_tokenizer_reference.py), GGUF construction, save/reload, hostile inputs.
 #include "data/tokenizer.h"
 
+#include <sys/stat.h>
+
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -10,6 +12,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -491,11 +494,157 @@ TEST(TokenizerHostile, BrokenFilesAreErrorsNamingFileAndKey) {
     const std::string message = load_error(dir, text);
     EXPECT_NE(message.find(file), std::string::npos) << message;
   }
-  EXPECT_NE(load_error(dir, tiny_tokenizer_json().dump().substr(0, 300)).find("malformed JSON"),
+  EXPECT_NE(load_error(dir, tiny_tokenizer_json().dump().substr(0, 300)).find("invalid JSON"),
             std::string::npos);
   Result<Tokenizer> missing = Tokenizer::from_model((dir.path / "nowhere").string());
   ASSERT_FALSE(missing.ok());
   EXPECT_NE(missing.error().message.find("nowhere"), std::string::npos);
+}
+
+// Generated: Sequences of pre-tokenizers, normalizers and post-processors nested past the
+// Sequence limit and past the JSON depth limit; each is an error naming the file and the key (or
+// line), never a stack overflow.
+TEST(TokenizerHostile, DeeplyNestedSequencesAreRefused) {
+  TempDir dir;
+  const std::string file = (dir.path / "tokenizer.json").string();
+  struct Section {
+    const char* name;
+    const char* list_key;
+    json leaf;
+  };
+  const Section sections[] = {
+      {"pre_tokenizer", "pretokenizers", {{"type", "ByteLevel"}}},
+      {"normalizer", "normalizers", {{"type", "NFC"}}},
+      {"post_processor", "processors", {{"type", "ByteLevel"}}},
+  };
+  for (const Section& sec : sections) {
+    for (int depth : {9, 20, 60}) {
+      json value = sec.leaf;
+      for (int i = 0; i < depth; ++i) {
+        value = json{{"type", "Sequence"}, {sec.list_key, json::array({value})}};
+      }
+      json j = tiny_tokenizer_json();
+      j[sec.name] = value;
+      const std::string e = load_error(dir, j.dump());
+      EXPECT_EQ(e.rfind(file, 0), 0u) << sec.name << " " << depth << ": " << e;
+      EXPECT_NE(e.find("nest deeper"), std::string::npos) << sec.name << " " << depth << ": " << e;
+      EXPECT_LT(e.size(), 1000u) << e;
+    }
+    // Far deeper than the JSON reader allows: refused while parsing, with the line.
+    std::string text = "{\"" + std::string(sec.name) + "\": ";
+    for (int i = 0; i < 100000; ++i)
+      text += "{\"type\": \"Sequence\", \"" + std::string(sec.list_key) + "\": [";
+    text += "null";
+    for (int i = 0; i < 100000; ++i) text += "]}";
+    text += "}";
+    const std::string e = load_error(dir, text);
+    EXPECT_EQ(e.rfind(file + ":1:", 0), 0u) << e.substr(0, 300);
+    EXPECT_NE(e.find("nest deeper"), std::string::npos) << e.substr(0, 300);
+  }
+  // Too many members.
+  json wide = json::array();
+  for (int i = 0; i < 200; ++i) {
+    wide.push_back({{"type", "Split"}, {"pattern", {{"String", "x"}}}, {"behavior", "Isolated"}});
+  }
+  wide.push_back({{"type", "ByteLevel"}});
+  json j = tiny_tokenizer_json();
+  j["pre_tokenizer"] = {{"type", "Sequence"}, {"pretokenizers", wide}};
+  EXPECT_NE(load_error(dir, j.dump()).find("key 'pre_tokenizer.pretokenizers': 201 members"),
+            std::string::npos)
+      << load_error(dir, j.dump());
+}
+
+TEST(TokenizerHostile, EmptyVocabularyIsTheTokenizersFault) {
+  TempDir dir;
+  json j = tiny_tokenizer_json();
+  j["model"]["vocab"] = json::object();
+  j["model"]["merges"] = json::array();
+  j["added_tokens"] = json::array();
+  const std::string e = load_error(dir, j.dump());
+  EXPECT_NE(e.find((dir.path / "tokenizer.json").string() + ": key 'model.vocab': empty"),
+            std::string::npos)
+      << e;
+}
+
+// Untrusted strings (tokens, regexes, types) are quoted short in messages, whatever their size.
+TEST(TokenizerHostile, MessagesQuoteLongInputsShort) {
+  TempDir dir;
+  const std::string huge(1 << 20, 'q');
+  const std::vector<std::function<void(json&)>> edits = {
+      [&](json& j) { j["model"]["merges"].push_back("a " + huge); },
+      [&](json& j) { j["model"]["type"] = huge; },
+      [&](json& j) {
+        j["pre_tokenizer"] = {{"type", huge}};
+      },
+      [&](json& j) {
+        j["decoder"] = {{"type", huge}};
+      },
+      [&](json& j) {
+        j["pre_tokenizer"] = {
+            {"type", "Split"}, {"pattern", {{"Regex", "(" + huge}}}, {"behavior", "Isolated"}};
+      },
+      [&](json& j) { j["model"]["unk_token"] = huge; },
+  };
+  for (size_t i = 0; i < edits.size(); ++i) {
+    json j = tiny_tokenizer_json();
+    edits[i](j);
+    const std::string e = load_error(dir, j.dump());
+    EXPECT_NE(e.find("tokenizer.json"), std::string::npos) << i;
+    EXPECT_LT(e.size(), 600u) << i << ": " << e.substr(0, 600);
+  }
+}
+
+TEST(TokenizerHostile, NonFilesWhereTokenizerFilesShouldBe) {
+  for (const std::string name : {"tokenizer.json", "tokenizer_config.json"}) {
+    for (int kind = 0; kind < 3; ++kind) {
+      TempDir dir;
+      if (name != "tokenizer.json") dir.file("tokenizer.json", tiny_tokenizer_json().dump());
+      const fs::path p = dir.path / name;
+      if (kind == 0) fs::create_directories(p);
+      if (kind == 1) {
+        ASSERT_EQ(::mkfifo(p.c_str(), 0600), 0);
+      }
+      if (kind == 2) fs::create_symlink("/dev/zero", p);
+      Result<Tokenizer> r = Tokenizer::from_model(dir.path.string());
+      ASSERT_FALSE(r.ok()) << name << " " << kind;
+      EXPECT_EQ(r.error().message.rfind(p.string(), 0), 0u) << r.error().message;
+      EXPECT_NE(r.error().message.find(kind == 0 ? "is a folder" : "not a regular file"),
+                std::string::npos)
+          << r.error().message;
+    }
+  }
+  TempDir dir;
+  ASSERT_EQ(::mkfifo((dir.path / "t.gguf").c_str(), 0600), 0);
+  Result<Tokenizer> r = Tokenizer::from_model((dir.path / "t.gguf").string());
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message.find("not a regular file"), std::string::npos) << r.error().message;
+}
+
+// Generated: patterns with nested quantifiers whose backtracking explodes on a run of 'a's. PCRE2
+// gives up at TokenizerRegex::kMatchLimit; encode throws a message naming the tokenizer file.
+TEST(TokenizerHostile, RegexMatchLimitIsAnErrorNamingTheFile) {
+  TempDir dir;
+  for (const char* pattern : {"(a|aa)+$", "(a+)+$", "(?:a*)*b?$", "(a|a)*c?$"}) {
+    json j = tiny_tokenizer_json();
+    j["pre_tokenizer"] = {
+        {"type", "Sequence"},
+        {"pretokenizers",
+         json::array(
+             {{{"type", "Split"}, {"pattern", {{"Regex", pattern}}}, {"behavior", "Isolated"}},
+              {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}}})}};
+    const std::string path = dir.file("tokenizer.json", j.dump());
+    Result<Tokenizer> tok = Tokenizer::from_tokenizer_json(path);
+    ASSERT_TRUE(tok.ok()) << tok.error().message;
+    const std::string text = std::string(64, 'a') + "!";
+    try {
+      tok.value().encode(text);
+      ADD_FAILURE() << pattern << ": expected PCRE2 to give up";
+    } catch (const std::runtime_error& e) {
+      const std::string m = e.what();
+      EXPECT_EQ(m.rfind(path + ": regex", 0), 0u) << m;
+      EXPECT_NE(m.find("limit"), std::string::npos) << m;
+    }
+  }
 }
 
 TEST(TokenizerHostile, BrokenTokenizerConfigIsAnError) {

@@ -6,13 +6,13 @@
 // still reads.
 #include "model/config.h"
 
-#include <cerrno>
-#include <cstring>
-#include <fstream>
-#include <sstream>
+#include <cmath>
 #include <vector>
 
 #include <nlohmann/json.hpp>
+
+#include "util/json_read.h"
+#include "util/user_file.h"
 
 namespace ramstream::model {
 namespace {
@@ -20,6 +20,8 @@ namespace {
 using nlohmann::json;
 
 const char* const kSupportedTypes = "llama, mistral, qwen2";
+// config.json files are a few KB; anything near this is not a config.
+constexpr uint64_t kMaxConfigBytes = 16ull << 20;
 
 std::string json_type_name(const json& v) {
   if (v.is_number_integer()) return "integer";
@@ -92,13 +94,13 @@ class Reader {
       if (d == static_cast<double>(static_cast<int64_t>(d)) && d >= -9.0e15 && d <= 9.0e15) {
         return static_cast<int64_t>(d);
       }
-      return error(key, "expected an integer, got " + v.dump());
+      return error(key, "expected an integer, got " + describe_json(v));
     }
     return wrong_type(key, "an integer", v);
   }
   Result<double> as_number(const char* key, const json& v) const {
     if (!v.is_number()) return wrong_type(key, "a number", v);
-    return v.get<double>();
+    return v.get<double>();  // finite: JSON has no inf or nan (validate checks the ranges)
   }
 
   const json& obj_;
@@ -139,8 +141,8 @@ Result<RopeScaling> parse_rope_scaling(const json& obj, const std::string& sourc
               r.int_required("original_max_position_embeddings"));
     return s;
   }
-  return r.error(type_key, "unsupported RoPE scaling type '" + type +
-                               "' (supported: default, linear, llama3)");
+  return r.error(type_key, "unsupported RoPE scaling type " + quote_bounded(type) +
+                               " (supported: default, linear, llama3)");
 }
 
 const char* architecture_of(const std::string& model_type) {
@@ -181,10 +183,6 @@ Result<int64_t> qwen2_sliding_window(const json& j, const Reader& r, int64_t num
   return window;
 }
 
-bool mul_ok(int64_t a, int64_t b, int64_t* out) {
-  return !__builtin_mul_overflow(a, b, out);
-}
-
 }  // namespace
 
 Result<ModelConfig> model_config_from_json(const json& j, const std::string& source) {
@@ -197,8 +195,8 @@ Result<ModelConfig> model_config_from_json(const json& j, const std::string& sou
   const bool llama = c.model_type == "llama", mistral = c.model_type == "mistral",
              qwen2 = c.model_type == "qwen2";
   if (!llama && !mistral && !qwen2) {
-    return r.error("model_type", "unsupported model_type '" + c.model_type +
-                                     "' (supported: " + kSupportedTypes + ")");
+    return r.error("model_type", "unsupported model_type " + quote_bounded(c.model_type) +
+                                     " (supported: " + kSupportedTypes + ")");
   }
   RS_ASSIGN(c.vocab_size, r.int_required("vocab_size"));
   RS_ASSIGN(c.hidden_size, r.int_required("hidden_size"));
@@ -206,8 +204,19 @@ Result<ModelConfig> model_config_from_json(const json& j, const std::string& sou
   RS_ASSIGN(c.num_layers, r.int_required("num_hidden_layers"));
   RS_ASSIGN(c.num_heads, r.int_required("num_attention_heads"));
   RS_ASSIGN(c.num_kv_heads, r.int_or("num_key_value_heads", c.num_heads));
-  if (c.num_heads <= 0) return r.error("num_attention_heads", "must be positive");
-  RS_ASSIGN(c.head_dim, r.int_or("head_dim", c.hidden_size / c.num_heads));
+  if (r.has("head_dim")) {
+    RS_ASSIGN(c.head_dim, r.int_required("head_dim"));
+  } else if (c.num_heads > 0 && c.num_heads <= ModelLimits::kMaxHeads && c.hidden_size > 0) {
+    // Without head_dim the heads split hidden_size evenly; a remainder would be silently lost.
+    // (Out-of-range sizes are reported by validate_model_config, naming their key.)
+    if (c.hidden_size % c.num_heads != 0) {
+      return r.error("hidden_size", std::to_string(c.hidden_size) +
+                                        " is not divisible by num_attention_heads (" +
+                                        std::to_string(c.num_heads) +
+                                        ") and there is no head_dim to say the head size");
+    }
+    c.head_dim = c.hidden_size / c.num_heads;
+  }
   RS_ASSIGN(c.max_position_embeddings, r.int_required("max_position_embeddings"));
   RS_ASSIGN(c.rms_norm_eps, r.number_required("rms_norm_eps"));
   RS_ASSIGN(c.tie_word_embeddings, r.bool_or("tie_word_embeddings", false));
@@ -217,7 +226,8 @@ Result<ModelConfig> model_config_from_json(const json& j, const std::string& sou
     std::string act;
     RS_ASSIGN(act, r.string_required("hidden_act"));
     if (act != "silu") {
-      return r.error("hidden_act", "unsupported activation '" + act + "' (supported: silu)");
+      return r.error("hidden_act",
+                     "unsupported activation " + quote_bounded(act) + " (supported: silu)");
     }
   }
 
@@ -256,93 +266,92 @@ Result<ModelConfig> model_config_from_json(const json& j, const std::string& sou
   return c;
 }
 
-Result<json> read_json_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Error{path + ": cannot open: " + std::strerror(errno)};
-  std::stringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) return Error{path + ": read failed"};
-  const std::string text = ss.str();
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::parse_error& e) {
-    // nlohmann reports a byte; editors want a line and column.
-    const size_t byte = e.byte == 0 ? 0 : std::min<size_t>(e.byte - 1, text.size());
-    size_t line = 1, col = 1;
-    for (size_t i = 0; i < byte; ++i) {
-      if (text[i] == '\n') {
-        ++line;
-        col = 1;
-      } else {
-        ++col;
-      }
-    }
-    return Error{path + ":" + std::to_string(line) + ":" + std::to_string(col) +
-                 ": invalid JSON (byte " + std::to_string(e.byte) + "): " + e.what()};
-  }
-  return j;
-}
-
 Result<ModelConfig> load_model_config(const std::string& path) {
-  Result<json> j = read_json_file(path);
+  JsonLimits limits;
+  limits.max_bytes = kMaxConfigBytes;
+  Result<json> j = read_json_file(path, "the model config (config.json)", limits);
   if (!j.ok()) return j.error();
   return model_config_from_json(j.value(), path);
 }
 
 Status validate_model_config(const ModelConfig& c, const std::string& source) {
   auto fail = [&](const std::string& what) -> Status { return Error{source + ": " + what}; };
-  if (architecture_of(c.model_type)[0] == '\0') {
-    return fail("unsupported model_type '" + c.model_type + "' (supported: " + kSupportedTypes +
-                ")");
-  }
-  const std::pair<const char*, int64_t> positives[] = {
-      {"vocab_size", c.vocab_size},
-      {"hidden_size", c.hidden_size},
-      {"intermediate_size", c.intermediate_size},
-      {"num_hidden_layers", c.num_layers},
-      {"num_attention_heads", c.num_heads},
-      {"num_key_value_heads", c.num_kv_heads},
-      {"head_dim", c.head_dim},
-      {"max_position_embeddings", c.max_position_embeddings},
+  auto key_fail = [&](const char* key, const std::string& what) -> Status {
+    return fail("key '" + std::string(key) + "': " + what);
   };
-  for (const auto& [key, v] : positives) {
-    if (v <= 0)
-      return fail("key '" + std::string(key) + "': must be positive, got " + std::to_string(v));
+  if (architecture_of(c.model_type)[0] == '\0') {
+    return fail("unsupported model_type " + quote_bounded(c.model_type) +
+                " (supported: " + kSupportedTypes + ")");
+  }
+  struct SizeKey {
+    const char* key;
+    int64_t value, max;
+  };
+  const SizeKey sizes[] = {
+      {"vocab_size", c.vocab_size, ModelLimits::kMaxVocab},
+      {"hidden_size", c.hidden_size, ModelLimits::kMaxHidden},
+      {"intermediate_size", c.intermediate_size, ModelLimits::kMaxIntermediate},
+      {"num_hidden_layers", c.num_layers, ModelLimits::kMaxLayers},
+      {"num_attention_heads", c.num_heads, ModelLimits::kMaxHeads},
+      {"num_key_value_heads", c.num_kv_heads, ModelLimits::kMaxHeads},
+      {"head_dim", c.head_dim, ModelLimits::kMaxHeadDim},
+      {"max_position_embeddings", c.max_position_embeddings, ModelLimits::kMaxPositions},
+  };
+  for (const SizeKey& k : sizes) {
+    if (k.value <= 0) return key_fail(k.key, "must be positive, got " + std::to_string(k.value));
+    if (k.value > k.max) {
+      return key_fail(k.key, std::to_string(k.value) + " is beyond the supported maximum of " +
+                                 std::to_string(k.max) + " (corrupt or hostile config?)");
+    }
   }
   if (c.num_heads % c.num_kv_heads != 0) {
-    return fail("num_attention_heads (" + std::to_string(c.num_heads) +
-                ") must be a multiple of num_key_value_heads (" + std::to_string(c.num_kv_heads) +
-                ")");
+    return key_fail("num_key_value_heads", "num_attention_heads (" + std::to_string(c.num_heads) +
+                                               ") must be a multiple of num_key_value_heads (" +
+                                               std::to_string(c.num_kv_heads) + ")");
   }
   // RoPE rotates pairs of dimensions.
   if (c.head_dim % 2 != 0) {
-    return fail("key 'head_dim': must be even for RoPE, got " + std::to_string(c.head_dim));
+    return key_fail("head_dim", "must be even for RoPE, got " + std::to_string(c.head_dim));
   }
-  if (!(c.rms_norm_eps > 0)) return fail("key 'rms_norm_eps': must be positive");
-  if (!(c.rope_theta > 0)) return fail("key 'rope_theta': must be positive");
-  if (c.sliding_window < 0) return fail("key 'sliding_window': must not be negative");
-  if (c.rope_scaling.type != RopeScalingType::kNone && !(c.rope_scaling.factor > 0)) {
-    return fail("RoPE scaling 'factor': must be positive");
+  if (!(c.rms_norm_eps > 0 && c.rms_norm_eps < 1)) {
+    return key_fail("rms_norm_eps", "must be in (0, 1), got " + std::to_string(c.rms_norm_eps));
   }
-  if (c.rope_scaling.type == RopeScalingType::kLlama3) {
+  if (!(c.rope_theta > 0 && std::isfinite(c.rope_theta))) {
+    return key_fail("rope_theta", "must be a positive finite number");
+  }
+  if (c.sliding_window < 0 || c.sliding_window > ModelLimits::kMaxPositions) {
+    return key_fail("sliding_window", "must be in [0, " +
+                                          std::to_string(ModelLimits::kMaxPositions) + "], got " +
+                                          std::to_string(c.sliding_window));
+  }
+  const RopeScaling& rs = c.rope_scaling;
+  if (rs.type != RopeScalingType::kNone && !(rs.factor > 0 && std::isfinite(rs.factor))) {
+    return fail("RoPE scaling 'factor': must be a positive finite number");
+  }
+  if (rs.type == RopeScalingType::kLlama3) {
     // The llama3 rule interpolates between the two wavelengths; equal factors divide by zero.
-    if (!(c.rope_scaling.high_freq_factor > c.rope_scaling.low_freq_factor)) {
-      return fail("llama3 RoPE scaling: high_freq_factor must exceed low_freq_factor");
+    if (!(rs.low_freq_factor > 0 && std::isfinite(rs.high_freq_factor) &&
+          rs.high_freq_factor > rs.low_freq_factor)) {
+      return fail("llama3 RoPE scaling: need 0 < low_freq_factor < high_freq_factor (finite)");
     }
-    if (c.rope_scaling.original_max_position_embeddings <= 0) {
-      return fail("llama3 RoPE scaling: original_max_position_embeddings must be positive");
+    if (rs.original_max_position_embeddings <= 0 ||
+        rs.original_max_position_embeddings > ModelLimits::kMaxPositions) {
+      return fail("llama3 RoPE scaling: original_max_position_embeddings must be in [1, " +
+                  std::to_string(ModelLimits::kMaxPositions) + "]");
     }
   }
-  // Hostile sizes must not overflow the element counts derived from them later.
-  int64_t q = 0, kv = 0, kv2 = 0, qkv = 0, n = 0, f2 = 0;
-  const bool sizes_ok = mul_ok(c.num_heads, c.head_dim, &q) &&
-                        mul_ok(c.num_kv_heads, c.head_dim, &kv) && mul_ok(kv, 2, &kv2) &&
-                        !__builtin_add_overflow(q, kv2, &qkv) && mul_ok(qkv, c.hidden_size, &n) &&
-                        mul_ok(q, c.hidden_size, &n) && mul_ok(c.vocab_size, c.hidden_size, &n) &&
-                        mul_ok(c.intermediate_size, 2, &f2) && mul_ok(f2, c.hidden_size, &n) &&
-                        n < (int64_t{1} << 48);
-  if (!sizes_ok) return fail("tensor sizes overflow (hostile or corrupt config)");
+  // Within the limits above no count below overflows int64 (the largest, layers x block, is
+  // < 2^51), so the sum can be compared with the parameter limit directly.
+  const int64_t C = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
+  const int64_t per_block = 2 * C + c.qkv_dim() * C + (c.qkv_bias ? c.qkv_dim() : 0) +
+                            C * c.q_dim() + (c.o_bias ? C : 0) + 3 * F * C;
+  const int64_t params = V * C * (c.tie_word_embeddings ? 1 : 2) + C + per_block * c.num_layers;
+  if (params > ModelLimits::kMaxParams) {
+    return fail("the sizes make " + std::to_string(params / 1000000000) +
+                " billion parameters, beyond the supported " +
+                std::to_string(ModelLimits::kMaxParams / 1000000000) +
+                " billion (corrupt or hostile config?)");
+  }
   return Ok{};
 }
 

@@ -1,8 +1,9 @@
 // Architecture of a decoder-only model, read from a Hugging Face `config.json`.
 //
 // Supported `model_type`s: llama (Llama 2, 3, 3.1, 3.2 incl. `rope_scaling` types "llama3" and
-// "linear"; SmolLM2 is a llama), mistral, qwen2 (q/k/v bias). Anything else, or a missing required
-// key, is an Error naming the file and the key.
+// "linear"; SmolLM2 is a llama), mistral, qwen2 (q/k/v bias). Anything else, a missing required
+// key, or a size outside ModelLimits is an Error naming the file and the key, so that a hostile
+// or corrupt config is refused before anything is allocated from it.
 //
 //   Result<ModelConfig> cfg = load_model_config("/models/smollm2/config.json");
 //   int64_t kv_dim = cfg.value().kv_dim();
@@ -26,6 +27,21 @@ struct RopeScaling {
   double low_freq_factor = 1.0;
   double high_freq_factor = 4.0;
   int64_t original_max_position_embeddings = 8192;
+};
+
+// The largest sizes a config may ask for: several times the largest open models (Llama 3.1
+// 405B has 126 layers, hidden 16384, MLP 53248, 128 heads; vocabularies reach 262144, contexts
+// 10M), and small enough that no element or byte count derived from them overflows int64.
+struct ModelLimits {
+  static constexpr int64_t kMaxLayers = 1024;
+  static constexpr int64_t kMaxHidden = int64_t{1} << 17;
+  static constexpr int64_t kMaxIntermediate = int64_t{1} << 20;
+  static constexpr int64_t kMaxVocab = int64_t{1} << 24;
+  static constexpr int64_t kMaxHeads = 1024;
+  static constexpr int64_t kMaxHeadDim = 1024;
+  static constexpr int64_t kMaxPositions = int64_t{1} << 28;
+  // 4.4 T parameters: 53 TB of training state at 12 B/param.
+  static constexpr int64_t kMaxParams = int64_t{1} << 42;
 };
 
 struct ModelConfig {
@@ -53,10 +69,11 @@ struct ModelConfig {
 
 // `source` names the origin in error messages (a path, or "<string>").
 Result<ModelConfig> model_config_from_json(const nlohmann::json& j, const std::string& source);
+// config.json through the bounded JSON reader (util/json_read.h): a regular file of at most
+// 16 MiB; errors name the path and, for syntax errors, line:column.
 Result<ModelConfig> load_model_config(const std::string& path);
-// A whole JSON file; errors name the path and, for syntax errors, line:column.
-Result<nlohmann::json> read_json_file(const std::string& path);
-// Checks invariants (positive sizes, NH % NKV, even head_dim); used by both loaders.
+// Checks invariants (sizes positive and within ModelLimits, NH % NKV, even head_dim, finite
+// positive eps / theta / RoPE factors, parameter count); used by every loader (JSON, GGUF).
 Status validate_model_config(const ModelConfig& cfg, const std::string& source);
 nlohmann::json model_config_to_json(const ModelConfig& cfg);
 

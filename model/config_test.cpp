@@ -2,8 +2,13 @@
 
 #include <unistd.h>
 
+#include <sys/stat.h>
+
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <limits>
+#include <vector>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -266,12 +271,85 @@ TEST(ModelConfig, Validation) {
   j = minimal("llama");
   j["vocab_size"] = int64_t{1} << 40;
   j["hidden_size"] = int64_t{1} << 40;
-  EXPECT_NE(parse_err(j).find("overflow"), std::string::npos);
+  EXPECT_NE(parse_err(j).find("supported maximum"), std::string::npos);
 
   ModelConfig c = parse_ok(minimal("llama"));
   EXPECT_TRUE(validate_model_config(c, "x").ok());
   c.model_type = "bert";
   EXPECT_FALSE(validate_model_config(c, "x").ok());
+}
+
+// Generated: every size key with values that are not a size, or far beyond any model, is refused
+// naming the key, before anything could be allocated from it.
+TEST(ModelConfig, HostileSizesAreRefusedNamingTheKey) {
+  const char* keys[] = {
+      "vocab_size",          "hidden_size",         "intermediate_size", "num_hidden_layers",
+      "num_attention_heads", "num_key_value_heads", "head_dim",          "max_position_embeddings"};
+  const json values[] = {0,
+                         -1,
+                         int64_t{1} << 31,
+                         int64_t{1} << 62,
+                         std::numeric_limits<int64_t>::max(),
+                         std::numeric_limits<int64_t>::min(),
+                         uint64_t{1} << 63,
+                         1e18,
+                         -1e18};
+  for (const char* key : keys) {
+    for (const json& v : values) {
+      json j = minimal("llama");
+      j[key] = v;
+      const std::string e = parse_err(j);
+      EXPECT_EQ(e.rfind("cfg.json: key '", 0), 0u) << key << "=" << v << ": " << e;
+      EXPECT_NE(e.find(std::string("'") + key + "'"), std::string::npos)
+          << key << "=" << v << ": " << e;
+    }
+  }
+  // Each size just within its limit on its own passes; together they make too many parameters.
+  json j = minimal("llama");
+  j["num_hidden_layers"] = ModelLimits::kMaxLayers;
+  j["hidden_size"] = ModelLimits::kMaxHidden;
+  j["intermediate_size"] = ModelLimits::kMaxIntermediate;
+  j["num_attention_heads"] = 128;
+  EXPECT_NE(parse_err(j).find("billion parameters"), std::string::npos) << parse_err(j);
+  j = minimal("llama");
+  j["num_hidden_layers"] = ModelLimits::kMaxLayers;
+  EXPECT_EQ(parse_ok(j).num_layers, ModelLimits::kMaxLayers);
+}
+
+TEST(ModelConfig, HeadsMustSplitHiddenUnlessHeadDimIsGiven) {
+  json j = minimal("llama");  // hidden 32
+  j["num_attention_heads"] = 3;
+  j["num_key_value_heads"] = 1;
+  const std::string e = parse_err(j);
+  EXPECT_NE(e.find("key 'hidden_size'"), std::string::npos) << e;
+  EXPECT_NE(e.find("not divisible by num_attention_heads (3)"), std::string::npos) << e;
+  j["head_dim"] = 8;  // Explicit: q_dim need not equal hidden (as in Qwen3 or Gemma).
+  EXPECT_EQ(parse_ok(j).head_dim, 8);
+
+  j = minimal("llama");
+  j["num_key_value_heads"] = 8;  // more kv heads than query heads
+  EXPECT_NE(parse_err(j).find("key 'num_key_value_heads'"), std::string::npos);
+}
+
+TEST(ModelConfig, NonFiniteOrAbsurdNumbersAreRefused) {
+  struct Case {
+    const char* key;
+    json value;
+  };
+  for (const Case& c :
+       {Case{"rms_norm_eps", 0.0}, Case{"rms_norm_eps", -1e-5}, Case{"rms_norm_eps", 2.0},
+        Case{"rope_theta", 0.0}, Case{"rope_theta", -5.0}, Case{"rms_norm_eps", "x"}}) {
+    json j = minimal("llama");
+    j[c.key] = c.value;
+    EXPECT_NE(parse_err(j).find(std::string("'") + c.key + "'"), std::string::npos)
+        << c.key << "=" << c.value;
+  }
+  json j = minimal("llama");
+  j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", -2.0}};
+  EXPECT_NE(parse_err(j).find("factor"), std::string::npos);
+  j = minimal("llama");
+  j["model_type"] = std::string(100000, 'x');
+  EXPECT_LT(parse_err(j).size(), 300u);
 }
 
 TEST(ModelConfig, ToJsonRoundTrips) {
@@ -333,6 +411,39 @@ TEST_F(ConfigFileTest, BadJsonNamesFileAndPosition) {
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.error().message.find(path + ":3:"), std::string::npos) << r.error().message;
   EXPECT_NE(r.error().message.find("invalid JSON"), std::string::npos) << r.error().message;
+}
+
+// Generated: a folder, a FIFO, a character device and a dangling symlink where config.json
+// should be, and JSON nested far too deep; each is an error naming the file, in no time.
+TEST_F(ConfigFileTest, NonFilesAndDeepJsonAreRefused) {
+  const std::string path = (dir_ / "config.json").string();
+  struct Case {
+    std::string what, expect;
+    std::function<void()> make;
+  };
+  const std::vector<Case> cases = {
+      {"folder", "is a folder", [&] { std::filesystem::create_directory(path); }},
+      {"fifo", "not a regular file", [&] { ASSERT_EQ(::mkfifo(path.c_str(), 0600), 0); }},
+      {"device", "not a regular file", [&] { std::filesystem::create_symlink("/dev/zero", path); }},
+      {"dangling", "No such file",
+       [&] { std::filesystem::create_symlink((dir_ / "gone").string(), path); }},
+      {"deep arrays", "nest deeper",
+       [&] { write("config.json", std::string(100000, '[') + std::string(100000, ']')); }},
+      {"deep objects", "nest deeper", [&] {
+         std::string t;
+         for (int i = 0; i < 100000; ++i) t += "{\"a\":";
+         write("config.json", t + "1" + std::string(100000, '}'));
+       }}};
+  for (const Case& c : cases) {
+    std::filesystem::remove_all(path);
+    c.make();
+    Result<ModelConfig> r = load_model_config(path);
+    ASSERT_FALSE(r.ok()) << c.what;
+    EXPECT_EQ(r.error().message.rfind(path, 0), 0u) << c.what << ": " << r.error().message;
+    EXPECT_NE(r.error().message.find(c.expect), std::string::npos)
+        << c.what << ": " << r.error().message;
+    EXPECT_LT(r.error().message.size(), 400u) << c.what;
+  }
 }
 
 TEST_F(ConfigFileTest, MissingFileAndNonObject) {

@@ -27,10 +27,12 @@ struct Engine::CkptBuffer {
   std::unique_ptr<Event> used;    // compute finished with the content
 };
 
-// Pinned host copies of one step's micro-batches (ids, and the rows with a target), uploaded on
-// the compute stream; `consumed` marks the end of the upload.
+// Pinned host copies of one step's micro-batches (ids, the rows with a target, the positions and
+// documents of packed rows), uploaded on the compute stream; `consumed` marks the end of the
+// upload.
 struct Engine::Staging {
-  std::vector<at::Tensor> ids, index, target;  // [M] of [N] int64
+  std::vector<at::Tensor> ids, index, target, pos;  // [M] of [N] int64
+  std::vector<at::Tensor> cu_seqlens;               // [M] of [N+1] int32
   std::unique_ptr<Event> consumed;
 };
 
@@ -341,7 +343,7 @@ int64_t Engine::device_bytes() const {
   for (const auto& r : ring_) n += b(r->t);
   for (const auto& v : kept_)
     for (const autograd::BlockActs& a : v) n += a.bytes();
-  for (const auto* v : {&dres_, &ids_, &rows_index_, &rows_target_})
+  for (const auto* v : {&dres_, &ids_, &rows_index_, &rows_target_, &pos_, &cu_seqlens_})
     for (const at::Tensor& t : *v) n += b(t);
   return n;
 }
@@ -353,7 +355,7 @@ int64_t Engine::host_bytes() const {
   for (const auto& v : host_ckpt_)
     for (const at::Tensor& t : v) n += b(t);
   for (const auto& st : staging_)
-    for (const auto* v : {&st->ids, &st->index, &st->target})
+    for (const auto* v : {&st->ids, &st->index, &st->target, &st->pos, &st->cu_seqlens})
       for (const at::Tensor& t : *v) n += b(t);
   return n;
 }
@@ -368,20 +370,27 @@ void Engine::resize_micro_batches(int64_t M) {
   const auto ol = at::TensorOptions().dtype(at::kLong).device(where);
   const int64_t N = B_ * T_, C = cfg_.hidden_size, L = cfg_.num_layers;
   for (auto& st : staging_) {
-    for (auto* v : {&st->ids, &st->index, &st->target}) {
+    for (auto* v : {&st->ids, &st->index, &st->target, &st->pos}) {
       v->clear();
       for (int64_t mb = 0; mb < M; ++mb) v->push_back(dev_.alloc_host(N, at::kLong));
     }
+    st->cu_seqlens.clear();
+    for (int64_t mb = 0; mb < M; ++mb) st->cu_seqlens.push_back(dev_.alloc_host(N + 1, at::kInt));
   }
   ids_.clear();
   rows_index_.clear();
   rows_target_.clear();
   rows_.assign(static_cast<size_t>(M), {});
+  pos_.clear();
+  cu_seqlens_.clear();
+  positions_.assign(static_cast<size_t>(M), {});
   dres_.clear();
   for (int64_t mb = 0; mb < M; ++mb) {
     ids_.push_back(at::empty({B_, T_}, ol));
     rows_index_.push_back(at::empty({N}, ol));
     rows_target_.push_back(at::empty({N}, ol));
+    pos_.push_back(at::empty({B_, T_}, ol));
+    cu_seqlens_.push_back(at::empty({N + 1}, ol.dtype(at::kInt)));
     dres_.push_back(at::empty({N, C}, o));
   }
   ckpt_.clear();
@@ -435,11 +444,17 @@ void Engine::resize_micro_batches(int64_t M) {
 }
 
 int64_t Engine::stage_batch(const std::vector<at::Tensor>& ids,
-                            const std::vector<at::Tensor>& targets) {
+                            const std::vector<at::Tensor>& targets,
+                            const std::vector<at::Tensor>& positions) {
   TORCH_CHECK(!ids.empty() && ids.size() == targets.size(), "Engine: ", ids.size(),
               " id batches and ", targets.size(), " target batches");
+  TORCH_CHECK(positions.empty() || positions.size() == ids.size(), "Engine: ", positions.size(),
+              " position batches for ", ids.size(), " micro-batches");
   for (size_t i = 0; i < ids.size(); ++i) {
-    for (const at::Tensor* t : {&ids[i], &targets[i]}) {
+    const at::Tensor none;
+    const at::Tensor& pos = positions.empty() ? none : positions[i];
+    for (const at::Tensor* t : {&ids[i], &targets[i], &pos}) {
+      if (t == &pos && !pos.defined()) continue;
       TORCH_CHECK(t->dim() == 2 && t->size(0) == B_ && t->size(1) == T_ &&
                       t->scalar_type() == at::kLong && t->is_cpu(),
                   "Engine: micro-batch ", i, " must be int64 [", B_, ",", T_, "] on the CPU, got ",
@@ -475,6 +490,27 @@ int64_t Engine::stage_batch(const std::vector<at::Tensor>& ids,
     }
     rows_[mb] = {rows_index_[mb].narrow(0, 0, R), rows_target_[mb].narrow(0, 0, R)};
     count += R;
+    positions_[mb] = {};
+    if (!positions.empty() && positions[mb].defined()) {
+      const at::Tensor p = positions[mb].contiguous();
+      const int64_t* pp = p.data_ptr<int64_t>();
+      autograd::DocumentBounds docs;
+      try {
+        docs = autograd::find_documents(pp, B_, T_);
+      } catch (const c10::Error& e) {
+        TORCH_CHECK(false, "Engine: micro-batch ", mb, ": ", e.what_without_backtrace());
+      }
+      if (docs.packed) {
+        const int64_t S1 = static_cast<int64_t>(docs.cu_seqlens.size());
+        std::memcpy(st.pos[mb].data_ptr(), pp, static_cast<size_t>(N) * 8);
+        std::memcpy(st.cu_seqlens[mb].data_ptr(), docs.cu_seqlens.data(),
+                    static_cast<size_t>(S1) * 4);
+        compute_->copy(pos_[mb].data_ptr(), st.pos[mb].data_ptr(), static_cast<size_t>(N) * 8);
+        compute_->copy(cu_seqlens_[mb].data_ptr(), st.cu_seqlens[mb].data_ptr(),
+                       static_cast<size_t>(S1) * 4);
+        positions_[mb] = {pos_[mb], cu_seqlens_[mb].narrow(0, 0, S1), docs.max_seqlen};
+      }
+    }
   }
   st.consumed->record(*compute_);
   return count;
@@ -553,16 +589,18 @@ void Engine::forward(bool keep_for_backward) {
         CkptBuffer& in = ring(l, mb);
         CkptBuffer& out = ring(l + 1, mb);
         compute.wait(*out.copied);  // its old content (block input l-1) is on the host
-        autograd::block_forward(out.t, a, scratch_, w.block, in.t, rope_, cfg_);
+        autograd::block_forward(out.t, a, scratch_, w.block, in.t, rope_, cfg_,
+                                positions_[static_cast<size_t>(mb)]);
         in.used->record(compute);
         d2h_->wait(*in.used);
         d2h_->copy(host_ckpt_[static_cast<size_t>(l)][static_cast<size_t>(mb)].data_ptr(),
                    in.t.data_ptr(), static_cast<size_t>(in.t.numel() * in.t.element_size()));
         in.copied->record(*d2h_);
       } else {
-        autograd::block_forward(
-            ckpt_[static_cast<size_t>(l + 1)][static_cast<size_t>(mb)], a, scratch_, w.block,
-            ckpt_[static_cast<size_t>(l)][static_cast<size_t>(mb)], rope_, cfg_);
+        autograd::block_forward(ckpt_[static_cast<size_t>(l + 1)][static_cast<size_t>(mb)], a,
+                                scratch_, w.block,
+                                ckpt_[static_cast<size_t>(l)][static_cast<size_t>(mb)], rope_, cfg_,
+                                positions_[static_cast<size_t>(mb)]);
       }
     }
     slot.idle->record(compute);
@@ -777,19 +815,21 @@ void Engine::backward(int head_slot) {
     const int turn = take_grad_buffer();
     model::BlockParams gw = model::bind_block_params(grad_buf_[turn], plan_.block);
     for (int64_t mb = 0; mb < M_; ++mb) {
+      const autograd::TokenPositions& positions = positions_[static_cast<size_t>(mb)];
       autograd::BlockActs* a = &acts_;
       if (keep) {
         a = &kept_[static_cast<size_t>(l)][static_cast<size_t>(mb)];
       } else if (host_mode) {
         CkptBuffer& in = ring(l, mb);
         compute.wait(*in.copied);
-        autograd::block_forward(y_tmp_, acts_, scratch_, w, in.t, rope_, cfg_);
+        autograd::block_forward(y_tmp_, acts_, scratch_, w, in.t, rope_, cfg_, positions);
       } else {
         autograd::block_forward(y_tmp_, acts_, scratch_, w,
-                                ckpt_[static_cast<size_t>(l)][static_cast<size_t>(mb)], rope_,
-                                cfg_);
+                                ckpt_[static_cast<size_t>(l)][static_cast<size_t>(mb)], rope_, cfg_,
+                                positions);
       }
-      autograd::block_backward(dres_[static_cast<size_t>(mb)], gw, *a, scratch_, w, rope_, cfg_);
+      autograd::block_backward(dres_[static_cast<size_t>(mb)], gw, *a, scratch_, w, rope_, cfg_,
+                               positions);
       if (host_mode) ring(l, mb).used->record(compute);
     }
     slot.idle->record(compute);
@@ -815,9 +855,10 @@ void Engine::backward(int head_slot) {
 }
 
 StepResult Engine::train_step(const std::vector<at::Tensor>& ids,
-                              const std::vector<at::Tensor>& targets) {
+                              const std::vector<at::Tensor>& targets,
+                              const std::vector<at::Tensor>& positions) {
   const std::unique_ptr<StreamScope> scope = dev_.make_current(*compute_);
-  const int64_t count = stage_batch(ids, targets);
+  const int64_t count = stage_batch(ids, targets, positions);
   TORCH_CHECK(count > 0, "Engine::train_step: no target in any micro-batch (all ignored)");
   ++step_;
   for (auto& s : slots_) s->stage = -1;  // the store changed since they were loaded
@@ -844,9 +885,10 @@ StepResult Engine::train_step(const std::vector<at::Tensor>& ids,
 }
 
 autograd::CrossEntropyResult Engine::evaluate(const std::vector<at::Tensor>& ids,
-                                              const std::vector<at::Tensor>& targets) {
+                                              const std::vector<at::Tensor>& targets,
+                                              const std::vector<at::Tensor>& positions) {
   const std::unique_ptr<StreamScope> scope = dev_.make_current(*compute_);
-  const int64_t count = stage_batch(ids, targets);
+  const int64_t count = stage_batch(ids, targets, positions);
   for (auto& s : slots_) s->stage = -1;
   forward(/*keep_for_backward=*/false);
   const int head_slot = acquire_slot(plan_.head_index(), -1);

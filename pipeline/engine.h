@@ -27,6 +27,7 @@
 //   StepResult s = engine.train_step({ids}, {targets});  // ids/targets [B,T] int64, CPU
 //   double loss = s.loss();                              // the step's one host read
 //   engine.synchronize();                                // store now holds the updated weights
+//   engine.train_step({ids}, {targets}, {positions});    // packed rows (autograd/positions.h)
 #pragma once
 
 #include <atomic>
@@ -119,10 +120,16 @@ class Engine {
   // autograd::kIgnoreIndex for positions without a loss). The loss is the mean over all targets
   // of all micro-batches. Returns once the step is enqueued: on CUDA before the device is done,
   // and whatever the device, before the optimizer has finished its updates.
-  StepResult train_step(const std::vector<at::Tensor>& ids, const std::vector<at::Tensor>& targets);
+  // `positions`: empty, or one per micro-batch, each [B,T] int64 on the CPU or undefined: the
+  // position of every token in its document, for rows that pack several documents
+  // (autograd/positions.h; validated here, an error names the row and token). Without them
+  // every row is one document with positions 0..T-1.
+  StepResult train_step(const std::vector<at::Tensor>& ids, const std::vector<at::Tensor>& targets,
+                        const std::vector<at::Tensor>& positions = {});
   // Loss sum/count over the micro-batches without grads or updates.
   autograd::CrossEntropyResult evaluate(const std::vector<at::Tensor>& ids,
-                                        const std::vector<at::Tensor>& targets);
+                                        const std::vector<at::Tensor>& targets,
+                                        const std::vector<at::Tensor>& positions = {});
   // Waits until every scheduled update has reached the store.
   void synchronize();
   // Global grad norm of the last step (waits for it).
@@ -163,9 +170,11 @@ class Engine {
   struct NormRecord;
   struct Mark;
 
-  // Copies the micro-batches into pinned staging, finds their loss rows on the host and uploads
-  // both on the compute stream; returns the number of targets of the step.
-  int64_t stage_batch(const std::vector<at::Tensor>& ids, const std::vector<at::Tensor>& targets);
+  // Copies the micro-batches into pinned staging, finds their loss rows (and the documents of
+  // packed rows) on the host and uploads them on the compute stream; returns the number of
+  // targets of the step.
+  int64_t stage_batch(const std::vector<at::Tensor>& ids, const std::vector<at::Tensor>& targets,
+                      const std::vector<at::Tensor>& positions);
   // (Re)allocates what scales with the number of micro-batches (waits for in-flight work).
   void resize_micro_batches(int64_t M);
   void mark(Stream& stream, const char* what, int64_t stage);
@@ -233,7 +242,9 @@ class Engine {
   int staging_turn_ = 0;
   std::vector<at::Tensor> ids_, rows_index_, rows_target_, dres_;  // [M]
   std::vector<autograd::LossRows> rows_;                           // [M] views of the two above
-  at::Tensor loss_dev_;                                            // [] float64
+  std::vector<at::Tensor> pos_, cu_seqlens_;                       // [M] [B,T] int64, [N+1] int32
+  std::vector<autograd::TokenPositions> positions_;  // [M] views of the two above, or none
+  at::Tensor loss_dev_;                              // [] float64
   std::vector<std::shared_ptr<LossSlot>> loss_slots_;
   int loss_turn_ = 0;
   uint64_t loss_generation_ = 0;

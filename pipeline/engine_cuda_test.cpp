@@ -1,6 +1,7 @@
 // The engine on a CUDA device (ctest label "gpu"; skipped where there is none): bf16 compute,
 // bf16 working copies that also receive the grads, pinned arena, against the CPU fp32 engine on
-// the same model and batches. Also prints the load/compute overlap from the timeline.
+// the same model and batches, also on packed rows. Also prints the load/compute overlap from the
+// timeline.
 #include <cmath>
 
 #include <gtest/gtest.h>
@@ -12,6 +13,7 @@
 
 #include "autograd/test_util.h"
 #include "pipeline/engine.h"
+#include "pipeline/engine_testing.h"
 
 namespace ramstream::pipeline {
 namespace {
@@ -74,6 +76,52 @@ TEST(EngineCuda, Bf16StreamedStepsTrackCpuFp32) {
               static_cast<long long>(steps), worst, double(opts.adamw.lr));
   EXPECT_LE(worst, 2.0 * opts.adamw.lr * steps * 1.01);
   std::printf("load/compute overlap on CUDA: %.2f\n", load_compute_overlap(gpu_engine.timeline()));
+}
+
+// Packed rows on the device: positions and document bounds staged like the ids, flash
+// attention's variable-length form; against the CPU fp32 engine on the same packed batches.
+TEST(EngineCuda, PackedStepsTrackCpuFp32) {
+  if (!cuda_device_available()) GTEST_SKIP() << "no CUDA device";
+  autograd::testing::TinyOptions to;
+  to.hidden = 128;
+  to.head_dim = 32;
+  to.ffn = 256;
+  to.vocab = 1000;
+  to.layers = 3;
+  const model::ModelConfig cfg = autograd::testing::tiny_config(to);
+  model::ModelParams init = model::allocate_model_params(cfg, at::kFloat);
+  model::init_params_normal(init, 0.02, 75);
+  const int64_t B = 2, T = 64;
+  EngineOptions opts;
+  opts.max_grad_norm = 1.0;
+  auto cpu = make_cpu_device({});
+  ParamStore cpu_store(plan_stages(cfg), cfg, {});
+  cpu_store.load(init);
+  Engine cpu_engine(*cpu, cpu_store, opts, B, T);
+  auto gpu = make_cuda_device(0);
+  ParamStoreOptions so;
+  so.working_copy_bf16 = true;
+  so.pin = true;
+  ParamStore gpu_store(plan_stages(cfg), cfg, so);
+  gpu_store.load(init);
+  Engine gpu_engine(*gpu, gpu_store, opts, B, T);
+  const std::vector<at::Tensor> positions = {
+      autograd::testing::packed_positions({{20, 3, 41}, {64}}),
+      autograd::testing::packed_positions({{1, 30, 33}, {32, 32}})};
+  at::manual_seed(76);
+  for (int64_t s = 0; s < 2; ++s) {
+    std::vector<at::Tensor> ids, targets;
+    for (const at::Tensor& p : positions) {
+      ids.push_back(at::randint(0, cfg.vocab_size, {B, T}, at::kLong));
+      targets.push_back(testing::document_targets(ids.back(), p));
+    }
+    StepResult a = cpu_engine.train_step(ids, targets, positions);
+    StepResult b = gpu_engine.train_step(ids, targets, positions);
+    std::printf("packed step %lld: loss cpu fp32 %.5f cuda bf16 %.5f, grad norm %.4f vs %.4f\n",
+                static_cast<long long>(s), a.loss(), b.loss(), a.grad_norm(), b.grad_norm());
+    EXPECT_LE(std::abs(a.loss() - b.loss()) / a.loss(), 1e-2);
+    EXPECT_LE(std::abs(a.grad_norm() - b.grad_norm()) / a.grad_norm(), 5e-2);
+  }
 }
 
 #if RAMSTREAM_WITH_CUDA

@@ -420,5 +420,138 @@ TEST(EngineTest, RejectsBadConfigurations) {
   EXPECT_THROW(engine.train_step(ok.ids, ok.targets), c10::Error);
 }
 
+// ---- packed rows ---------------------------------------------------------------------------
+
+// Three micro-batches: two packed differently and one unpacked between them (no positions), so
+// the staging of positions and document bounds is exercised per micro-batch and across steps.
+Batches packed_batches(const model::ModelConfig& cfg, int64_t B, int64_t T, uint64_t seed) {
+  const std::vector<at::Tensor> positions = {at_testing::packed_positions({{5, 4, 3}, {12}}),
+                                             at::Tensor(),
+                                             at_testing::packed_positions({{1, 11}, {6, 6}})};
+  at::manual_seed(seed);
+  Batches b;
+  for (const at::Tensor& p : positions) {
+    const at::Tensor ids = at::randint(0, cfg.vocab_size, {B, T}, at::kLong);
+    b.ids.push_back(ids);
+    b.targets.push_back(p.defined() ? testing::document_targets(ids, p)
+                                    : autograd::next_token_targets(ids));
+    b.positions.push_back(p);
+  }
+  return b;
+}
+
+struct PackedEngineCase {
+  const char* name;
+  bool host_checkpoints, keep_activations, clip;
+};
+
+void PrintTo(const PackedEngineCase& c, std::ostream* os) {
+  *os << c.name;
+}
+
+class EnginePackedTest : public ::testing::TestWithParam<PackedEngineCase> {};
+
+TEST_P(EnginePackedTest, StepsBitwiseEqualToNonStreamedModel) {
+  const PackedEngineCase c = GetParam();
+  at_testing::TinyOptions to;
+  to.layers = 3;
+  const model::ModelConfig cfg = at_testing::tiny_config(to);
+  const model::ModelParams init = at_testing::random_params(cfg, at::kFloat, 63);
+  const int64_t B = 2, T = 12;
+  EngineOptions opts;
+  opts.host_checkpoints = c.host_checkpoints;
+  opts.activations =
+      c.keep_activations ? autograd::ActivationMode::kSaved : autograd::ActivationMode::kRecompute;
+  opts.max_grad_norm = c.clip ? 0.05 : 0.0;
+  opts.adamw.lr = 1e-2f;
+  auto dev = make_cpu_device({});
+  ParamStore store(plan_stages(cfg), cfg, {});
+  store.load(init);
+  Engine engine(*dev, store, opts, B, T);
+  ReferenceTrainer ref(cfg, init, opts, B, T);
+  for (int step = 0; step < 3; ++step) {
+    const Batches b = packed_batches(cfg, B, T, 300 + step);
+    StepResult s = engine.train_step(b.ids, b.targets, b.positions);
+    EXPECT_EQ(s.loss(), ref.step(b)) << "step " << step;
+  }
+  engine.synchronize();
+  for (int64_t i = 0; i < store.plan().num_stages(); ++i) {
+    EXPECT_TRUE(at::equal(store.region(i).master, ref.masters()[static_cast<size_t>(i)]))
+        << store.plan().stages[static_cast<size_t>(i)].name();
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Modes, EnginePackedTest,
+    ::testing::Values(PackedEngineCase{"device_checkpoints", false, false, false},
+                      PackedEngineCase{"host_checkpoints_clip", true, false, true},
+                      PackedEngineCase{"keep_activations", false, true, false}),
+    [](const auto& info) { return std::string(info.param.name); });
+
+// What the engine computes on a packed batch is what its documents give one by one.
+TEST(EnginePacked, EvaluationEqualsTheDocumentsOneByOne) {
+  const model::ModelConfig cfg = at_testing::tiny_config({});
+  const model::ModelParams params = at_testing::random_params(cfg, at::kFloat, 64);
+  const std::vector<std::vector<int64_t>> rows = {{3, 6, 3}, {7, 5}};
+  const at::Tensor positions = at_testing::packed_positions(rows);
+  const int64_t B = 2, T = 12;
+  at::manual_seed(65);
+  const at::Tensor ids = at::randint(0, cfg.vocab_size, {B, T}, at::kLong);
+  const at::Tensor targets = testing::document_targets(ids, positions);
+  auto dev = make_cpu_device({});
+  ParamStore store(plan_stages(cfg), cfg, {});
+  store.load(params);
+  Engine engine(*dev, store, {}, B, T);
+  const autograd::CrossEntropyResult packed = engine.evaluate({ids}, {targets}, {positions});
+
+  double docs = 0;
+  int64_t count = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t start = 0;
+    for (int64_t len : rows[static_cast<size_t>(b)]) {
+      autograd::ModelWorkspace ws(cfg, 1, len, at::kFloat, autograd::ActivationMode::kRecompute);
+      const autograd::CrossEntropyResult r = autograd::model_forward(
+          params, ids[b].narrow(0, start, len).reshape({1, len}).contiguous(),
+          targets[b].narrow(0, start, len).reshape({1, len}).contiguous(), ws);
+      docs += r.loss_sum;
+      count += r.num_targets;
+      start += len;
+    }
+  }
+  std::printf("packed evaluation: loss sum %.7f, documents one by one %.7f (rel %.2e)\n",
+              packed.loss_sum, docs, std::abs(packed.loss_sum - docs) / docs);
+  EXPECT_EQ(packed.num_targets, count);
+  EXPECT_LE(std::abs(packed.loss_sum - docs) / docs, 1e-5);  // fp32, other summation orders
+  const double leaky = engine.evaluate({ids}, {targets}).loss_sum;
+  EXPECT_GT(std::abs(leaky - docs) / docs, 1e-3);
+}
+
+// Positions that are not runs 0, 1, 2, ... are refused on the host, naming micro-batch, row and
+// token, before anything runs; so are wrong shapes and counts.
+TEST(EnginePacked, RejectsBadPositions) {
+  const model::ModelConfig cfg = at_testing::tiny_config({});
+  auto dev = make_cpu_device({});
+  ParamStore store(plan_stages(cfg), cfg, {});
+  store.load(at_testing::random_params(cfg, at::kFloat, 66));
+  Engine engine(*dev, store, {}, 2, 6);
+  const Batches b = make_batches(cfg, 2, 2, 6, 67);
+  at::Tensor bad = at_testing::packed_positions({{2, 4}, {6}});
+  bad[1][3] = 7;
+  try {
+    engine.train_step(b.ids, b.targets, {at::Tensor(), bad});
+    FAIL() << "bad positions accepted";
+  } catch (const c10::Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("micro-batch 1"), std::string::npos) << what;
+    EXPECT_NE(what.find("row 1, token 3 has position 7"), std::string::npos) << what;
+  }
+  EXPECT_THROW(engine.train_step(b.ids, b.targets, {bad}), c10::Error);  // one for two
+  EXPECT_THROW(engine.train_step(b.ids, b.targets, {bad.narrow(1, 0, 5), bad}), c10::Error);
+  EXPECT_THROW(engine.train_step(b.ids, b.targets, {bad.to(at::kInt), bad}), c10::Error);
+  // The engine is still usable.
+  const at::Tensor good = at_testing::packed_positions({{2, 4}, {6}});
+  EXPECT_TRUE(std::isfinite(engine.train_step(b.ids, b.targets, {good, good}).loss()));
+}
+
 }  // namespace
 }  // namespace ramstream::pipeline

@@ -25,7 +25,21 @@ namespace ramstream::pipeline::testing {
 
 struct Batches {
   std::vector<at::Tensor> ids, targets;
+  std::vector<at::Tensor> positions;  // empty, or per micro-batch [B,T] (or undefined: unpacked)
 };
+
+// Next-token targets that stay inside each document of packed rows: the last token of a document
+// predicts nothing. ids, positions [B,T] int64.
+inline at::Tensor document_targets(const at::Tensor& ids, const at::Tensor& positions) {
+  at::Tensor targets = at::full_like(ids, autograd::kIgnoreIndex);
+  const int64_t B = ids.size(0), T = ids.size(1);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t t = 0; t + 1 < T; ++t) {
+      if (positions[b][t + 1].item<int64_t>() != 0) targets[b][t] = ids[b][t + 1];
+    }
+  }
+  return targets;
+}
 
 inline Batches make_batches(const model::ModelConfig& cfg, int64_t M, int64_t B, int64_t T,
                             uint64_t seed) {
@@ -79,8 +93,9 @@ class ReferenceTrainer {
     for (const at::Tensor& t : b.targets) count += autograd::count_targets(t);
     double loss = 0;
     for (size_t mb = 0; mb < b.ids.size(); ++mb) {
+      const at::Tensor positions = b.positions.empty() ? at::Tensor() : b.positions[mb];
       loss += autograd::model_forward_backward(bf16_ ? working_params_ : params_, grads_, b.ids[mb],
-                                               b.targets[mb], 1.0 / double(count), ws_)
+                                               b.targets[mb], 1.0 / double(count), ws_, positions)
                   .loss_sum;
     }
     double total = 0;

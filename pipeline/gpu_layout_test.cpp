@@ -171,7 +171,7 @@ TEST(Bf16Layout, SkippedNanStepLeavesTheStoreAsItWas) {
   auto clean = [&](uint64_t seed) {
     at::manual_seed(seed);
     const at::Tensor ids = at::randint(0, poison, {B, T}, at::kLong);
-    return Batches{{ids}, {autograd::next_token_targets(ids)}};
+    return Batches{{ids}, {autograd::next_token_targets(ids)}, {}};
   };
   Batches poisoned = clean(3);
   poisoned.ids[0][1][2] = poison;

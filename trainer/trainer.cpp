@@ -33,16 +33,21 @@
 #include "pipeline/stages.h"
 #include "trainer/generate.h"
 #include "trainer/lr_schedule.h"
+#include "trainer/progress.h"
 #include "util/text.h"
+#include "util/user_file.h"
 
 namespace ramstream::trainer {
 
 namespace {
 
 std::atomic<int> g_stop_signals{0};
+std::atomic<int> g_stop_signal{0};  // the first one
 
-extern "C" void on_stop_signal(int) {
-  if (g_stop_signals.fetch_add(1) >= 1) _exit(130);  // second signal: leave now
+extern "C" void on_stop_signal(int sig) {
+  int none = 0;
+  g_stop_signal.compare_exchange_strong(none, sig);        // before the count, which readers poll
+  if (g_stop_signals.fetch_add(1) >= 1) _exit(128 + sig);  // second signal: leave now
 }
 
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
@@ -92,8 +97,12 @@ void install_stop_handlers() {
 bool stop_requested() {
   return g_stop_signals.load() > 0;
 }
+int stop_signal() {
+  return g_stop_signal.load();
+}
 void clear_stop_request() {
   g_stop_signals.store(0);
+  g_stop_signal.store(0);
 }
 
 struct Trainer::State {
@@ -113,6 +122,10 @@ struct Trainer::State {
   std::string config_hash;
   LrSchedule schedule;
   std::FILE* metrics = nullptr;
+  ProgressClock wall;                 // since create() began
+  bool tty = false;                   // progress as a bar rewritten in place, else as lines
+  double progress_interval = 10;      // seconds between progress lines of a long evaluation
+  std::vector<std::string> warnings;  // for the start-up table
   int64_t tokens_per_step = 0;
   // MFU = tokens/s x flops_per_token / peak_flops: model FLOPs (model/flops.h) over the measured
   // GEMM rate of the compute device (pipeline/gemm_probe.h); peak_flops is NaN when the probe
@@ -207,6 +220,36 @@ data::DatasetOptions dataset_options(const Recipe& r, const std::string& path) {
   return o;
 }
 
+// What the recipe asks of the model that the model cannot give, and tokenizer problems, which
+// are the model's and must not surface later as problems of the data.
+Status check_model_against_recipe(State& s) {
+  const Recipe& r = s.recipe;
+  const bool gguf = ends_with(r.model_path, ".gguf");
+  const std::string config_file = gguf ? r.model_path : r.model_path + "/config.json";
+  const std::string tokenizer_file = gguf ? r.model_path : r.model_path + "/tokenizer.json";
+  const int64_t positions = s.cfg.max_position_embeddings;
+  if (positions > 0 && r.max_seq_len > positions) {
+    return Error{"data.max_seq_len " + std::to_string(r.max_seq_len) +
+                 " is beyond the model's max_position_embeddings " + std::to_string(positions) +
+                 " (" + config_file + "); set data.max_seq_len to at most " +
+                 std::to_string(positions)};
+  }
+  if (s.tokenizer->vocab_size() == 0) {
+    return Error{tokenizer_file + ": the tokenizer's vocabulary is empty"};
+  }
+  if (s.tokenizer->vocab_size() > s.cfg.vocab_size) {
+    return Error{tokenizer_file + ": the tokenizer has " +
+                 std::to_string(s.tokenizer->vocab_size()) + " tokens but the model (" +
+                 config_file + ") only " + std::to_string(s.cfg.vocab_size)};
+  }
+  if (s.tokenizer->encode("Hello, world 123").empty()) {
+    return Error{tokenizer_file +
+                 ": the tokenizer turns plain text (\"Hello, world 123\") into no tokens; its "
+                 "vocabulary lacks the byte-level symbols"};
+  }
+  return Ok{};
+}
+
 Status load_data(State& s) {
   const Recipe& r = s.recipe;
   if (r.chat_format == "auto") {
@@ -217,6 +260,14 @@ Status load_data(State& s) {
     Result<data::ChatFormat> f = data::chat_format_from_name(r.chat_format);
     if (!f.ok()) return f.error();
     s.chat = f.value();
+  }
+  // Named by their keys here; the dataset reader names only the file.
+  if (r.data_path.empty()) return Error{"data.path is not set (the training data file)"};
+  Status regular = check_regular_file(r.data_path, "the training data of data.path");
+  if (!regular.ok()) return regular.error();
+  if (!r.val_path.empty()) {
+    regular = check_regular_file(r.val_path, "the validation data of data.val_path");
+    if (!regular.ok()) return regular.error();
   }
   data::DatasetOptions train_opts = dataset_options(r, r.data_path);
   if (r.val_path.empty()) {
@@ -239,6 +290,9 @@ Status load_data(State& s) {
     s.dataset.val_examples = std::move(raw).value();
   }
   if (s.dataset.train_rows.empty()) return Error{r.data_path + ": no training rows"};
+  if (s.dataset.trained_tokens == 0) {
+    return Error{r.data_path + ": no token of the training rows carries a loss"};
+  }
   s.loader = std::make_unique<data::DataLoader>(s.dataset.train_rows, r.batch_size, r.seed);
   return Ok{};
 }
@@ -282,10 +336,13 @@ void print_startup(State& s, uint64_t need_bytes) {
                (long long)s.dataset.train_tokens, (long long)s.dataset.trained_tokens,
                s.dataset.val_rows.size(), s.dataset.from_cache ? " (cached)" : "");
   if (s.dataset.num_skipped > 0 || s.dataset.num_truncated > 0) {
-    std::fprintf(o, "               %lld malformed records skipped, %lld examples truncated\n",
+    std::fprintf(o,
+                 "               %lld malformed records skipped (data.skip_malformed), %lld "
+                 "examples truncated to data.max_seq_len\n",
                  (long long)s.dataset.num_skipped, (long long)s.dataset.num_truncated);
   }
   for (const std::string& w : s.dataset.warnings) std::fprintf(o, "  warning: %s\n", w.c_str());
+  for (const std::string& w : s.warnings) std::fprintf(o, "  warning: %s\n", w.c_str());
   std::fprintf(o, "  schedule     %lld steps, lr %.3g (%s, warmup %lld), clip %.3g, seed %llu\n",
                (long long)r.max_steps, r.lr, r.lr_schedule.c_str(), (long long)r.warmup_steps,
                r.max_grad_norm, (unsigned long long)r.seed);
@@ -294,6 +351,81 @@ void print_startup(State& s, uint64_t need_bytes) {
 }
 
 }  // namespace
+
+EngineMemory estimate_engine_memory(const model::ModelConfig& c, const Recipe& r,
+                                    int64_t element_bytes, bool cuda) {
+  // Mirrors the buffers of pipeline/engine.cpp and autograd/block.cpp; in double, as hostile
+  // sizes overflow int64.
+  const pipeline::StagePlan plan = pipeline::plan_stages(c);
+  const double E = double(element_bytes), A = 4;  // compute and accumulation dtype bytes
+  const double B = double(r.batch_size), T = double(r.max_seq_len), M = double(r.grad_accum);
+  const double N = B * T, L = double(c.num_layers), C = double(c.hidden_size);
+  const double F = double(c.intermediate_size), Q = double(c.q_dim()), KV = double(c.kv_dim());
+  const double H = double(c.num_heads), slot = double(plan.slot_numel);
+  EngineMemory m;
+  // Weight slots; fp32 grad buffers (and their bf16 halves in the bf16 layout); the tied grad.
+  m.device_bytes = double(std::max<int64_t>(2, r.num_slots)) * slot * E + 2 * slot * A +
+                   (element_bytes == 2 ? 2 * slot * E : 0.0);
+  if (c.tie_word_embeddings) m.device_bytes += double(c.vocab_size) * C * A;
+  // One block's activations and scratch, the head's buffers.
+  const double acts = N * (4 * C + 2 * Q + 2 * KV + 2 * F) * E + N * (2 + H) * A;
+  const double scratch = N * (Q + 2 * KV + 2 * C + 4 * F + 2 * Q + 2 * KV) * E;
+  m.device_bytes += acts + scratch + 3 * N * C * E + N * A;
+  // Per micro-batch: residual grads, ids, target rows, positions and document bounds on the
+  // device, staging on the host.
+  m.device_bytes += M * (N * C * E + 4 * N * 8 + (N + 1) * 4);
+  m.host_bytes += 2 * M * (4 * N * 8 + (N + 1) * 4);
+  // Block-input checkpoints of every layer and micro-batch (layer-major: all kept at once).
+  if (r.host_checkpoints) {
+    m.host_bytes += L * M * N * C * E;
+    m.device_bytes += 2 * M * N * C * E;
+  } else {
+    m.device_bytes += (L + 1) * M * N * C * E;
+  }
+  if (r.activations == "keep") m.device_bytes += L * M * acts;
+  // Attention probabilities of one row, T x T per head, forward and backward.
+  m.device_bytes += 2 * H * T * T * E;
+  // Cross-entropy chunks of logits and their grads.
+  m.device_bytes += 2 * (cuda ? 256.0 : 8.0) * double(1 << 20);
+  return m;
+}
+
+std::string summary_text(const TrainSummary& s) {
+  char buf[256];
+  std::string text;
+  if (s.already_finished) {
+    std::snprintf(buf, sizeof buf, "done: nothing to do, already finished at step %lld",
+                  (long long)s.last_step);
+    text = buf;
+  } else {
+    std::snprintf(buf, sizeof buf, "done: steps %lld..%lld", (long long)s.first_step,
+                  (long long)s.last_step);
+    text = buf;
+    if (s.last_step > s.first_step) {
+      std::snprintf(buf, sizeof buf, ", loss %.4f -> %.4f, %.1f tokens/s", s.first_loss,
+                    s.last_loss, s.tokens_per_s);
+      text += buf;
+    }
+  }
+  text += ", wall " + format_duration(s.wall_seconds);
+  if (s.interrupted) {
+    text += std::string(" (interrupted by ") + (s.stop_signal == SIGTERM ? "SIGTERM" : "SIGINT") +
+            "; the same command resumes)";
+  }
+  text += "\n";
+  if (s.before.accuracy >= 0 && s.after.accuracy >= 0) {
+    std::snprintf(buf, sizeof buf,
+                  "held-out accuracy: %.1f%% before -> %.1f%% after (%lld examples)\n",
+                  100 * s.before.accuracy, 100 * s.after.accuracy, (long long)s.after.total);
+    text += buf;
+  } else if (s.after.accuracy >= 0) {
+    std::snprintf(buf, sizeof buf, "held-out accuracy: %.1f%% (%lld examples)\n",
+                  100 * s.after.accuracy, (long long)s.after.total);
+    text += buf;
+  }
+  if (!s.last_checkpoint.empty()) text += "checkpoint: " + s.last_checkpoint + "\n";
+  return text;
+}
 
 Trainer::Trainer(std::unique_ptr<State> state) : s_(std::move(state)) {}
 Trainer::~Trainer() {
@@ -321,6 +453,7 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Recipe& recipe, FILE* log
   s->recipe = recipe;
   s->log = log;
   const Recipe& r = s->recipe;
+  s->tty = r.progress == "bar" || (r.progress == "auto" && isatty(fileno(log)));
 
   if (r.device == "cuda" && !pipeline::cuda_device_available()) {
     return Error{"engine.device is cuda but no CUDA device is available"};
@@ -329,15 +462,20 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Recipe& recipe, FILE* log
 
   Status st = load_model_meta(*s);
   if (!st.ok()) return st.error();
-  if (s->tokenizer->vocab_size() > s->cfg.vocab_size) {
-    return Error{r.model_path + ": the tokenizer has " +
-                 std::to_string(s->tokenizer->vocab_size()) + " tokens but the model only " +
-                 std::to_string(s->cfg.vocab_size)};
-  }
+  st = check_model_against_recipe(*s);
+  if (!st.ok()) return st.error();
   st = load_data(*s);
   if (!st.ok()) return st.error();
 
   const pipeline::StagePlan plan = pipeline::plan_stages(s->cfg);
+  // Every slot beyond one per stage would hold nothing.
+  const int64_t most_slots = std::max<int64_t>(2, plan.num_stages());
+  if (r.num_slots > most_slots) {
+    s->warnings.push_back("engine.num_slots " + std::to_string(r.num_slots) +
+                          " is more than the model's " + std::to_string(plan.num_stages()) +
+                          " stages (embedding, layers, head); using " + std::to_string(most_slots));
+    s->recipe.num_slots = most_slots;
+  }
   pipeline::ParamStoreOptions so;
   so.working_copy_bf16 = s->cuda;
   so.pin = s->cuda;
@@ -348,6 +486,28 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Recipe& recipe, FILE* log
   const uint64_t need = static_cast<uint64_t>(pipeline::ParamStore::bytes_needed(plan, so));
   st = memory::check_host_memory(need, "parameter store");
   if (!st.ok()) return st.error();
+  {
+    // The batch's activations, checkpoints and buffers, before anything is allocated for them.
+    // On the CPU backend the device is host memory; a CUDA device reports its own allocation
+    // failures (caught below), with only the pinned host buffers counted here.
+    const EngineMemory em =
+        estimate_engine_memory(s->cfg, r, so.working_copy_bf16 ? 2 : 4, s->cuda);
+    const double engine_bytes = em.host_bytes + (s->cuda ? 0.0 : em.device_bytes);
+    const double total = double(need) + engine_bytes;
+    char what[320];
+    std::snprintf(what, sizeof what,
+                  "the parameter store (%.2f GiB) plus ~%.2f GiB for a batch of train.batch_size "
+                  "%lld x data.max_seq_len %lld tokens x train.grad_accum %lld (activations, "
+                  "checkpoints, buffers)",
+                  double(need) / kGiB, engine_bytes / kGiB, (long long)r.batch_size,
+                  (long long)r.max_seq_len, (long long)r.grad_accum);
+    st = total >= 1.8e19 ? Status(Error{std::string(what) + " needs more than 2^64 bytes"})
+                         : memory::check_host_memory(static_cast<uint64_t>(total), what);
+    if (!st.ok()) {
+      return Error{st.error().message +
+                   "; lower train.batch_size, data.max_seq_len or train.grad_accum"};
+    }
+  }
   try {
     s->device = s->cuda ? pipeline::make_cuda_device(0) : pipeline::make_cpu_device({});
     s->store = std::make_unique<pipeline::ParamStore>(plan, s->cfg, so);
@@ -412,10 +572,52 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Recipe& recipe, FILE* log
   return std::unique_ptr<Trainer>(new Trainer(std::move(s)));
 }
 
-EvalResult Trainer::evaluate() {
+namespace {
+
+// Progress lines of one evaluation, one every progress_interval seconds, so a short evaluation
+// prints none; on a TTY one line rewritten in place (ended before the result is logged).
+class EvalProgress {
+ public:
+  EvalProgress(State& s, std::string label) : s_(s), label_(std::move(label)) {}
+  ~EvalProgress() {
+    if (!inline_) return;
+    std::fprintf(s_.log, "\n");
+    std::fflush(s_.log);
+  }
+  // A new phase (validation rows, then generations): its own rate and ETA.
+  void start() { phase_.restart(); }
+  void report(int64_t done, int64_t total, const char* unit) {
+    const double now = since_last_.seconds();
+    if (now < s_.progress_interval) return;
+    since_last_.restart();
+    const std::string text = label_ + ": " + progress_text(done, total, phase_.seconds(), unit);
+    if (s_.tty) {
+      std::fprintf(s_.log, "\r%s   ", text.c_str());
+      inline_ = true;
+    } else {
+      std::fprintf(s_.log, "%s\n", text.c_str());
+    }
+    std::fflush(s_.log);
+  }
+
+ private:
+  State& s_;
+  std::string label_;
+  ProgressClock phase_, since_last_;
+  bool inline_ = false;
+};
+
+}  // namespace
+
+void Trainer::set_progress_interval(double seconds) {
+  s_->progress_interval = seconds;
+}
+
+EvalResult Trainer::evaluate(const std::string& label) {
   State& s = *s_;
   const Recipe& r = s.recipe;
   EvalResult out;
+  EvalProgress progress(s, label);
   s.engine->synchronize();
   // Validation loss over up to eval.max_rows rows.
   const auto& rows = s.dataset.val_rows;
@@ -424,24 +626,28 @@ EvalResult Trainer::evaluate() {
   int64_t count = 0;
   const int64_t B = r.batch_size, T = r.max_seq_len;
   for (int64_t first = 0; first + B <= nrows; first += B) {
+    if (stop_requested()) break;  // a partial result; train() then saves and stops
     at::Tensor ids = at::empty({B, T}, at::kLong), tg = at::empty({B, T}, at::kLong);
+    at::Tensor pos = at::empty({B, T}, at::kLong);
     for (int64_t b = 0; b < B; ++b) {
       const data::TokenRow& row = rows[static_cast<size_t>(first + b)];
       for (int64_t t = 0; t < T; ++t) {
         ids[b][t] = int64_t{row.ids[static_cast<size_t>(t)]};
         tg[b][t] = int64_t{row.labels[static_cast<size_t>(t)]};
+        pos[b][t] = row.positions.empty() ? t : int64_t{row.positions[static_cast<size_t>(t)]};
       }
     }
     if (autograd::count_targets(tg) == 0) continue;
-    const autograd::CrossEntropyResult ce = s.engine->evaluate({ids}, {tg});
+    const autograd::CrossEntropyResult ce = s.engine->evaluate({ids}, {tg}, {pos});
     loss_sum += ce.loss_sum;
     count += ce.num_targets;
+    progress.report(first + B, nrows / B * B, "rows");
   }
   if (count > 0) {
     out.val_loss = loss_sum / double(count);
     out.val_tokens = count;
   }
-  if (!r.eval_accuracy) return out;
+  if (!r.eval_accuracy || stop_requested()) return out;
 
   // Exact match: greedy reply to each validation conversation minus its last assistant turn.
   std::vector<std::vector<int32_t>> prompts;
@@ -480,6 +686,8 @@ EvalResult Trainer::evaluate() {
       on_device = model::ModelParams{};  // not enough device memory: generate on the host
     }
   }
+  progress.start();
+  go.progress = [&](int64_t done, int64_t total) { progress.report(done, total, "examples"); };
   const auto gen =
       greedy_generate(on_device.embedding.defined() ? on_device : params, s.cfg, prompts, go);
   for (size_t i = 0; i < gen.size(); ++i) {
@@ -555,6 +763,18 @@ Result<TrainSummary> Trainer::train() {
   State& s = *s_;
   const Recipe& r = s.recipe;
   TrainSummary sum;
+  auto finish = [&s](TrainSummary& done) -> Result<TrainSummary> {
+    done.wall_seconds = s.wall.seconds();
+    return done;
+  };
+  // A signal during an evaluation cuts it short: the partial result is dropped.
+  auto evaluation_interrupted = [&sum](EvalResult& e) {
+    if (!stop_requested()) return false;
+    e = EvalResult{};
+    sum.interrupted = true;
+    sum.stop_signal = stop_signal();
+    return true;
+  };
   install_stop_handlers();
   // The launching thread runs on the cores kept free of optimizer threads, for this run only.
   struct LauncherBinding {
@@ -572,6 +792,7 @@ Result<TrainSummary> Trainer::train() {
 
   // Resume.
   int64_t step = 0;
+  std::string resumed_from;
   if (r.resume != "never") {
     checkpoint::LoadCheckpointOptions lo;
     lo.expected_config_hash = s.config_hash;
@@ -599,23 +820,35 @@ Result<TrainSummary> Trainer::train() {
         return Error{path + "/trainer_state/state.json: bad data_cursor: " + e.what()};
       }
       std::fprintf(s.log, "resumed from %s (step %lld)\n", path.c_str(), (long long)step);
+      resumed_from = path;
     }
   }
   sum.first_step = step;
+  sum.last_step = step;
   if (step >= r.max_steps && step > 0) {
+    // A finished run asked again: its end evaluation already ran, its model is saved.
+    sum.already_finished = true;
+    sum.last_checkpoint = resumed_from;
     std::fprintf(s.log,
-                 "nothing to train: the checkpoint is at step %lld and train.max_steps is %lld; "
-                 "raise train.max_steps, or start over with checkpoint.resume=never or another "
-                 "output_dir\n",
+                 "already finished at step %lld; nothing to do (train.max_steps is %lld: raise "
+                 "it to train on; checkpoint.resume=never or another output_dir starts over; "
+                 "eval.force=true evaluates the final model)\n",
                  (long long)step, (long long)r.max_steps);
+    if (r.eval_force) {
+      sum.after = evaluate("eval after");
+      if (!evaluation_interrupted(sum.after)) log_eval(s, "after", step, sum.after);
+    }
+    std::fflush(s.log);
+    clear_stop_request();
+    return finish(sum);
   }
 
   if (r.eval_before && step == 0) {
-    sum.before = evaluate();
-    log_eval(s, "before", step, sum.before);
+    sum.before = evaluate("eval before");
+    if (!evaluation_interrupted(sum.before)) log_eval(s, "before", step, sum.before);
   }
 
-  const bool tty = r.progress == "bar" || (r.progress == "auto" && isatty(fileno(s.log)));
+  const bool tty = s.tty;
   const auto run_start = std::chrono::steady_clock::now();
   int64_t tokens_run = 0;
   std::string pending_save;  // the folder a background save is writing, "" when none
@@ -648,6 +881,7 @@ Result<TrainSummary> Trainer::train() {
   pipeline::StepResult prev;  // the step before, under nan_policy skip not yet asked
   bool prev_unchecked = false;
   std::vector<at::Tensor> ids(static_cast<size_t>(r.grad_accum)), tgs(ids.size());
+  std::vector<at::Tensor> pos(ids.size());
   while (step < r.max_steps) {
     if (stop_requested()) break;
     const auto t0 = std::chrono::steady_clock::now();
@@ -656,13 +890,14 @@ Result<TrainSummary> Trainer::train() {
       data::Batch b = s.loader->next();
       ids[m] = at::from_blob(b.ids.data(), {b.batch, b.seq_len}, at::kLong).clone();
       tgs[m] = at::from_blob(b.targets.data(), {b.batch, b.seq_len}, at::kLong).clone();
+      pos[m] = at::from_blob(b.positions.data(), {b.batch, b.seq_len}, at::kLong).clone();
     }
     const double lr = s.schedule.at(step + 1);
     s.engine->set_learning_rate(static_cast<float>(lr));
     pipeline::StepResult st;
     double loss = 0;
     try {
-      st = s.engine->train_step(ids, tgs);
+      st = s.engine->train_step(ids, tgs, pos);
       loss = st.loss();  // the step's one read from the device
     } catch (const std::exception& e) {
       return Error{"step " + std::to_string(step + 1) + ": " + e.what()};
@@ -745,17 +980,18 @@ Result<TrainSummary> Trainer::train() {
         const int filled = static_cast<int>(width * step / std::max<int64_t>(1, r.max_steps));
         const double elapsed =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
-        const double eta = elapsed / double(step - sum.first_step) * double(r.max_steps - step);
-        std::fprintf(s.log, "\r[%s%s] %lld/%lld loss %.4f lr %.2e %.0f tok/s eta %.0fs   ",
+        std::fprintf(s.log, "\r[%s%s] %s: loss %.4f lr %.2e %.0f tok/s   ",
                      std::string(filled, '=').c_str(), std::string(width - filled, ' ').c_str(),
-                     (long long)step, (long long)r.max_steps, loss, lr, tok_s, eta);
+                     progress_text(step, r.max_steps, elapsed, "", sum.first_step).c_str(), loss,
+                     lr, tok_s);
       } else {
-        std::fprintf(
-            s.log,
-            "step %lld/%lld loss %.4f grad_norm %.3f lr %.3e %.0f ms %.1f tok/s mfu %.1f%% "
-            "rss %.2f GiB h2d %.2f GB/s",
-            (long long)step, (long long)r.max_steps, loss, gn, lr, secs * 1e3, tok_s, 100 * mfu,
-            rss, h2d_gbs);
+        const double elapsed =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
+        std::fprintf(s.log,
+                     "step %s: loss %.4f grad_norm %.3f lr %.3e %.0f ms %.1f tok/s mfu %.1f%% "
+                     "rss %.2f GiB h2d %.2f GB/s",
+                     progress_text(step, r.max_steps, elapsed, "", sum.first_step).c_str(), loss,
+                     gn, lr, secs * 1e3, tok_s, 100 * mfu, rss, h2d_gbs);
         if (s.cuda) std::fprintf(s.log, " gpu %.2f GiB", double(s.engine->device_bytes()) / kGiB);
         std::fprintf(s.log, "\n");
       }
@@ -763,7 +999,8 @@ Result<TrainSummary> Trainer::train() {
     }
     if (r.eval_every > 0 && step % r.eval_every == 0 && step < r.max_steps) {
       if (tty) std::fprintf(s.log, "\n");
-      log_eval(s, "during", step, evaluate());
+      EvalResult during = evaluate("eval during");
+      if (!evaluation_interrupted(during)) log_eval(s, "during", step, during);
     }
     if (r.save_every > 0 && step % r.save_every == 0 && step < r.max_steps) {
       Status ss = save(r.async_save);
@@ -784,16 +1021,29 @@ Result<TrainSummary> Trainer::train() {
 
   if (stop_requested()) {
     sum.interrupted = true;
-    std::fprintf(s.log, "interrupted: saving step %lld before exiting\n", (long long)step);
-    Status ss = save(/*async=*/false);
-    if (!ss.ok()) return Error{"saving checkpoint: " + ss.error().message};
-    std::fprintf(s.log, "saved %s\n", sum.last_checkpoint.c_str());
+    sum.stop_signal = stop_signal();
+    if (step > sum.first_step) {
+      std::fprintf(s.log, "interrupted: saving step %lld before exiting\n", (long long)step);
+      Status ss = save(/*async=*/false);
+      if (!ss.ok()) return Error{"saving checkpoint: " + ss.error().message};
+      std::fprintf(s.log, "saved %s\n", sum.last_checkpoint.c_str());
+    } else {
+      Status ws = finish_pending_save();
+      if (!ws.ok()) return Error{"saving checkpoint: " + ws.error().message};
+      std::fprintf(s.log, "interrupted before step %lld: nothing new to save\n",
+                   (long long)(step + 1));
+    }
+    std::fflush(s.log);
     clear_stop_request();
-    return sum;
+    return finish(sum);
   }
   if (r.eval_at_end) {
-    sum.after = evaluate();
-    log_eval(s, "after", step, sum.after);
+    sum.after = evaluate("eval after");
+    if (evaluation_interrupted(sum.after)) {
+      std::fprintf(s.log, "interrupted: end evaluation cut short; saving the trained model\n");
+    } else {
+      log_eval(s, "after", step, sum.after);
+    }
   }
   if (r.save_at_end && step > sum.first_step) {
     Status ss = save(/*async=*/false);
@@ -808,7 +1058,12 @@ Result<TrainSummary> Trainer::train() {
             {"tokens_per_s", sum.tokens_per_s},
             {"first_loss", sum.first_loss},
             {"last_loss", sum.last_loss}});
-  return sum;
+  if (stop_requested()) {  // during the end evaluation or the last save
+    sum.interrupted = true;
+    sum.stop_signal = stop_signal();
+  }
+  clear_stop_request();
+  return finish(sum);
 }
 
 }  // namespace ramstream::trainer
