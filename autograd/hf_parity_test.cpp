@@ -27,14 +27,20 @@ at::Tensor ref_tensor(const checkpoint::SafetensorsFile& f, const std::string& n
   return t.value();
 }
 
+// The fixture's weights in fp32 (throws when they do not load).
+model::ModelParams load_fixture_weights(const std::string& dir, const model::ModelConfig& cfg) {
+  model::ModelParams params = model::allocate_model_params(cfg, at::kFloat);
+  const Status st = checkpoint::load_hf_weights(dir, cfg, params);
+  if (!st.ok()) throw std::runtime_error(st.error().message);
+  return params;
+}
+
 class HfParityTest : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(HfParityTest, LogitsLossAndEveryGrad) {
   const std::string dir = std::string("tests/fixtures/hf/") + GetParam();
   const model::ModelConfig cfg = model::load_model_config(dir + "/config.json").value_or_throw();
-  model::ModelParams params = model::allocate_model_params(cfg, at::kFloat);
-  const Status st = checkpoint::load_hf_weights(dir, cfg, params);
-  ASSERT_TRUE(st.ok()) << st.error().message;
+  model::ModelParams params = load_fixture_weights(dir, cfg);
   const checkpoint::SafetensorsFile ref =
       checkpoint::SafetensorsFile::open(dir + "/reference.safetensors").value_or_throw();
 
@@ -76,9 +82,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, HfParityTest,
 TEST(HfParity, PackedBatchWithPerDocumentPositions) {
   const std::string dir = "tests/fixtures/hf/llama_packed";
   const model::ModelConfig cfg = model::load_model_config(dir + "/config.json").value_or_throw();
-  model::ModelParams params = model::allocate_model_params(cfg, at::kFloat);
-  const Status st = checkpoint::load_hf_weights(dir, cfg, params);
-  ASSERT_TRUE(st.ok()) << st.error().message;
+  model::ModelParams params = load_fixture_weights(dir, cfg);
   const checkpoint::SafetensorsFile ref =
       checkpoint::SafetensorsFile::open(dir + "/reference.safetensors").value_or_throw();
   const at::Tensor ids = ref_tensor(ref, "input_ids");
