@@ -8,9 +8,11 @@
 #include <atomic>
 
 #include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
+#include <tbb/blocked_range.h>
+#include <tbb/parallel_for.h>
 
 #include "autograd/ops_composite.h"
+#include "kernels/gemm_bf16.h"
 
 namespace ramstream::autograd {
 namespace {
@@ -42,6 +44,20 @@ Strided4 strides4(const at::Tensor& t, const char* op) {
   TORCH_CHECK(t.dim() == 4 && t.stride(3) == 1, op, ": expected a [B,H,T,D] tensor with a ",
               "contiguous last dim, got sizes ", t.sizes(), " strides ", t.strides());
   return {t.stride(0), t.stride(1), t.stride(2)};
+}
+
+// Rows [0, n) in ranges of at least `grain` over TBB's threads. Not ATen's parallel_for (OpenMP),
+// which measured slower for these loops on the 2-core VMs even with passive OpenMP waiting
+// (SmolLM2-135M bf16 step: 266 against 337 tokens/s, median of 3; bench/RESULTS.md). Every loop
+// below writes disjoint rows, so the split never changes a result.
+template <class F>
+void parallel_rows(int64_t n, int64_t grain, const F& fn) {
+  if (n <= grain) {
+    if (n > 0) fn(int64_t{0}, n);
+    return;
+  }
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, n, static_cast<size_t>(grain)),
+                    [&](const tbb::blocked_range<int64_t>& r) { fn(r.begin(), r.end()); });
 }
 
 std::atomic<bool> g_composite_for_testing{false};
@@ -91,7 +107,7 @@ void rmsnorm_forward(at::Tensor& out, at::Tensor& rstd, const at::Tensor& x, con
     const scalar_t* wp = w.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
     A* rp = rstd.data_ptr<A>();
-    at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
+    parallel_rows(N, 16, [&](int64_t begin, int64_t end) {
       for (int64_t n = begin; n < end; ++n) {
         const scalar_t* xr = xp + n * C;
         A ss = 0;
@@ -121,36 +137,40 @@ void rmsnorm_backward(at::Tensor& dx, at::Tensor& dw, const at::Tensor& dout, co
     TORCH_CHECK(dw.scalar_type() == c10::CppTypeToScalarType<A>::value,
                 "rmsnorm_backward: dw must be in the acc dtype ",
                 c10::CppTypeToScalarType<A>::value, ", got ", dw.scalar_type());
-    // dw partial sums per thread, reduced at the end, so the result does not depend on how
-    // parallel_for split the rows (it does depend on the thread count, like any reduction).
-    const int nthreads = at::get_num_threads();
-    std::vector<A> dw_partial(static_cast<size_t>(nthreads) * C, A(0));
-    at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
-      A* dwt = dw_partial.data() + static_cast<int64_t>(at::get_thread_num()) * C;
-      for (int64_t n = begin; n < end; ++n) {
-        const scalar_t* xr = xp + n * C;
-        const scalar_t* gr = gp + n * C;
-        const A r = rp[n];
-        // xhat = x*r; y = xhat*w; dxhat = dy*w;
-        // dx = r * (dxhat - xhat * mean(dxhat * xhat))
-        A dot = 0;
-        for (int64_t c = 0; c < C; ++c) {
-          const A xhat = A(xr[c]) * r;
-          dot += A(gr[c]) * A(wp[c]) * xhat;
-          dwt[c] += A(gr[c]) * xhat;
-        }
-        dot /= A(C);
-        scalar_t* dxr = dxp + n * C;
-        for (int64_t c = 0; c < C; ++c) {
-          const A xhat = A(xr[c]) * r;
-          dxr[c] = scalar_t(A(dxr[c]) + r * (A(gr[c]) * A(wp[c]) - xhat * dot));
+    // dw partial sums per fixed chunk of rows, summed in chunk order: the result depends neither
+    // on the thread count nor on how the rows were split.
+    constexpr int64_t kRowsPerPartial = 32;
+    const int64_t chunks = (N + kRowsPerPartial - 1) / kRowsPerPartial;
+    std::vector<A> dw_partial(static_cast<size_t>(chunks * C), A(0));
+    parallel_rows(chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+      for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
+        A* dwt = dw_partial.data() + chunk * C;
+        for (int64_t n = chunk * kRowsPerPartial; n < std::min(N, (chunk + 1) * kRowsPerPartial);
+             ++n) {
+          const scalar_t* xr = xp + n * C;
+          const scalar_t* gr = gp + n * C;
+          const A r = rp[n];
+          // xhat = x*r; y = xhat*w; dxhat = dy*w;
+          // dx = r * (dxhat - xhat * mean(dxhat * xhat))
+          A dot = 0;
+          for (int64_t c = 0; c < C; ++c) {
+            const A xhat = A(xr[c]) * r;
+            dot += A(gr[c]) * A(wp[c]) * xhat;
+            dwt[c] += A(gr[c]) * xhat;
+          }
+          dot /= A(C);
+          scalar_t* dxr = dxp + n * C;
+          for (int64_t c = 0; c < C; ++c) {
+            const A xhat = A(xr[c]) * r;
+            dxr[c] = scalar_t(A(dxr[c]) + r * (A(gr[c]) * A(wp[c]) - xhat * dot));
+          }
         }
       }
     });
     A* dwp = dw.data_ptr<A>();
     for (int64_t c = 0; c < C; ++c) {
       A s = dwp[c];
-      for (int t = 0; t < nthreads; ++t) s += dw_partial[static_cast<size_t>(t) * C + c];
+      for (int64_t chunk = 0; chunk < chunks; ++chunk) s += dw_partial[size_t(chunk * C + c)];
       dwp[c] = s;
     }
   });
@@ -184,6 +204,19 @@ void accumulate_weight_grad(at::Tensor& dw, const at::Tensor& dout, const at::Te
 #if RAMSTREAM_WITH_CUDA
   if (dw.is_cuda() && cuda_accumulate_weight_grad(dw, dout, x)) return;
 #endif
+  if (dw.is_cpu() && x.scalar_type() == at::kBFloat16 && dw.scalar_type() == at::kFloat &&
+      dw.is_contiguous() && dout.stride(1) == 1 && x.stride(1) == 1 &&
+      kernels::bf16_gemm_native()) {
+    // dw [OC,IC] += dout^T [OC,N] x [N,IC]: one bf16 GEMM with an fp32 result (oneDNN), as on
+    // CUDA. Falls through when this build has no oneDNN.
+    const auto* d = reinterpret_cast<const uint16_t*>(dout.data_ptr<at::BFloat16>());
+    const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
+    if (kernels::gemm_bf16_f32(dw.size(0), dw.size(1), x.size(0), d, 1, dout.stride(0), xp,
+                               x.stride(0), 1, dw.data_ptr<float>(), dw.size(1),
+                               /*accumulate=*/true) == kernels::GemmStatus::kOk) {
+      return;
+    }
+  }
   // The products of two bf16 values are exact in fp32, so widening first and summing in fp32 is
   // what the CUDA path's fp32-output GEMM computes too (up to summation order).
   dw.addmm_(dout.t().to(dw.scalar_type()), x.to(dw.scalar_type()));
@@ -231,7 +264,7 @@ void rope_apply(const at::Tensor& out, const at::Tensor& x, const at::Tensor& co
     const A* cp = cos.data_ptr<A>();
     const A* sp = sin.data_ptr<A>();
     const A sg = A(sign);
-    at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    parallel_rows(B * H, 1, [&](int64_t begin, int64_t end) {
       for (int64_t bh = begin; bh < end; ++bh) {
         const int64_t b = bh / H, h = bh % H;
         for (int64_t t = 0; t < T; ++t) {
@@ -281,7 +314,7 @@ template <class scalar_t>
 void causal_softmax_rows(scalar_t* scores, acc_t<scalar_t>* lse, int64_t R, int64_t L,
                          acc_t<scalar_t> scale) {
   using A = acc_t<scalar_t>;
-  at::parallel_for(0, R, 64, [&](int64_t begin, int64_t end) {
+  parallel_rows(R, 64, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       scalar_t* row = scores + r * L;
       const int64_t visible = r % L + 1;
@@ -307,7 +340,7 @@ template <class scalar_t>
 void causal_softmax_backward_rows(scalar_t* scores, scalar_t* dp, const acc_t<scalar_t>* lse,
                                   int64_t R, int64_t L, acc_t<scalar_t> scale) {
   using A = acc_t<scalar_t>;
-  at::parallel_for(0, R, 64, [&](int64_t begin, int64_t end) {
+  parallel_rows(R, 64, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       scalar_t* p = scores + r * L;
       scalar_t* d = dp + r * L;
@@ -516,7 +549,7 @@ void swiglu_forward(at::Tensor& out, const at::Tensor& gu) {
     using A = acc_t<scalar_t>;
     const scalar_t* gp = gu.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
+    parallel_rows(N, 16, [&](int64_t begin, int64_t end) {
       for (int64_t n = begin; n < end; ++n) {
         const scalar_t* g = gp + n * 2 * F;
         const scalar_t* u = g + F;
@@ -541,7 +574,7 @@ void swiglu_backward(at::Tensor& dgu, const at::Tensor& dout, const at::Tensor& 
     const scalar_t* gp = gu.data_ptr<scalar_t>();
     const scalar_t* dp = dout.data_ptr<scalar_t>();
     scalar_t* dgp = dgu.data_ptr<scalar_t>();
-    at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
+    parallel_rows(N, 16, [&](int64_t begin, int64_t end) {
       for (int64_t n = begin; n < end; ++n) {
         const scalar_t* g = gp + n * 2 * F;
         const scalar_t* u = g + F;
@@ -579,7 +612,7 @@ double cross_entropy_rows(scalar_t* logits, const int64_t* targets, int64_t R, i
                           bool backward, double grad_scale) {
   using A = acc_t<scalar_t>;
   std::vector<double> row_loss(static_cast<size_t>(R));
-  at::parallel_for(0, R, 8, [&](int64_t begin, int64_t end) {
+  parallel_rows(R, 8, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       scalar_t* row = logits + r * V;
       A mx = -std::numeric_limits<A>::infinity();

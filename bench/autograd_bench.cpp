@@ -25,6 +25,7 @@
 #include "autograd/reference.h"
 #include "bench/memory_counter.h"
 #include "util/bench_flags.h"
+#include "util/runtime_defaults.h"
 
 namespace rs = ramstream;
 using rs::autograd::ActivationMode;
@@ -67,6 +68,7 @@ struct Measure {
 }  // namespace
 
 int main(int argc, char** argv) {
+  ramstream::apply_runtime_defaults(argv);  // may re-execute with OMP_* / OPENBLAS_* defaults
   const ramstream::BenchFlags flags = ramstream::parse_bench_flags(
       argc, argv, "autograd_bench", {{"batch", 4}, {"seq", 256}, {"iters", 3}});
   rs::bench::MemoryCounter& mem = rs::bench::MemoryCounter::install();

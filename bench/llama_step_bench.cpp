@@ -23,6 +23,7 @@
 #include "pipeline/engine.h"
 #include "pipeline/gemm_probe.h"
 #include "util/bench_flags.h"
+#include "util/runtime_defaults.h"
 
 namespace rs = ramstream;
 
@@ -82,6 +83,7 @@ double pinned_h2d_gbs(rs::pipeline::Device& dev, int64_t bytes) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  ramstream::apply_runtime_defaults(argv);  // may re-execute with OMP_* / OPENBLAS_* defaults
   const rs::BenchFlags f = rs::parse_bench_flags(argc, argv, "llama_step_bench",
                                                  {{"layers", 4},
                                                   {"hidden", 4096},

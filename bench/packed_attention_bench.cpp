@@ -19,6 +19,7 @@
 #include "autograd/ops.h"
 #include "autograd/positions.h"
 #include "util/bench_flags.h"
+#include "util/runtime_defaults.h"
 
 namespace rs = ramstream;
 
@@ -56,6 +57,7 @@ struct Layout {
 }  // namespace
 
 int main(int argc, char** argv) {
+  ramstream::apply_runtime_defaults(argv);  // may re-execute with OMP_* / OPENBLAS_* defaults
   const rs::BenchFlags flags = rs::parse_bench_flags(argc, argv, "packed_attention_bench",
                                                      {{"batch", 2}, {"seq", 512}, {"iters", 5}});
   const int64_t B = flags.value("batch"), T = flags.value("seq");

@@ -23,6 +23,7 @@
 #include "bench/bench_model.h"
 #include "checkpoint/train_state.h"
 #include "util/bench_flags.h"
+#include "util/runtime_defaults.h"
 
 namespace rs = ramstream;
 namespace fs = std::filesystem;
@@ -106,6 +107,7 @@ Result run(bool grad_regions, int64_t batch, int64_t seq, int64_t iters, const s
 }  // namespace
 
 int main(int argc, char** argv) {
+  ramstream::apply_runtime_defaults(argv);  // may re-execute with OMP_* / OPENBLAS_* defaults
   const rs::BenchFlags flags = rs::parse_bench_flags(argc, argv, "save_overlap_bench",
                                                      {{"batch", 4}, {"seq", 256}, {"iters", 3}});
   const int64_t B = flags.value("batch"), T = flags.value("seq"), iters = flags.value("iters");

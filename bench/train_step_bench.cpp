@@ -27,6 +27,7 @@
 #include "bench/bench_model.h"
 #include "pipeline/engine.h"
 #include "util/bench_flags.h"
+#include "util/runtime_defaults.h"
 
 namespace rs = ramstream;
 
@@ -149,6 +150,7 @@ PhaseResult run_isolated(Phase phase, const Args& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  ramstream::apply_runtime_defaults(argv);  // may re-execute with OMP_* / OPENBLAS_* defaults
   const ramstream::BenchFlags flags = ramstream::parse_bench_flags(
       argc, argv, "train_step_bench", {{"batch", 4}, {"seq", 256}, {"iters", 2}});
   const Args a{flags.value("batch"), flags.value("seq"), flags.value("iters")};

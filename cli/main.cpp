@@ -34,6 +34,7 @@
 #include "cli/commands.h"
 #include "trainer/recipe.h"
 #include "trainer/trainer.h"
+#include "util/runtime_defaults.h"
 #include "util/torch_compat.h"
 #include "util/user_file.h"
 
@@ -306,6 +307,7 @@ int cli_main(int argc, char** argv, Context& context) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  ramstream::apply_runtime_defaults(argv);  // may re-execute with OMP_* / OPENBLAS_* defaults
   std::set_terminate(exit_on_terminate);
   Context context;
   const auto fail = [&](const std::string& what) {

@@ -1,6 +1,9 @@
 #include "kernels/cpu_isa.h"
 
 #include <atomic>
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 #include <stdexcept>
 #include <string>
 
@@ -49,6 +52,34 @@ const char* isa_name(Isa isa) {
       return "avx2+fma";
   }
   return "unknown";
+}
+
+namespace {
+
+// CPUID leaf 7, sub-leaf `sub`: {eax, ebx, ecx, edx}, all zero when the leaf is missing.
+struct Leaf7 {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+};
+Leaf7 cpuid7(unsigned sub) {
+  Leaf7 r;
+#if RAMSTREAM_KERNELS_X86
+  if (__get_cpuid_count(7, sub, &r.eax, &r.ebx, &r.ecx, &r.edx) == 0) r = Leaf7{};
+#else
+  (void)sub;
+#endif
+  return r;
+}
+
+}  // namespace
+
+bool cpu_has_avx512_bf16() {
+  static const bool has = (cpuid7(1).eax >> 5) & 1u;  // CPUID.(7,1):EAX[5]
+  return has;
+}
+
+bool cpu_has_amx_bf16() {
+  static const bool has = (cpuid7(0).edx >> 22) & 1u;  // CPUID.(7,0):EDX[22]
+  return has;
 }
 
 }  // namespace ramstream::kernels

@@ -23,4 +23,9 @@ Isa kernel_isa();
 void set_kernel_isa(Isa isa);
 const char* isa_name(Isa isa);
 
+// CPUID feature bits of the bf16 matrix instructions (false off x86): AVX512-BF16 (vdpbf16ps) and
+// AMX-BF16 (tile dot products). They say what the CPU has, not which kernels use it.
+bool cpu_has_avx512_bf16();
+bool cpu_has_amx_bf16();
+
 }  // namespace ramstream::kernels

@@ -154,9 +154,10 @@ Engine::Engine(Device& device, ParamStore& store, const EngineOptions& options, 
     slots_.push_back(std::move(s));
   }
   for (int g = 0; g < 2; ++g) {
-    grad_buf_[g] = dev_.alloc(plan_.slot_numel, acc);
+    grad_buf_[g] = dev_.alloc(plan_.grad_numel, acc);
     grad_free_[g] = dev_.new_event();
-    if (bf16_layout) {
+    // On the CPU backend the grads are rounded straight into the store: no staging needed.
+    if (bf16_layout && cuda) {
       grad_half_[g] = dev_.alloc(plan_.slot_numel, dtype);
       half_free_[g] = dev_.new_event();
     }
@@ -203,11 +204,9 @@ Engine::Engine(Device& device, ParamStore& store, const EngineOptions& options, 
   final_rstd_ = at::empty({N}, o.dtype(acc));
   dh_ = at::empty({N, C}, o);
   loss_dev_ = at::zeros({}, o.dtype(at::kDouble));
-  // Chunks of ~8 MiB of logits suit a CPU's caches; a GPU needs hundreds of rows per GEMM.
-  ce_chunk_rows_ = options_.ce_chunk_rows > 0
-                       ? options_.ce_chunk_rows
-                       : autograd::cross_entropy_chunk_rows(cfg_.vocab_size,
-                                                            cuda ? int64_t{256} << 20 : 8 << 20);
+  ce_chunk_rows_ = options_.ce_chunk_rows > 0 ? options_.ce_chunk_rows
+                                              : autograd::cross_entropy_chunk_rows(
+                                                    cfg_.vocab_size, default_ce_chunk_bytes(cuda));
   compute_->synchronize();
   if (options_.record_timeline) {
     // Both references reached now (within a few microseconds of each other).
@@ -624,27 +623,35 @@ void Engine::grads_to_host(int64_t stage, const at::Tensor& grads, Event& grads_
     dst = grad_ring_[static_cast<size_t>(ring_slot)];
   }
   host_grad_[static_cast<size_t>(stage)] = dst.data_ptr();
-  at::Tensor src = grads;
-  Event* src_free = &grads_free;
-  if (bf16) {
-    // The one rounding of this step's fp32 grads to bf16, on the device, into a staging buffer;
-    // the fp32 buffer is free again as soon as that is done.
-    const int h = half_turn_;
-    half_turn_ ^= 1;
-    compute.wait(*half_free_[h]);
-    src = grad_half_[h];
-    src.narrow(0, 0, n).copy_(grads.narrow(0, 0, n));
+  if (bf16 && dev_.kind() == DeviceKind::kCpu) {
+    // The device is host memory: the one rounding of this step's fp32 grads to bf16 goes
+    // straight into the store's working copy, which nothing reads until this stage's update.
+    dst.narrow(0, 0, n).copy_(grads.narrow(0, 0, n));
     grads_free.record(compute);
-    src_free = half_free_[h].get();
+    grads_on_host_[static_cast<size_t>(stage)]->record(compute);
+  } else {
+    at::Tensor src = grads;
+    Event* src_free = &grads_free;
+    if (bf16) {
+      // The one rounding of this step's fp32 grads to bf16, on the device, into a staging buffer;
+      // the fp32 buffer is free again as soon as that is done.
+      const int h = half_turn_;
+      half_turn_ ^= 1;
+      compute.wait(*half_free_[h]);
+      src = grad_half_[h];
+      src.narrow(0, 0, n).copy_(grads.narrow(0, 0, n));
+      grads_free.record(compute);
+      src_free = half_free_[h].get();
+    }
+    grads_ready_->record(compute);
+    d2h_->wait(*grads_ready_);
+    mark(*d2h_, "grads_begin", stage);
+    d2h_->copy(dst.data_ptr(), src.data_ptr(),
+               static_cast<size_t>(n * static_cast<int64_t>(dst.element_size())));
+    mark(*d2h_, "grads_end", stage);
+    grads_on_host_[static_cast<size_t>(stage)]->record(*d2h_);
+    src_free->record(*d2h_);
   }
-  grads_ready_->record(compute);
-  d2h_->wait(*grads_ready_);
-  mark(*d2h_, "grads_begin", stage);
-  d2h_->copy(dst.data_ptr(), src.data_ptr(),
-             static_cast<size_t>(n * static_cast<int64_t>(dst.element_size())));
-  mark(*d2h_, "grads_end", stage);
-  grads_on_host_[static_cast<size_t>(stage)]->record(*d2h_);
-  src_free->record(*d2h_);
   schedule_sum_of_squares(stage);
   if (options_.max_grad_norm <= 0) schedule_update(stage);
   if (ring_slot >= 0) grad_ring_free_[static_cast<size_t>(ring_slot)]->record(*optimizer_);

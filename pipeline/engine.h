@@ -63,7 +63,7 @@ struct EngineOptions {
   // Record when each stream reaches the start and end of every load, compute, grad copy and
   // update (CUDA: timing events; host streams: host clock).
   bool record_timeline = false;
-  // Rows per cross-entropy chunk; 0 picks ~8 MiB of fp32 logits per chunk.
+  // Rows per cross-entropy chunk; 0 picks default_ce_chunk_bytes of fp32 logits per chunk.
   int64_t ce_chunk_rows = 0;
   // CUDA: run with a store (or checkpoint pool) that could not be page-locked, every copy to or
   // from it then synchronous. Off: such a store is an error.
@@ -107,6 +107,14 @@ class StepResult {
   std::shared_ptr<Record> rec_;
 };
 
+// Bytes of fp32 logits per cross-entropy chunk when EngineOptions::ce_chunk_rows is 0. The head's
+// weight-grad GEMM has the chunk's rows as its depth: a GPU needs hundreds of rows, and on the
+// CPU 8 MiB (42 rows of a 49k vocabulary) ran that GEMM at a fraction of the rate that 64 MiB
+// (340 rows) reaches.
+constexpr int64_t default_ce_chunk_bytes(bool cuda) {
+  return cuda ? int64_t{256} << 20 : int64_t{64} << 20;
+}
+
 class Engine {
  public:
   Engine(Device& device, ParamStore& store, const EngineOptions& options, int64_t batch,
@@ -132,6 +140,7 @@ class Engine {
                                         const std::vector<at::Tensor>& positions = {});
   // Waits until every scheduled update has reached the store.
   void synchronize();
+  Device& device() { return dev_; }
   // Global grad norm of the last step (waits for it).
   double grad_norm();
   // Steps skipped so far under skip_nonfinite (as far as the optimizer got; never blocks).

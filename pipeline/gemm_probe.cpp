@@ -376,7 +376,8 @@ std::string gemm_machine_key(at::Device device) {
     key = "cpu: " + cpu_model_name() + "; " + std::to_string(sysconf(_SC_NPROCESSORS_ONLN)) +
           " cpus online, " + std::to_string(allowed_cpus()) + " allowed; " +
           std::to_string(at::get_num_threads()) + " ATen threads; blas " + blas_libraries();
-    for (const char* var : {"OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"}) {
+    for (const char* var : {"OMP_NUM_THREADS", "OMP_WAIT_POLICY", "OPENBLAS_NUM_THREADS",
+                            "OPENBLAS_CORETYPE", "MKL_NUM_THREADS"}) {
       if (const char* v = std::getenv(var)) key += std::string("; ") + var + "=" + v;
     }
   }
@@ -436,6 +437,23 @@ Result<GemmRate> cached_gemm_rate(at::Device device, at::ScalarType dtype,
   }
   r.value().cache_path = path;
   return r;
+}
+
+ComputeChoice choose_cpu_compute(const Result<GemmRate>& fp32, const Result<GemmRate>& bf16) {
+  ComputeChoice c;
+  char line[200];
+  if (!fp32.ok() || !bf16.ok()) {
+    c.reason = "fp32: no GEMM rate to compare (" +
+               (fp32.ok() ? bf16.error().message : fp32.error().message) + ")";
+    return c;
+  }
+  const double f = fp32.value().flops_per_s / 1e9, b = bf16.value().flops_per_s / 1e9;
+  const bool use_bf16 = b >= kBf16Advantage * f;
+  std::snprintf(line, sizeof line, "%s: bf16 GEMM %.1f GFLOP/s is %.2fx fp32's %.1f (%s %.1fx)",
+                use_bf16 ? "bf16" : "fp32", b, b / f, f, use_bf16 ? ">=" : "<", kBf16Advantage);
+  c.reason = line;
+  c.dtype = use_bf16 ? at::kBFloat16 : at::kFloat;
+  return c;
 }
 
 }  // namespace ramstream::pipeline

@@ -77,6 +77,23 @@ struct GemmCacheOptions {
 Result<GemmRate> cached_gemm_rate(at::Device device, at::ScalarType dtype,
                                   const GemmCacheOptions& opts = {});
 
+// The CPU compute dtype for `model.compute: auto`: bf16 (bf16 GEMMs with fp32 accumulation, fp32
+// master weights and optimizer) where the probed bf16 GEMM rate is at least kBf16Advantage times
+// the fp32 rate (AMX or AVX512-BF16 through oneDNN: 2-3x), fp32 elsewhere (AVX2-only CPUs run
+// bf16 GEMMs ~25x slower than fp32). The margin covers what bf16 adds around the GEMMs (the
+// weight-grad widening, conversions) and its rounding: a bf16 step has to win clearly to be
+// chosen. A failed probe picks fp32 and says why.
+//
+//   ComputeChoice c = choose_cpu_compute(cached_gemm_rate(cpu, at::kFloat),
+//                                        cached_gemm_rate(cpu, at::kBFloat16));
+//   // c.dtype == at::kBFloat16, c.reason == "bf16 GEMM 424.0 GFLOP/s is 1.99x fp32's 213.4"
+constexpr double kBf16Advantage = 1.5;
+struct ComputeChoice {
+  at::ScalarType dtype = at::kFloat;
+  std::string reason;  // one line for the start-up table
+};
+ComputeChoice choose_cpu_compute(const Result<GemmRate>& fp32, const Result<GemmRate>& bf16);
+
 // What the rate depends on, as one line (see the top of this file).
 std::string gemm_machine_key(at::Device device);
 // ${RAMSTREAM_CACHE:-$HOME/.cache/ramstream}/probe; "" when neither variable is set.

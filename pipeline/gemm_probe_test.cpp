@@ -294,5 +294,36 @@ TEST(GemmProbeCache, UnwritableCacheWarnsAndStillReturnsTheRate) {
   EXPECT_NE(r.value().describe().find("not cached"), std::string::npos);
 }
 
+GemmRate rate_of(double gflops, at::ScalarType dtype) {
+  GemmRate r;
+  r.flops_per_s = gflops * 1e9;
+  r.dtype = dtype;
+  r.device = "cpu";
+  return r;
+}
+
+TEST(ChooseCpuCompute, Bf16OnlyWhenItsGemmIsClearlyFaster) {
+  const ComputeChoice amx =
+      choose_cpu_compute(rate_of(328, at::kFloat), rate_of(970, at::kBFloat16));
+  EXPECT_EQ(amx.dtype, at::kBFloat16);
+  EXPECT_EQ(amx.reason, "bf16: bf16 GEMM 970.0 GFLOP/s is 2.96x fp32's 328.0 (>= 1.5x)");
+  const ComputeChoice avx2 =
+      choose_cpu_compute(rate_of(130, at::kFloat), rate_of(5, at::kBFloat16));
+  EXPECT_EQ(avx2.dtype, at::kFloat);
+  EXPECT_EQ(avx2.reason, "fp32: bf16 GEMM 5.0 GFLOP/s is 0.04x fp32's 130.0 (< 1.5x)");
+  // Faster, but not by the margin: fp32.
+  EXPECT_EQ(choose_cpu_compute(rate_of(200, at::kFloat), rate_of(280, at::kBFloat16)).dtype,
+            at::kFloat);
+  EXPECT_EQ(choose_cpu_compute(rate_of(200, at::kFloat), rate_of(300, at::kBFloat16)).dtype,
+            at::kBFloat16);
+}
+
+TEST(ChooseCpuCompute, AFailedProbeMeansFp32AndSaysWhy) {
+  const ComputeChoice c =
+      choose_cpu_compute(rate_of(200, at::kFloat), Error{"bf16 matmul failed on cpu"});
+  EXPECT_EQ(c.dtype, at::kFloat);
+  EXPECT_EQ(c.reason, "fp32: no GEMM rate to compare (bf16 matmul failed on cpu)");
+}
+
 }  // namespace
 }  // namespace ramstream::pipeline

@@ -38,6 +38,13 @@ StagePlan plan_stages(const model::ModelConfig& cfg) {
   plan.stages.push_back({StageKind::kHead, -1,
                          plan.tied ? align_up(cfg.hidden_size) : plan.head_lm_head_offset + VC});
   plan.slot_numel = std::max({VC, plan.block.numel, plan.head_lm_head_offset + VC});
+  plan.grad_numel = plan.slot_numel;
+  if (plan.tied) {
+    plan.grad_numel = 0;
+    for (size_t s = 1; s < plan.stages.size(); ++s) {
+      plan.grad_numel = std::max(plan.grad_numel, plan.stages[s].numel);
+    }
+  }
   return plan;
 }
 

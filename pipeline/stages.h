@@ -38,6 +38,9 @@ struct StagePlan {
   int64_t vocab = 0, hidden = 0;
   int64_t head_lm_head_offset = 0;  // in the head's slot (and host region when untied)
   int64_t slot_numel = 0;           // elements of a device template: the largest stage
+  // Elements of one per-stage grad buffer: the largest stage, or with tied embeddings the largest
+  // after the embedding (whose grads have their own vocab x hidden buffer).
+  int64_t grad_numel = 0;
 
   int64_t num_stages() const { return static_cast<int64_t>(stages.size()); }
   int64_t head_index() const { return num_stages() - 1; }

@@ -14,6 +14,8 @@ PACKAGES=(
   python3 python3-venv python3-pip
   # libtorch (CPU, 1.13) and a fast BLAS behind its generic libblas.so.3
   libtorch-dev libopenblas0-pthread
+  # oneDNN headers (the library is libtorch's own) for bf16 -> fp32 CPU GEMMs
+  libdnnl-dev
   # host memory and threading
   libhwloc-dev libnuma-dev libtbb-dev
   # logging, config, CLI, tokenizer regexes and NFC

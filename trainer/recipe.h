@@ -44,7 +44,7 @@ struct Recipe {
 
   // model
   std::string model_path;              // HF folder or .gguf file; "~" expands to $HOME
-  std::string model_compute = "auto";  // auto (fp32 on CPU, bf16 on CUDA) | fp32 | bf16
+  std::string model_compute = "auto";  // auto | fp32 | bf16 (pipeline::choose_cpu_compute)
 
   // data
   std::string data_path;

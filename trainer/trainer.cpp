@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -15,6 +16,8 @@
 #include <limits>
 #include <sstream>
 
+#include <ATen/Parallel.h>
+#include <tbb/task_arena.h>
 #include <nlohmann/json.hpp>
 
 #include "checkpoint/atomic_file.h"
@@ -34,6 +37,7 @@
 #include "trainer/generate.h"
 #include "trainer/lr_schedule.h"
 #include "trainer/progress.h"
+#include "util/runtime_defaults.h"
 #include "util/text.h"
 #include "util/user_file.h"
 
@@ -119,6 +123,8 @@ struct Trainer::State {
   std::unique_ptr<pipeline::Engine> engine;
   std::unique_ptr<checkpoint::AsyncCheckpointWriter> writer;
   bool cuda = false;
+  // The compute dtype (model.compute resolved) and why, for the start-up table.
+  pipeline::ComputeChoice compute;
   std::string config_hash;
   LrSchedule schedule;
   std::FILE* metrics = nullptr;
@@ -318,6 +324,11 @@ void print_startup(State& s, uint64_t need_bytes) {
                s.device->describe().c_str(), (long long)r.num_slots, (long long)stages,
                (long long)std::max<int64_t>(0, stages - r.num_slots));
   std::fprintf(o, "  numa         %s\n", s.binding.describe().c_str());
+  std::fprintf(o, "  dtype        %s\n", s.compute.reason.c_str());
+  const char* wait_policy = std::getenv("OMP_WAIT_POLICY");
+  std::fprintf(o, "  threads      %d OpenMP (ATen, oneDNN; OMP_WAIT_POLICY %s), %d TBB\n",
+               at::get_num_threads(), wait_policy ? wait_policy : "unset",
+               tbb::this_task_arena::max_concurrency());
   if (s.gemm_error.empty()) {
     std::fprintf(o,
                  "  compute      %s; MFU counts 6 x %.1f M matmul params + attention per token\n",
@@ -363,9 +374,11 @@ EngineMemory estimate_engine_memory(const model::ModelConfig& c, const Recipe& r
   const double F = double(c.intermediate_size), Q = double(c.q_dim()), KV = double(c.kv_dim());
   const double H = double(c.num_heads), slot = double(plan.slot_numel);
   EngineMemory m;
-  // Weight slots; fp32 grad buffers (and their bf16 halves in the bf16 layout); the tied grad.
-  m.device_bytes = double(std::max<int64_t>(2, r.num_slots)) * slot * E + 2 * slot * A +
-                   (element_bytes == 2 ? 2 * slot * E : 0.0);
+  // Weight slots; fp32 grad buffers (and on CUDA their bf16 halves in the bf16 layout); the tied
+  // grad.
+  m.device_bytes = double(std::max<int64_t>(2, r.num_slots)) * slot * E +
+                   2 * double(plan.grad_numel) * A +
+                   (element_bytes == 2 && cuda ? 2 * slot * E : 0.0);
   if (c.tie_word_embeddings) m.device_bytes += double(c.vocab_size) * C * A;
   // One block's activations and scratch, the head's buffers.
   const double acts = N * (4 * C + 2 * Q + 2 * KV + 2 * F) * E + N * (2 + H) * A;
@@ -386,7 +399,7 @@ EngineMemory estimate_engine_memory(const model::ModelConfig& c, const Recipe& r
   // Attention probabilities of one row, T x T per head, forward and backward.
   m.device_bytes += 2 * H * T * T * E;
   // Cross-entropy chunks of logits and their grads.
-  m.device_bytes += 2 * (cuda ? 256.0 : 8.0) * double(1 << 20);
+  m.device_bytes += 2 * double(pipeline::default_ce_chunk_bytes(cuda));
   return m;
 }
 
@@ -467,6 +480,29 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Recipe& recipe, FILE* log
   st = load_data(*s);
   if (!st.ok()) return st.error();
 
+  if (s->cuda) {
+    if (r.model_compute == "fp32") {
+      return Error{
+          "model.compute is fp32 but the CUDA backend computes in bf16 (fp32 master "
+          "weights and optimizer); use model.compute: auto or bf16"};
+    }
+    s->compute = {at::kBFloat16, "bf16 (the CUDA backend)"};
+  } else if (r.model_compute == "auto") {
+    s->compute = pipeline::choose_cpu_compute(
+        pipeline::cached_gemm_rate(at::Device(at::kCPU), at::kFloat),
+        pipeline::cached_gemm_rate(at::Device(at::kCPU), at::kBFloat16));
+    s->compute.reason = "model.compute auto -> " + s->compute.reason;
+  } else {
+    const bool bf16 = r.model_compute == "bf16";
+    s->compute = {bf16 ? at::kBFloat16 : at::kFloat,
+                  std::string(bf16 ? "bf16" : "fp32") + " (set by model.compute)"};
+  }
+  const bool bf16_layout = s->compute.dtype == at::kBFloat16;
+  if (!s->cuda && !bf16_layout) {
+    const std::string blas = openblas_core_warning();
+    if (!blas.empty()) s->warnings.push_back(blas);
+  }
+
   const pipeline::StagePlan plan = pipeline::plan_stages(s->cfg);
   // Every slot beyond one per stage would hold nothing.
   const int64_t most_slots = std::max<int64_t>(2, plan.num_stages());
@@ -477,10 +513,10 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Recipe& recipe, FILE* log
     s->recipe.num_slots = most_slots;
   }
   pipeline::ParamStoreOptions so;
-  so.working_copy_bf16 = s->cuda;
+  so.working_copy_bf16 = bf16_layout;
   so.pin = s->cuda;
   so.allow_pageable = r.allow_pageable;
-  so.grad_regions = !s->cuda && r.max_grad_norm > 0;
+  so.grad_regions = !bf16_layout && r.max_grad_norm > 0;
   s->binding = memory::plan_host_binding(memory::Topology::probe());
   so.numa_node = s->binding.store_node;
   const uint64_t need = static_cast<uint64_t>(pipeline::ParamStore::bytes_needed(plan, so));
@@ -509,7 +545,9 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Recipe& recipe, FILE* log
     }
   }
   try {
-    s->device = s->cuda ? pipeline::make_cuda_device(0) : pipeline::make_cpu_device({});
+    pipeline::CpuDeviceOptions cpu;
+    cpu.compute_dtype = s->compute.dtype;
+    s->device = s->cuda ? pipeline::make_cuda_device(0) : pipeline::make_cpu_device(cpu);
     s->store = std::make_unique<pipeline::ParamStore>(plan, s->cfg, so);
   } catch (const std::exception& e) {
     return Error{e.what()};
@@ -550,7 +588,7 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Recipe& recipe, FILE* log
   s->flops_per_token = model::training_flops_per_token(s->cfg, r.max_seq_len);
   {
     const at::Device dev = s->cuda ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
-    const at::ScalarType dtype = s->cuda ? at::kBFloat16 : s->device->compute_dtype();
+    const at::ScalarType dtype = s->device->compute_dtype();
     Result<pipeline::GemmRate> rate = pipeline::cached_gemm_rate(dev, dtype);
     if (rate.ok()) {
       s->gemm_rate = rate.value();

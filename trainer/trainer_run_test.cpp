@@ -372,6 +372,63 @@ TEST(TrainerRun, EngineMemoryEstimateCoversTheEngineBuffers) {
     const EngineMemory m = estimate_engine_memory(t.value()->model_config(), r, 4, false);
     EXPECT_GE(m.device_bytes, double(t.value()->engine().device_bytes())) << activations;
   }
+  const Recipe bf16 = tiny(out, {"train.max_steps=1", "eval.before=false", "eval.at_end=false",
+                                 "checkpoint.at_end=false", "model.compute=bf16"});
+  auto t = Trainer::create(bf16);
+  ASSERT_TRUE(t.ok()) << t.error().message;
+  ASSERT_TRUE(t.value()->train().ok());
+  const EngineMemory m = estimate_engine_memory(t.value()->model_config(), bf16, 2, false);
+  EXPECT_GE(m.device_bytes, double(t.value()->engine().device_bytes())) << "bf16";
+}
+
+std::string read_all(std::FILE* f) {
+  std::string text;
+  std::rewind(f);
+  char buf[4096];
+  for (size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) text.append(buf, n);
+  return text;
+}
+
+// model.compute bf16 on the CPU: the bf16 store layout (bf16 working copy, 14 B/param), bf16
+// GEMMs, and the run learns like the fp32 one; auto says which dtype it chose and why.
+TEST(TrainerRun, Bf16ComputeOnTheCpuUsesTheBf16StoreAndLearns) {
+  std::FILE* log = std::tmpfile();
+  ASSERT_NE(log, nullptr);
+  const std::string out = fresh_dir("bf16");
+  Result<std::unique_ptr<Trainer>> t =
+      Trainer::create(tiny(out, {"model.compute=bf16", "eval.accuracy=false"}), log);
+  ASSERT_TRUE(t.ok()) << t.error().message;
+  EXPECT_EQ(t.value()->engine().device().compute_dtype(), at::kBFloat16);
+  Result<TrainSummary> s = t.value()->train();
+  ASSERT_TRUE(s.ok()) << s.error().message;
+  std::printf("bf16: loss %.4f -> %.4f, val loss %.4f -> %.4f\n", s.value().first_loss,
+              s.value().last_loss, s.value().before.val_loss, s.value().after.val_loss);
+  EXPECT_LT(s.value().last_loss, 0.8 * s.value().first_loss);
+  EXPECT_LT(s.value().after.val_loss, s.value().before.val_loss);
+  EXPECT_TRUE(checkpoint::verify_checkpoint(s.value().last_checkpoint).ok());
+  const std::string text = read_all(log);
+  EXPECT_NE(text.find("dtype        bf16 (set by model.compute)"), std::string::npos) << text;
+  // 14 B/param (fp32 master, m, v + bf16 working copy; the fp32 layout with clipping is 16), plus
+  // the tiny model's padding.
+  const size_t at = text.find(" B/param)");
+  ASSERT_NE(at, std::string::npos) << text;
+  const double per_param = std::atof(text.c_str() + text.rfind('(', at) + 1);
+  EXPECT_GE(per_param, 14.0) << text;
+  EXPECT_LT(per_param, 15.0) << text;
+  std::fclose(log);
+
+  log = std::tmpfile();
+  ASSERT_NE(log, nullptr);
+  Result<std::unique_ptr<Trainer>> a =
+      Trainer::create(tiny(fresh_dir("auto"), {"train.max_steps=1"}), log);
+  ASSERT_TRUE(a.ok()) << a.error().message;
+  const std::string auto_text = read_all(log);
+  const bool chose_bf16 = a.value()->engine().device().compute_dtype() == at::kBFloat16;
+  EXPECT_NE(auto_text.find(std::string("dtype        model.compute auto -> ") +
+                           (chose_bf16 ? "bf16: bf16 GEMM" : "fp32")),
+            std::string::npos)
+      << auto_text;
+  std::fclose(log);
 }
 
 // A learning rate that blows the model up: the run stops with an error at the first non-finite
