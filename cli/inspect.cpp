@@ -76,8 +76,8 @@ void print_model(const std::string& source, const rs::model::ModelConfig& cfg) {
     return double(rs::pipeline::ParamStore::bytes_needed(plan, o));
   };
   std::printf(
-      "host memory    full fine-tune: GPU %.2f GiB (14 B/param), CPU %.2f GiB with "
-      "clipping (16 B/param), %.2f GiB without (12 B/param)\n",
+      "host memory    full fine-tune: GPU or bf16 CPU compute %.2f GiB (14 B/param), fp32 CPU "
+      "compute %.2f GiB with clipping (16 B/param), %.2f GiB without (12 B/param)\n",
       bytes(gpu) / kGiB, bytes(cpu_clip) / kGiB, bytes(cpu_noclip) / kGiB);
   std::printf("               inference: %.2f GiB (bf16 weights)\n", n.total() * 2.0 / kGiB);
   std::printf("device memory  %.3f GiB per streamed layer slot (bf16), 2 slots by default\n",
