@@ -13,6 +13,7 @@
 
 #include "autograd/ops_composite.h"
 #include "kernels/gemm_bf16.h"
+#include "kernels/swiglu.h"
 
 namespace ramstream::autograd {
 namespace {
@@ -58,6 +59,12 @@ void parallel_rows(int64_t n, int64_t grain, const F& fn) {
   }
   tbb::parallel_for(tbb::blocked_range<int64_t>(0, n, static_cast<size_t>(grain)),
                     [&](const tbb::blocked_range<int64_t>& r) { fn(r.begin(), r.end()); });
+}
+
+// A bf16 tensor's data as the kernels' bf16 (the same 16 bits; checked below).
+static_assert(sizeof(c10::BFloat16) == sizeof(kernels::bf16));
+kernels::bf16* kernel_ptr(const at::Tensor& t) {
+  return reinterpret_cast<kernels::bf16*>(t.data_ptr<at::BFloat16>());
 }
 
 std::atomic<bool> g_composite_for_testing{false};
@@ -545,6 +552,19 @@ void swiglu_forward(at::Tensor& out, const at::Tensor& gu) {
   TORCH_CHECK(out.numel() == N * F, "swiglu_forward: out has ", out.numel(), " elements, want ",
               N * F);
   if (!fused(gu)) return composite::swiglu_forward(out, gu);
+  if (gu.scalar_type() == at::kFloat || gu.scalar_type() == at::kBFloat16) {
+    const bool bf16 = gu.scalar_type() == at::kBFloat16;
+    parallel_rows(N, 16, [&](int64_t begin, int64_t end) {
+      if (bf16) {
+        kernels::swiglu_forward_rows(kernel_ptr(gu) + begin * 2 * F, kernel_ptr(out) + begin * F,
+                                     end - begin, F);
+      } else {
+        kernels::swiglu_forward_rows(gu.data_ptr<float>() + begin * 2 * F,
+                                     out.data_ptr<float>() + begin * F, end - begin, F);
+      }
+    });
+    return;
+  }
   RS_DISPATCH(gu.scalar_type(), "swiglu_forward", [&] {
     using A = acc_t<scalar_t>;
     const scalar_t* gp = gu.data_ptr<scalar_t>();
@@ -569,6 +589,20 @@ void swiglu_backward(at::Tensor& dgu, const at::Tensor& dout, const at::Tensor& 
   check_contiguous(dgu, "swiglu_backward", "dgu");
   if (!fused(gu)) return composite::swiglu_backward(dgu, dout, gu);
   const int64_t F = gu.size(-1) / 2, N = gu.numel() / (2 * F);
+  if (gu.scalar_type() == at::kFloat || gu.scalar_type() == at::kBFloat16) {
+    const bool bf16 = gu.scalar_type() == at::kBFloat16;
+    parallel_rows(N, 16, [&](int64_t begin, int64_t end) {
+      if (bf16) {
+        kernels::swiglu_backward_rows(kernel_ptr(dout) + begin * F, kernel_ptr(gu) + begin * 2 * F,
+                                      kernel_ptr(dgu) + begin * 2 * F, end - begin, F);
+      } else {
+        kernels::swiglu_backward_rows(dout.data_ptr<float>() + begin * F,
+                                      gu.data_ptr<float>() + begin * 2 * F,
+                                      dgu.data_ptr<float>() + begin * 2 * F, end - begin, F);
+      }
+    });
+    return;
+  }
   RS_DISPATCH(gu.scalar_type(), "swiglu_backward", [&] {
     using A = acc_t<scalar_t>;
     const scalar_t* gp = gu.data_ptr<scalar_t>();

@@ -20,10 +20,10 @@ tokens="$cache/tokens-2x256.bin"
 data=$(mktemp /tmp/ramstream-profile.XXXXXX)
 trap 'rm -f "$data" "$data.old"' EXIT
 
-# Start-up (loading, first touch of the store, the GEMM probe) ends well within 15 s here; the
+# Start-up (loading, first touch of the store, the GEMM probe) ends well within 12 s here; the
 # samples after it are the warm-up and timed steps.
-perf record -q -D 15000 -F 999 -o "$data" -- build/bin/peer_train_step --model "$model" \
-  --tokens "$tokens" --warmup 2 --steps 4 --compute "$compute" --activations "$activations" \
+perf record -q -D 12000 -F 999 -o "$data" -- build/bin/peer_train_step --model "$model" \
+  --tokens "$tokens" --warmup 2 --steps 16 --compute "$compute" --activations "$activations" \
   > /dev/null 2>&1
 perf report -i "$data" --no-children --sort dso,symbol --stdio -g none 2> /dev/null | python3 -c '
 import re, sys
@@ -32,6 +32,8 @@ def cat(dso, sym):
     if dso.startswith("libopenblas") or dso.startswith("[JIT]") or dso.startswith("libdnnl"):
         return "GEMM (OpenBLAS fp32, oneDNN bf16 JIT)"
     if "adamw" in sym: return "AdamW (optimizer, overlapped)"
+    if "kernels" in sym and any(k in sym for k in ("swiglu", "forward_avx2", "backward_avx2")):
+        return "SwiGLU (kernels/swiglu, vectorised)"
     if "sched" in sym or "yield" in sym or "futex" in sym or "finish_task_switch" in sym:
         return "scheduler: threads yielding / waking"
     if dso.startswith("libm"): return "libm exp/log (softmax, SiLU)"
@@ -47,6 +49,9 @@ for line in sys.stdin:
     if m:
         c = cat(m.group(2), m.group(3))
         cats[c] = cats.get(c, 0.0) + float(m.group(1))
+# perf rounds every one of thousands of lines (oneDNN JIT code has one per address), so the
+# printed shares sum to more than 100: scale them back to shares of all samples.
+total = sum(cats.values()) or 1.0
 for c, v in sorted(cats.items(), key=lambda kv: -kv[1]):
-    print(f"{v:6.1f}%  {c}")
+    print(f"{100 * v / total:6.1f}%  {c}")
 '
