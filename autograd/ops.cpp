@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include <atomic>
@@ -13,6 +14,7 @@
 
 #include "autograd/ops_composite.h"
 #include "kernels/gemm_bf16.h"
+#include "kernels/softmax_rows.h"
 #include "kernels/swiglu.h"
 
 namespace ramstream::autograd {
@@ -65,6 +67,19 @@ void parallel_rows(int64_t n, int64_t grain, const F& fn) {
 static_assert(sizeof(c10::BFloat16) == sizeof(kernels::bf16));
 kernels::bf16* kernel_ptr(const at::Tensor& t) {
   return reinterpret_cast<kernels::bf16*>(t.data_ptr<at::BFloat16>());
+}
+
+// fp32 and bf16 rows go through the vectorised kernels (kernels/softmax_rows.h); float64 (the
+// oracle tests) and fp16 keep the loops below.
+template <class T>
+constexpr bool kKernelRows = std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16>;
+template <class T>
+auto* rows_ptr(T* p) {
+  if constexpr (std::is_same_v<T, float>) {
+    return p;
+  } else {
+    return reinterpret_cast<kernels::bf16*>(p);
+  }
 }
 
 std::atomic<bool> g_composite_for_testing{false};
@@ -321,6 +336,21 @@ template <class scalar_t>
 void causal_softmax_rows(scalar_t* scores, acc_t<scalar_t>* lse, int64_t R, int64_t L,
                          acc_t<scalar_t> scale) {
   using A = acc_t<scalar_t>;
+  if constexpr (kKernelRows<scalar_t>) {
+    parallel_rows(R, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        scalar_t* row = scores + r * L;
+        const int64_t visible = r % L + 1;
+        // scale > 0, so max(s) * scale is max(s * scale), bit for bit.
+        const A mx = kernels::row_max(rows_ptr(row), visible) * scale;
+        const A sum = kernels::exp_sum(rows_ptr(row), visible, scale, mx, 1.0f, /*store=*/true);
+        kernels::scale_row(rows_ptr(row), visible, A(1) / sum);
+        for (int64_t j = visible; j < L; ++j) row[j] = scalar_t(0);
+        lse[r] = mx + std::log(sum);
+      }
+    });
+    return;
+  }
   parallel_rows(R, 64, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       scalar_t* row = scores + r * L;
@@ -347,6 +377,22 @@ template <class scalar_t>
 void causal_softmax_backward_rows(scalar_t* scores, scalar_t* dp, const acc_t<scalar_t>* lse,
                                   int64_t R, int64_t L, acc_t<scalar_t> scale) {
   using A = acc_t<scalar_t>;
+  if constexpr (kKernelRows<scalar_t>) {
+    parallel_rows(R, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        scalar_t* p = scores + r * L;
+        scalar_t* d = dp + r * L;
+        const int64_t visible = r % L + 1;
+        const A dot = kernels::exp_dot(rows_ptr(p), rows_ptr(d), visible, scale, lse[r]);
+        kernels::softmax_grad(rows_ptr(p), rows_ptr(d), visible, dot, scale);
+        for (int64_t j = visible; j < L; ++j) {
+          p[j] = scalar_t(0);
+          d[j] = scalar_t(0);
+        }
+      }
+    });
+    return;
+  }
   parallel_rows(R, 64, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       scalar_t* p = scores + r * L;
@@ -646,23 +692,41 @@ double cross_entropy_rows(scalar_t* logits, const int64_t* targets, int64_t R, i
                           bool backward, double grad_scale) {
   using A = acc_t<scalar_t>;
   std::vector<double> row_loss(static_cast<size_t>(R));
-  parallel_rows(R, 8, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      scalar_t* row = logits + r * V;
-      A mx = -std::numeric_limits<A>::infinity();
-      for (int64_t j = 0; j < V; ++j) mx = std::max(mx, A(row[j]));
-      A sum = 0;
-      for (int64_t j = 0; j < V; ++j) sum += std::exp(A(row[j]) - mx);
-      const A lse = mx + std::log(sum);
-      const int64_t y = targets[r];
-      row_loss[static_cast<size_t>(r)] = double(lse - A(row[y]));
-      if (backward) {
-        const A gs = A(grad_scale);
-        for (int64_t j = 0; j < V; ++j) row[j] = scalar_t(std::exp(A(row[j]) - lse) * gs);
-        row[y] = scalar_t(A(row[y]) - gs);
+  if constexpr (kKernelRows<scalar_t>) {
+    parallel_rows(R, 8, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        scalar_t* row = logits + r * V;
+        const A mx = kernels::row_max(rows_ptr(row), V);
+        const A sum = kernels::exp_sum(rows_ptr(row), V, 1.0f, mx, 1.0f, /*store=*/false);
+        const A lse = mx + std::log(sum);
+        const int64_t y = targets[r];
+        row_loss[static_cast<size_t>(r)] = double(lse - A(row[y]));
+        if (backward) {
+          const A gs = A(grad_scale);
+          kernels::exp_sum(rows_ptr(row), V, 1.0f, lse, gs, /*store=*/true);
+          row[y] = scalar_t(A(row[y]) - gs);
+        }
       }
-    }
-  });
+    });
+  } else {
+    parallel_rows(R, 8, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        scalar_t* row = logits + r * V;
+        A mx = -std::numeric_limits<A>::infinity();
+        for (int64_t j = 0; j < V; ++j) mx = std::max(mx, A(row[j]));
+        A sum = 0;
+        for (int64_t j = 0; j < V; ++j) sum += std::exp(A(row[j]) - mx);
+        const A lse = mx + std::log(sum);
+        const int64_t y = targets[r];
+        row_loss[static_cast<size_t>(r)] = double(lse - A(row[y]));
+        if (backward) {
+          const A gs = A(grad_scale);
+          for (int64_t j = 0; j < V; ++j) row[j] = scalar_t(std::exp(A(row[j]) - lse) * gs);
+          row[y] = scalar_t(A(row[y]) - gs);
+        }
+      }
+    });
+  }
   double total = 0;
   for (double l : row_loss) total += l;
   return total;

@@ -32,8 +32,10 @@ def cat(dso, sym):
     if dso.startswith("libopenblas") or dso.startswith("[JIT]") or dso.startswith("libdnnl"):
         return "GEMM (OpenBLAS fp32, oneDNN bf16 JIT)"
     if "adamw" in sym: return "AdamW (optimizer, overlapped)"
-    if "kernels" in sym and any(k in sym for k in ("swiglu", "forward_avx2", "backward_avx2")):
-        return "SwiGLU (kernels/swiglu, vectorised)"
+    if "kernels" in sym and any(k in sym for k in (
+            "swiglu", "forward_avx2", "backward_avx2", "exp_sum", "exp_dot", "max_of",
+            "scale_any", "grad_any", "row_max", "scale_row", "softmax_grad")):
+        return "vectorised kernels: SwiGLU, softmax and CE rows"
     if "sched" in sym or "yield" in sym or "futex" in sym or "finish_task_switch" in sym:
         return "scheduler: threads yielding / waking"
     if dso.startswith("libm"): return "libm exp/log (softmax, SiLU)"
@@ -41,7 +43,7 @@ def cat(dso, sym):
     if "bf16" in sym and "chunk" in sym: return "bf16 conversions (kernels/bf16)"
     if dso.startswith("libtorch") or dso.startswith("libc10"): return "ATen elementwise / copies"
     if "tbb" in dso or "parallel_rows" in sym or "autograd" in sym:
-        return "ramstream autograd loops (norms, RoPE, attention softmax, SwiGLU, CE)"
+        return "ramstream autograd loops (norms, RoPE; softmax, SwiGLU, CE before the kernels)"
     if dso == "[kernel.kallsyms]": return "kernel (page faults, other)"
     return "other"
 for line in sys.stdin:
