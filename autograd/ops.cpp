@@ -63,20 +63,18 @@ void parallel_rows(int64_t n, int64_t grain, const F& fn) {
                     [&](const tbb::blocked_range<int64_t>& r) { fn(r.begin(), r.end()); });
 }
 
-// A bf16 tensor's data as the kernels' bf16 (the same 16 bits; checked below).
-static_assert(sizeof(c10::BFloat16) == sizeof(kernels::bf16));
-kernels::bf16* kernel_ptr(const at::Tensor& t) {
-  return reinterpret_cast<kernels::bf16*>(t.data_ptr<at::BFloat16>());
-}
-
-// fp32 and bf16 rows go through the vectorised kernels (kernels/softmax_rows.h); float64 (the
-// oracle tests) and fp16 keep the loops below.
+// fp32 and bf16 rows go through the vectorised kernels (kernels/swiglu.h, softmax_rows.h);
+// float64 (the oracle tests) and fp16 keep the loops below. kernel_ptr views a c10::BFloat16
+// array as the kernels' bf16 (the same 16 bits).
 template <class T>
 constexpr bool kKernelRows = std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16>;
+static_assert(sizeof(c10::BFloat16) == sizeof(kernels::bf16));
 template <class T>
-auto* rows_ptr(T* p) {
-  if constexpr (std::is_same_v<T, float>) {
+auto* kernel_ptr(T* p) {
+  if constexpr (std::is_same_v<std::remove_const_t<T>, float>) {
     return p;
+  } else if constexpr (std::is_const_v<T>) {
+    return reinterpret_cast<const kernels::bf16*>(p);
   } else {
     return reinterpret_cast<kernels::bf16*>(p);
   }
@@ -342,9 +340,9 @@ void causal_softmax_rows(scalar_t* scores, acc_t<scalar_t>* lse, int64_t R, int6
         scalar_t* row = scores + r * L;
         const int64_t visible = r % L + 1;
         // scale > 0, so max(s) * scale is max(s * scale), bit for bit.
-        const A mx = kernels::row_max(rows_ptr(row), visible) * scale;
-        const A sum = kernels::exp_sum(rows_ptr(row), visible, scale, mx, 1.0f, /*store=*/true);
-        kernels::scale_row(rows_ptr(row), visible, A(1) / sum);
+        const A mx = kernels::row_max(kernel_ptr(row), visible) * scale;
+        const A sum = kernels::exp_sum(kernel_ptr(row), visible, scale, mx, 1.0f, /*store=*/true);
+        kernels::scale_row(kernel_ptr(row), visible, A(1) / sum);
         for (int64_t j = visible; j < L; ++j) row[j] = scalar_t(0);
         lse[r] = mx + std::log(sum);
       }
@@ -383,8 +381,8 @@ void causal_softmax_backward_rows(scalar_t* scores, scalar_t* dp, const acc_t<sc
         scalar_t* p = scores + r * L;
         scalar_t* d = dp + r * L;
         const int64_t visible = r % L + 1;
-        const A dot = kernels::exp_dot(rows_ptr(p), rows_ptr(d), visible, scale, lse[r]);
-        kernels::softmax_grad(rows_ptr(p), rows_ptr(d), visible, dot, scale);
+        const A dot = kernels::exp_dot(kernel_ptr(p), kernel_ptr(d), visible, scale, lse[r]);
+        kernels::softmax_grad(kernel_ptr(p), kernel_ptr(d), visible, dot, scale);
         for (int64_t j = visible; j < L; ++j) {
           p[j] = scalar_t(0);
           d[j] = scalar_t(0);
@@ -598,23 +596,17 @@ void swiglu_forward(at::Tensor& out, const at::Tensor& gu) {
   TORCH_CHECK(out.numel() == N * F, "swiglu_forward: out has ", out.numel(), " elements, want ",
               N * F);
   if (!fused(gu)) return composite::swiglu_forward(out, gu);
-  if (gu.scalar_type() == at::kFloat || gu.scalar_type() == at::kBFloat16) {
-    const bool bf16 = gu.scalar_type() == at::kBFloat16;
-    parallel_rows(N, 16, [&](int64_t begin, int64_t end) {
-      if (bf16) {
-        kernels::swiglu_forward_rows(kernel_ptr(gu) + begin * 2 * F, kernel_ptr(out) + begin * F,
-                                     end - begin, F);
-      } else {
-        kernels::swiglu_forward_rows(gu.data_ptr<float>() + begin * 2 * F,
-                                     out.data_ptr<float>() + begin * F, end - begin, F);
-      }
-    });
-    return;
-  }
   RS_DISPATCH(gu.scalar_type(), "swiglu_forward", [&] {
     using A = acc_t<scalar_t>;
     const scalar_t* gp = gu.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
+    if constexpr (kKernelRows<scalar_t>) {
+      parallel_rows(N, 16, [&](int64_t begin, int64_t end) {
+        kernels::swiglu_forward_rows(kernel_ptr(gp + begin * 2 * F), kernel_ptr(op + begin * F),
+                                     end - begin, F);
+      });
+      return;
+    }
     parallel_rows(N, 16, [&](int64_t begin, int64_t end) {
       for (int64_t n = begin; n < end; ++n) {
         const scalar_t* g = gp + n * 2 * F;
@@ -635,25 +627,18 @@ void swiglu_backward(at::Tensor& dgu, const at::Tensor& dout, const at::Tensor& 
   check_contiguous(dgu, "swiglu_backward", "dgu");
   if (!fused(gu)) return composite::swiglu_backward(dgu, dout, gu);
   const int64_t F = gu.size(-1) / 2, N = gu.numel() / (2 * F);
-  if (gu.scalar_type() == at::kFloat || gu.scalar_type() == at::kBFloat16) {
-    const bool bf16 = gu.scalar_type() == at::kBFloat16;
-    parallel_rows(N, 16, [&](int64_t begin, int64_t end) {
-      if (bf16) {
-        kernels::swiglu_backward_rows(kernel_ptr(dout) + begin * F, kernel_ptr(gu) + begin * 2 * F,
-                                      kernel_ptr(dgu) + begin * 2 * F, end - begin, F);
-      } else {
-        kernels::swiglu_backward_rows(dout.data_ptr<float>() + begin * F,
-                                      gu.data_ptr<float>() + begin * 2 * F,
-                                      dgu.data_ptr<float>() + begin * 2 * F, end - begin, F);
-      }
-    });
-    return;
-  }
   RS_DISPATCH(gu.scalar_type(), "swiglu_backward", [&] {
     using A = acc_t<scalar_t>;
     const scalar_t* gp = gu.data_ptr<scalar_t>();
     const scalar_t* dp = dout.data_ptr<scalar_t>();
     scalar_t* dgp = dgu.data_ptr<scalar_t>();
+    if constexpr (kKernelRows<scalar_t>) {
+      parallel_rows(N, 16, [&](int64_t begin, int64_t end) {
+        kernels::swiglu_backward_rows(kernel_ptr(dp + begin * F), kernel_ptr(gp + begin * 2 * F),
+                                      kernel_ptr(dgp + begin * 2 * F), end - begin, F);
+      });
+      return;
+    }
     parallel_rows(N, 16, [&](int64_t begin, int64_t end) {
       for (int64_t n = begin; n < end; ++n) {
         const scalar_t* g = gp + n * 2 * F;
@@ -696,14 +681,14 @@ double cross_entropy_rows(scalar_t* logits, const int64_t* targets, int64_t R, i
     parallel_rows(R, 8, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         scalar_t* row = logits + r * V;
-        const A mx = kernels::row_max(rows_ptr(row), V);
-        const A sum = kernels::exp_sum(rows_ptr(row), V, 1.0f, mx, 1.0f, /*store=*/false);
+        const A mx = kernels::row_max(kernel_ptr(row), V);
+        const A sum = kernels::exp_sum(kernel_ptr(row), V, 1.0f, mx, 1.0f, /*store=*/false);
         const A lse = mx + std::log(sum);
         const int64_t y = targets[r];
         row_loss[static_cast<size_t>(r)] = double(lse - A(row[y]));
         if (backward) {
           const A gs = A(grad_scale);
-          kernels::exp_sum(rows_ptr(row), V, 1.0f, lse, gs, /*store=*/true);
+          kernels::exp_sum(kernel_ptr(row), V, 1.0f, lse, gs, /*store=*/true);
           row[y] = scalar_t(A(row[y]) - gs);
         }
       }

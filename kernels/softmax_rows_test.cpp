@@ -12,24 +12,10 @@
 #include "kernels/bf16.h"
 #include "kernels/cpu_isa.h"
 #include "kernels/softmax_rows.h"
+#include "kernels/test_values.h"
 
 namespace ramstream::kernels {
 namespace {
-
-template <class T>
-std::vector<T> values(int64_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.f, 2.f);
-  std::vector<T> v(static_cast<size_t>(n));
-  for (auto& x : v) {
-    if constexpr (std::is_same_v<T, bf16>) {
-      x = to_bf16(d(rng));
-    } else {
-      x = d(rng);
-    }
-  }
-  return v;
-}
 
 double val(float x) {
   return x;
@@ -46,7 +32,8 @@ struct Out {
 template <class T>
 Out run(Isa isa, int64_t n) {
   set_kernel_isa(isa);
-  std::vector<T> x = values<T>(n, 1), p = values<T>(n, 2), dp = values<T>(n, 3);
+  std::vector<T> x = normal_values<T>(n, 1, 2.f), p = normal_values<T>(n, 2, 2.f),
+                 dp = normal_values<T>(n, 3, 2.f);
   Out o;
   o.max = row_max(x.data(), n);
   o.sum = exp_sum(x.data(), n, 0.125f, o.max * 0.125f, 0.5f, /*store=*/true);
@@ -77,7 +64,8 @@ void check(int64_t n) {
     EXPECT_EQ(v.p, s.p) << n;
     EXPECT_EQ(v.dp, s.dp) << n;
   }
-  const std::vector<T> x = values<T>(n, 1), p = values<T>(n, 2), dp = values<T>(n, 3);
+  const std::vector<T> x = normal_values<T>(n, 1, 2.f), p = normal_values<T>(n, 2, 2.f),
+                       dp = normal_values<T>(n, 3, 2.f);
   double mx = -INFINITY, sum = 0, dot = 0;
   for (const T& e : x) mx = std::max(mx, val(e));
   for (const T& e : x) sum += std::exp(val(e) * 0.125 - double(float(mx) * 0.125f));

@@ -11,6 +11,7 @@
 #include "kernels/bf16.h"
 #include "kernels/cpu_isa.h"
 #include "kernels/swiglu.h"
+#include "kernels/test_values.h"
 
 namespace ramstream::kernels {
 namespace {
@@ -29,22 +30,6 @@ TEST(SwigluExp, WithinFourUlpOfTheTrueValue) {
   EXPECT_TRUE(std::isfinite(exp_approx(1000.f)));
 }
 
-template <class T>
-std::vector<T> random_values(int64_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.f, 3.f);
-  std::vector<T> v(static_cast<size_t>(n));
-  for (auto& x : v) {
-    const float f = d(rng);
-    if constexpr (std::is_same_v<T, bf16>) {
-      x = to_bf16(f);
-    } else {
-      x = f;
-    }
-  }
-  return v;
-}
-
 float as_float(float x) {
   return x;
 }
@@ -54,7 +39,8 @@ float as_float(bf16 x) {
 
 template <class T>
 void check(int64_t rows, int64_t F) {
-  const std::vector<T> gu = random_values<T>(rows * 2 * F, 1), dy = random_values<T>(rows * F, 2);
+  const std::vector<T> gu = normal_values<T>(rows * 2 * F, 1, 3.f),
+                       dy = normal_values<T>(rows * F, 2, 3.f);
   auto run = [&](Isa isa, std::vector<T>& out, std::vector<T>& dgu) {
     set_kernel_isa(isa);
     out.resize(size_t(rows * F));
