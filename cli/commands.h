@@ -4,7 +4,9 @@
 //   return ramstream::cli::inspect_command(model_dir);
 #pragma once
 
+#include <cstdint>
 #include <string>
+#include <vector>
 
 namespace ramstream::cli {
 
@@ -21,5 +23,47 @@ struct ConvertArgs {
   bool force = false;  // replace a --to that is not a previous output of ours
 };
 int convert_command(const ConvertArgs& args);
+
+// What generate, chat and eval share: the model, the device and the KV cache.
+struct InferenceArgs {
+  std::string model;
+  std::string device = "auto";
+  std::string kv_cache = "bf16";
+  int kv_group = 32, kv_residual = 128;
+  double kv_budget = 0.2;
+  int64_t batch_size = 32;  // sequences (or eval windows) run together
+  bool json = false;        // the last stdout line is one JSON object with the figures
+};
+struct SamplingArgs {
+  int64_t max_new_tokens = 256;
+  double temperature = 0, top_p = 1, repetition_penalty = 1;
+  int64_t top_k = 0;
+  uint64_t seed = 0;
+  std::vector<std::string> stop;  // stop strings
+  bool ignore_eos = false;
+};
+// `ramstream generate --model M (--prompt T | --prompt-file F | --batch-file F.jsonl) ...`
+struct GenerateArgs {
+  InferenceArgs inf;
+  SamplingArgs sampling;
+  std::string prompt, prompt_file, batch_file, output;
+  bool raw = false;  // no chat template
+};
+int generate_command(const GenerateArgs& args);
+// `ramstream chat --model M ...`: an interactive session (reads a pipe too).
+struct ChatArgs {
+  InferenceArgs inf;
+  SamplingArgs sampling;
+  std::string system;
+};
+int chat_command(const ChatArgs& args);
+// `ramstream eval --model M --data FILE | --tasks FILE ...`: perplexity through the decode path,
+// or exact match on chat tasks.
+struct EvalArgs {
+  InferenceArgs inf;
+  std::string data, tasks;
+  int64_t context = 512, stride = 0, max_windows = 0, max_examples = 0, max_new_tokens = 32;
+};
+int eval_command(const EvalArgs& args);
 
 }  // namespace ramstream::cli

@@ -10,6 +10,9 @@
 //   ramstream inspect --model DIR|FILE.gguf         # architecture, memory per mode, checks
 //   ramstream convert --from FILE.gguf --to DIR [--dtype bf16|fp16|fp32]   # GGUF -> HF folder
 //   ramstream convert --from DIR --to FILE.gguf [--type f32|f16|bf16|q8_0] # HF folder -> GGUF
+//   ramstream generate --model M --prompt TEXT [--kv-cache kivi2] [--temperature 0.7] ...
+//   ramstream chat --model M [--system TEXT]       # interactive, the model's chat template
+//   ramstream eval --model M --data FILE | --tasks FILE [--kv-cache ...] [--context N] [--json]
 //   ramstream --version
 //
 // An unknown command lists the commands. Whatever goes wrong ends in one line on stderr naming
@@ -263,6 +266,83 @@ int cli_main(int argc, char** argv, Context& context) {
   convert_cmd->add_flag("--force", convert_args.force,
                         "replace a --to that exists and is not a previous ramstream output");
 
+  // generate / chat / eval share the model, device and cache options.
+  rs::cli::GenerateArgs gen;
+  rs::cli::ChatArgs chat;
+  rs::cli::EvalArgs ev;
+  auto inference_options = [](CLI::App* c, rs::cli::InferenceArgs& a) {
+    c->add_option("--model", a.model,
+                  "a Hugging Face folder (also a training output, out/<run>/step_N) or .gguf file")
+        ->required();
+    c->add_option("--device", a.device, "auto (CUDA when present), cpu or cuda")
+        ->capture_default_str();
+    c->add_option("--kv-cache", a.kv_cache,
+                  "bf16 (fp32 on the CPU), kivi2, kivi4, h2o, kivi2+h2o, kivi4+h2o")
+        ->capture_default_str();
+    c->add_option("--kv-group", a.kv_group,
+                  "KIVI group size G (tokens per key group, channels "
+                  "per value group; a multiple of 32)")
+        ->capture_default_str();
+    c->add_option("--kv-residual", a.kv_residual, "KIVI full-precision window R (a multiple of G)")
+        ->capture_default_str();
+    c->add_option("--kv-budget", a.kv_budget,
+                  "H2O: fraction of the context kept per KV head, half heavy hitters, half "
+                  "recent")
+        ->capture_default_str();
+    c->add_option("--batch-size", a.batch_size,
+                  "sequences run together (decode is layer-major "
+                  "over them)")
+        ->capture_default_str();
+    c->add_flag("--json", a.json, "the last stdout line is one JSON object with the figures");
+  };
+  auto sampling_options = [](CLI::App* c, rs::cli::SamplingArgs& a) {
+    c->add_option("--max-new-tokens", a.max_new_tokens, "tokens generated at most per prompt")
+        ->capture_default_str();
+    c->add_option("--temperature", a.temperature, "0 = greedy")->capture_default_str();
+    c->add_option("--top-k", a.top_k, "sample among the k most likely (0 = all)")
+        ->capture_default_str();
+    c->add_option("--top-p", a.top_p, "sample from the smallest set reaching this probability")
+        ->capture_default_str();
+    c->add_option("--repetition-penalty", a.repetition_penalty, "> 1 discourages repeats")
+        ->capture_default_str();
+    c->add_option("--seed", a.seed, "same seed, same tokens")->capture_default_str();
+    c->add_option("--stop", a.stop, "stop when this text appears (repeatable)");
+    c->add_flag("--ignore-eos", a.ignore_eos, "always generate --max-new-tokens (benchmarks)");
+  };
+  CLI::App* generate_cmd = app.add_subcommand(
+      "generate", "generate text from prompts (offloaded, with compressed KV caches)");
+  inference_options(generate_cmd, gen.inf);
+  sampling_options(generate_cmd, gen.sampling);
+  generate_cmd->add_option("--prompt", gen.prompt, "the prompt text");
+  generate_cmd->add_option("--prompt-file", gen.prompt_file, "a file holding the prompt");
+  generate_cmd->add_option("--batch-file", gen.batch_file,
+                           "JSONL prompts ({\"prompt\": ...} or {\"messages\": [...]}, "
+                           "optional \"id\"); writes JSONL results");
+  generate_cmd->add_option("--output", gen.output, "write the JSONL results here, not stdout");
+  generate_cmd->add_flag("--raw", gen.raw, "send prompts as they are (no chat template)");
+  CLI::App* chat_cmd = app.add_subcommand(
+      "chat", "talk to an instruct model: multi-turn, its chat template, /reset, /exit");
+  inference_options(chat_cmd, chat.inf);
+  sampling_options(chat_cmd, chat.sampling);
+  chat_cmd->add_option("--system", chat.system, "a system message for the conversation");
+  CLI::App* eval_cmd = app.add_subcommand(
+      "eval",
+      "perplexity of a text through the decode path, or exact match on chat tasks. Each window's "
+      "first context-stride tokens are prefilled and the rest fed one by one through the cache, "
+      "so the compressed cache predicts every scored token: stricter than the teacher-forced "
+      "fake quantisation most papers report");
+  inference_options(eval_cmd, ev.inf);
+  eval_cmd->add_option("--data", ev.data, "text (.txt) or JSONL with \"text\" for perplexity");
+  eval_cmd->add_option("--tasks", ev.tasks,
+                       "JSONL chat tasks (last message = the expected answer) for exact match");
+  eval_cmd->add_option("--context", ev.context, "tokens per window")->capture_default_str();
+  eval_cmd->add_option("--stride", ev.stride, "tokens scored per window (default context/2)");
+  eval_cmd->add_option("--max-windows", ev.max_windows, "windows at most (0 = all)");
+  eval_cmd->add_option("--max-examples", ev.max_examples, "tasks at most (0 = all)");
+  eval_cmd->add_option("--max-new-tokens", ev.max_new_tokens, "tokens per task answer")
+      ->capture_default_str();
+  eval_cmd->get_option("--batch-size")->description("windows or tasks run together");
+
   if (argc < 2) return no_such_command(app, nullptr);
   if (argv[1][0] != '-') {
     const auto named =
@@ -275,6 +355,9 @@ int cli_main(int argc, char** argv, Context& context) {
   if (*cp_cmd) context.file = cp_dest;
   if (*inspect_cmd) context.file = model_dir;
   if (*convert_cmd) context.file = convert_args.from;
+  if (*generate_cmd) context.file = gen.inf.model;
+  if (*chat_cmd) context.file = chat.inf.model;
+  if (*eval_cmd) context.file = ev.inf.model;
 
   if (*run_cmd) return run(recipe, overrides);
   if (*ls_cmd) return list_recipes();
@@ -283,6 +366,9 @@ int cli_main(int argc, char** argv, Context& context) {
   if (*validate_cmd) return validate(recipe, overrides);
   if (*inspect_cmd) return rs::cli::inspect_command(model_dir);
   if (*convert_cmd) return rs::cli::convert_command(convert_args);
+  if (*generate_cmd) return rs::cli::generate_command(gen);
+  if (*chat_cmd) return rs::cli::chat_command(chat);
+  if (*eval_cmd) return rs::cli::eval_command(ev);
   return 0;
 }
 

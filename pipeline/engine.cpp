@@ -12,14 +12,6 @@ namespace ramstream::pipeline {
 
 using autograd::ActivationMode;
 
-struct Engine::Slot {
-  at::Tensor buf;  // [plan.slot_numel] in the compute dtype, on the device
-  int64_t stage = -1;
-  uint64_t last_use = 0;
-  std::unique_ptr<Event> loaded;  // h2d: the copy of `stage` finished
-  std::unique_ptr<Event> idle;    // compute: done reading the slot
-};
-
 // A device buffer for one micro-batch's block input in host-checkpoint mode.
 struct Engine::CkptBuffer {
   at::Tensor t;                   // [N,C]
@@ -146,13 +138,9 @@ Engine::Engine(Device& device, ParamStore& store, const EngineOptions& options, 
   d2h_ = dev_.new_stream("d2h");
   optimizer_ = make_host_worker("optimizer", options_.optimizer_queue);
   optimizer_arena_ = std::make_unique<memory::ArenaBinding>(options_.optimizer_cpus);
-  for (int k = 0; k < options_.num_slots; ++k) {
-    auto s = std::make_unique<Slot>();
-    s->buf = dev_.alloc(plan_.slot_numel, dtype);
-    s->loaded = dev_.new_event();
-    s->idle = dev_.new_event();
-    slots_.push_back(std::move(s));
-  }
+  streamer_ = std::make_unique<StageStreamer>(
+      dev_, store_, *h2d_, StageStreamerOptions{options_.num_slots, options_.resident_stages},
+      [this](Stream& s, const char* what, int64_t stage) { mark(s, what, stage); });
   for (int g = 0; g < 2; ++g) {
     grad_buf_[g] = dev_.alloc(plan_.grad_numel, acc);
     grad_free_[g] = dev_.new_event();
@@ -168,6 +156,8 @@ Engine::Engine(Device& device, ParamStore& store, const EngineOptions& options, 
   for (int64_t s = 0; s < plan_.num_stages(); ++s) {
     grads_on_host_.push_back(dev_.new_event());
     update_done_.push_back(make_host_event());
+    // The previous step's update of a stage must be in the store before it is copied.
+    streamer_->set_gate(s, update_done_.back().get());
   }
   sum_sq_.assign(static_cast<size_t>(plan_.num_stages()), 0.0);
   host_grad_.assign(static_cast<size_t>(plan_.num_stages()), nullptr);
@@ -336,7 +326,7 @@ int64_t Engine::device_bytes() const {
   int64_t n = b(grad_buf_[0]) + b(grad_buf_[1]) + b(grad_half_[0]) + b(grad_half_[1]) +
               b(tied_grad_) + b(y_tmp_) + b(final_h_) + b(final_rstd_) + b(dh_) + acts_.bytes() +
               scratch_.bytes();
-  for (const auto& s : slots_) n += b(s->buf);
+  n += streamer_->device_bytes();
   for (const auto& v : ckpt_)
     for (const at::Tensor& t : v) n += b(t);
   for (const auto& r : ring_) n += b(r->t);
@@ -515,49 +505,6 @@ int64_t Engine::stage_batch(const std::vector<at::Tensor>& ids,
   return count;
 }
 
-int Engine::acquire_slot(int64_t stage, int busy_slot) {
-  for (int k = 0; k < static_cast<int>(slots_.size()); ++k) {
-    if (slots_[k]->stage == stage) {
-      slots_[k]->last_use = ++use_clock_;
-      return k;
-    }
-  }
-  int victim = -1;
-  for (int k = 0; k < static_cast<int>(slots_.size()); ++k) {
-    if (k == busy_slot) continue;
-    if (victim < 0 || slots_[k]->last_use < slots_[victim]->last_use) victim = k;
-  }
-  Slot& s = *slots_[static_cast<size_t>(victim)];
-  // The previous step's update of this stage must be in the store before we copy it: a wait of
-  // the copy stream, so the launching thread goes on enqueueing compute.
-  h2d_->wait(*update_done_[static_cast<size_t>(stage)]);
-  h2d_->wait(*s.idle);
-  const Stage& st = plan_.stages[static_cast<size_t>(stage)];
-  const bool bf16 = store_.options().working_copy_bf16;
-  mark(*h2d_, "load_begin", stage);
-  auto source = [&](int64_t i) -> const at::Tensor& {
-    ParamStore::Region& r = store_.region(i);
-    return bf16 ? r.working : r.master;
-  };
-  const at::Tensor& src = source(stage);
-  const size_t elem = src.element_size();
-  h2d_->copy(s.buf.data_ptr(), src.data_ptr(), static_cast<size_t>(st.numel) * elem);
-  weight_bytes_loaded_ += st.numel * static_cast<int64_t>(elem);
-  if (st.kind == StageKind::kHead && plan_.tied) {
-    // The head reads the embedding matrix as its LM head.
-    h2d_->wait(*update_done_[0]);
-    const int64_t n = plan_.vocab * plan_.hidden;
-    h2d_->copy(static_cast<char*>(s.buf.data_ptr()) + plan_.head_lm_head_offset * elem,
-               source(0).data_ptr(), static_cast<size_t>(n) * elem);
-    weight_bytes_loaded_ += n * static_cast<int64_t>(elem);
-  }
-  mark(*h2d_, "load_end", stage);
-  s.loaded->record(*h2d_);
-  s.stage = stage;
-  s.last_use = ++use_clock_;
-  return victim;
-}
-
 void Engine::forward(bool keep_for_backward) {
   Stream& compute = *compute_;
   const int64_t L = cfg_.num_layers;
@@ -569,11 +516,9 @@ void Engine::forward(bool keep_for_backward) {
   int cur = acquire_slot(0, -1);
   for (int64_t s = 0; s <= L; ++s) {            // embedding, then blocks
     const int next = acquire_slot(s + 1, cur);  // prefetch the next stage meanwhile
-    Slot& slot = *slots_[static_cast<size_t>(cur)];
-    compute.wait(*slot.loaded);
+    const SlotViews& w = streamer_->begin_use(cur, compute);
     mark(compute, "forward_begin", s);
     const Stage& st = plan_.stages[static_cast<size_t>(s)];
-    const SlotViews w = bind_slot(slot.buf, st, plan_);
     for (int64_t mb = 0; mb < M_; ++mb) {
       if (st.kind == StageKind::kEmbedding) {
         at::Tensor& out = host_mode ? ring(0, mb).t : ckpt_[0][static_cast<size_t>(mb)];
@@ -602,7 +547,7 @@ void Engine::forward(bool keep_for_backward) {
                                 positions_[static_cast<size_t>(mb)]);
       }
     }
-    slot.idle->record(compute);
+    streamer_->end_use(cur, compute);
     mark(compute, "forward_end", s);
     cur = next;
   }
@@ -740,11 +685,9 @@ void Engine::schedule_norm() {
 
 void Engine::head(int slot_index, bool backward, double grad_scale, LossSlot& loss) {
   Stream& compute = *compute_;
-  Slot& slot = *slots_[static_cast<size_t>(slot_index)];
-  compute.wait(*slot.loaded);
+  const SlotViews& w = streamer_->begin_use(slot_index, compute);
   mark(compute, "head_begin", plan_.head_index());
   const int64_t L = cfg_.num_layers, C = cfg_.hidden_size;
-  const SlotViews w = bind_slot(slot.buf, plan_.stages.back(), plan_);
   int turn = -1;
   at::Tensor g_norm, g_lm;
   if (backward) {
@@ -781,7 +724,7 @@ void Engine::head(int slot_index, bool backward, double grad_scale, LossSlot& lo
   }
   compute.copy(loss.host.data_ptr(), loss_dev_.data_ptr(), sizeof(double));
   loss.ready->record(compute);
-  slot.idle->record(compute);
+  streamer_->end_use(slot_index, compute);
   mark(compute, "head_end", plan_.head_index());
   if (backward) grads_to_host(plan_.head_index(), grad_buf_[turn], *grad_free_[turn]);
 }
@@ -814,11 +757,8 @@ void Engine::backward(int head_slot) {
     if (l > 0) acquire_slot(plan_.block_index(l - 1), this_slot);
     if (host_mode && l > 0) fetch_checkpoint(l - 1);
     cur = this_slot;
-    Slot& slot = *slots_[static_cast<size_t>(cur)];
-    compute.wait(*slot.loaded);
+    const model::BlockParams& w = streamer_->begin_use(cur, compute).block;
     mark(compute, "backward_begin", stage);
-    const model::BlockParams w =
-        bind_slot(slot.buf, plan_.stages[static_cast<size_t>(stage)], plan_).block;
     const int turn = take_grad_buffer();
     model::BlockParams gw = model::bind_block_params(grad_buf_[turn], plan_.block);
     for (int64_t mb = 0; mb < M_; ++mb) {
@@ -839,7 +779,7 @@ void Engine::backward(int head_slot) {
                                positions);
       if (host_mode) ring(l, mb).used->record(compute);
     }
-    slot.idle->record(compute);
+    streamer_->end_use(cur, compute);
     mark(compute, "backward_end", stage);
     grads_to_host(stage, grad_buf_[turn], *grad_free_[turn]);
   }
@@ -868,7 +808,7 @@ StepResult Engine::train_step(const std::vector<at::Tensor>& ids,
   const int64_t count = stage_batch(ids, targets, positions);
   TORCH_CHECK(count > 0, "Engine::train_step: no target in any micro-batch (all ignored)");
   ++step_;
-  for (auto& s : slots_) s->stage = -1;  // the store changed since they were loaded
+  streamer_->invalidate();  // the store changed since they were loaded
   norm_ = std::make_shared<NormRecord>();
   const double grad_scale = 1.0 / double(count);
 
@@ -896,7 +836,7 @@ autograd::CrossEntropyResult Engine::evaluate(const std::vector<at::Tensor>& ids
                                               const std::vector<at::Tensor>& positions) {
   const std::unique_ptr<StreamScope> scope = dev_.make_current(*compute_);
   const int64_t count = stage_batch(ids, targets, positions);
-  for (auto& s : slots_) s->stage = -1;
+  streamer_->invalidate();
   forward(/*keep_for_backward=*/false);
   const int head_slot = acquire_slot(plan_.head_index(), -1);
   std::shared_ptr<LossSlot> loss = next_loss_slot();

@@ -45,12 +45,15 @@
 #include "memory/host_binding.h"
 #include "pipeline/device.h"
 #include "pipeline/param_store.h"
+#include "pipeline/stage_streamer.h"
 #include "pipeline/stages.h"
 
 namespace ramstream::pipeline {
 
 struct EngineOptions {
   int num_slots = 2;  // K >= 2 device templates
+  // Stages with a device buffer of their own (still reloaded after each update).
+  std::vector<int64_t> resident_stages;
   autograd::ActivationMode activations = autograd::ActivationMode::kRecompute;
   bool host_checkpoints = false;  // keep block inputs in host memory instead of on the device
   double max_grad_norm = 0.0;     // > 0: exact global-norm clipping before any update
@@ -165,14 +168,13 @@ class Engine {
   void set_learning_rate(float lr) { options_.adamw.lr = lr; }
   const EngineOptions& options() const { return options_; }
   // Host->device weight bytes copied so far (to check the fixed-traffic property).
-  int64_t weight_bytes_loaded() const { return weight_bytes_loaded_; }
+  int64_t weight_bytes_loaded() const { return streamer_->weight_bytes_loaded(); }
   int64_t device_bytes() const;
   // Host bytes the engine holds beyond the store (grad staging ring, host checkpoints).
   int64_t host_bytes() const;
 
  private:
   friend class StepResult;
-  struct Slot;
   struct CkptBuffer;
   struct Staging;
   struct LossSlot;
@@ -187,9 +189,9 @@ class Engine {
   // (Re)allocates what scales with the number of micro-batches (waits for in-flight work).
   void resize_micro_batches(int64_t M);
   void mark(Stream& stream, const char* what, int64_t stage);
-  // Makes `stage` resident in a slot other than `busy_slot`, loading it if needed. Never blocks
-  // the caller: the copy stream waits for the stage's previous update.
-  int acquire_slot(int64_t stage, int busy_slot);
+  // A buffer holding `stage` (not `busy_slot`), loading it if needed. Never blocks the caller:
+  // the copy stream waits for the stage's previous update (the streamer's gates).
+  int acquire_slot(int64_t stage, int busy_slot) { return streamer_->acquire(stage, busy_slot); }
   void forward(bool keep_for_backward);
   // Final norm + LM head + cross-entropy per micro-batch into loss_dev_, then its copy to
   // `loss`'s host slot; with `backward`, also their backward (seeding the residual grads) and the
@@ -217,12 +219,10 @@ class Engine {
   model::ModelConfig cfg_;
   int64_t B_, T_, M_ = 0;  // micro-batch size, tokens, micro-batches of the current step
   int64_t step_ = 0;
-  int64_t weight_bytes_loaded_ = 0;
 
   std::unique_ptr<Stream> compute_, h2d_, d2h_, optimizer_;
   std::unique_ptr<memory::ArenaBinding> optimizer_arena_;  // the optimizer's kernels run in it
-  std::vector<std::unique_ptr<Slot>> slots_;
-  uint64_t use_clock_ = 0;
+  std::unique_ptr<StageStreamer> streamer_;
   // Device grads, always fp32 (the acc dtype): two stage-sized buffers taking turns, and for tied
   // embeddings one [V*C] buffer the head and the embedding both add into.
   at::Tensor grad_buf_[2];

@@ -36,7 +36,8 @@ struct EngineCase {
   bool host_checkpoints;
   bool keep_activations;
   bool faults;
-  bool grad_ring = false;  // store without grad regions (no clipping)
+  bool grad_ring = false;              // store without grad regions (no clipping)
+  std::vector<int64_t> resident = {};  // stages with their own device buffer
 };
 
 void PrintTo(const EngineCase& c, std::ostream* os) {
@@ -46,6 +47,7 @@ void PrintTo(const EngineCase& c, std::ostream* os) {
 EngineOptions options_for(const EngineCase& c) {
   EngineOptions o;
   o.num_slots = c.slots;
+  o.resident_stages = c.resident;
   o.max_grad_norm = c.clip ? 0.05 : 0.0;  // small enough that clipping is active
   o.host_checkpoints = c.host_checkpoints;
   o.activations =
@@ -108,7 +110,10 @@ INSTANTIATE_TEST_SUITE_P(
         EngineCase{"faults_clip_host", true, 1, 2, true, true, false, true},
         EngineCase{"faults_keep_k3", false, 3, 3, true, false, true, true},
         EngineCase{"grad_ring", true, 1, 2, false, false, false, false, true},
-        EngineCase{"grad_ring_faults_3mb", false, 3, 2, false, true, false, true, true}),
+        EngineCase{"grad_ring_faults_3mb", false, 3, 2, false, true, false, true, true},
+        EngineCase{
+            "resident_tied_ends_clip_faults", true, 1, 2, true, false, false, true, false, {0, 4}},
+        EngineCase{"resident_block_3mb", false, 3, 2, false, false, false, false, false, {2}}),
     [](const auto& info) { return std::string(info.param.name); });
 
 double max_rel_diff(const at::Tensor& a, const at::Tensor& b) {
@@ -332,6 +337,13 @@ TEST(ParamStoreTest, ReportsBytesPerParameter) {
   EXPECT_NEAR(cpu_clip.bytes_per_param(), 16.0, 0.2);
   EXPECT_NEAR(cpu_ring.bytes_per_param(), 12.0, 0.2);
   EXPECT_NEAR(cuda_layout.bytes_per_param(), 14.0, 0.2);
+  ParamStoreOptions weights_only;
+  weights_only.optimizer_state = false;
+  EXPECT_NEAR(ParamStore(plan, cfg, weights_only).bytes_per_param(), 4.0, 0.2);
+  weights_only.working_copy_bf16 = true;
+  ParamStore bf16_weights(plan, cfg, weights_only);
+  EXPECT_NEAR(bf16_weights.bytes_per_param(), 6.0, 0.2);
+  EXPECT_FALSE(bf16_weights.region(0).m.defined());
   EXPECT_EQ(cuda_layout.persistent_bytes(),
             ParamStore::bytes_needed(plan, {/*working_copy_bf16=*/true}));
 }

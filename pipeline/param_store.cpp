@@ -23,12 +23,14 @@ struct Part {
   at::ScalarType dtype;
 };
 std::vector<Part> region_parts(const ParamStoreOptions& opts) {
-  std::vector<Part> parts = {{&ParamStore::Region::master, at::kFloat},
-                             {&ParamStore::Region::m, at::kFloat},
-                             {&ParamStore::Region::v, at::kFloat}};
+  std::vector<Part> parts = {{&ParamStore::Region::master, at::kFloat}};
+  if (opts.optimizer_state) {
+    parts.push_back({&ParamStore::Region::m, at::kFloat});
+    parts.push_back({&ParamStore::Region::v, at::kFloat});
+  }
   if (opts.working_copy_bf16) {
     parts.push_back({&ParamStore::Region::working, at::kBFloat16});
-  } else if (opts.grad_regions) {
+  } else if (opts.grad_regions && opts.optimizer_state) {
     parts.push_back({&ParamStore::Region::grad, at::kFloat});
   }
   return parts;
@@ -110,8 +112,8 @@ void ParamStore::load(const model::ModelParams& params) {
   });
   TORCH_CHECK(i == from.size(), "ParamStore::load: ", from.size(), " tensors for ", i, " slots");
   for (Region& r : regions_) {
-    r.m.zero_();
-    r.v.zero_();
+    if (r.m.defined()) r.m.zero_();
+    if (r.v.defined()) r.v.zero_();
   }
   refresh_working_copies();
 }

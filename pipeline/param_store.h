@@ -35,7 +35,10 @@ struct ParamStoreOptions {
   // masters feed the slots directly (CPU backend, fp32 compute).
   bool working_copy_bf16 = false;
   bool grad_regions = true;  // fp32 layout: fp32 grads per stage (needed for clipping)
-  bool pin = false;          // page-lock the arena (cudaHostRegister) for async copies
+  // false: weights only (inference): no m, v or grad regions; 4 B/param (fp32 layout) or 6
+  // (bf16 layout: master + working copy).
+  bool optimizer_state = true;
+  bool pin = false;  // page-lock the arena (cudaHostRegister) for async copies
   // With `pin`: a failed registration is an error unless this is set (then the store stays
   // pageable and every copy to or from it is synchronous).
   bool allow_pageable = false;
@@ -46,7 +49,7 @@ class ParamStore {
  public:
   struct Region {
     at::Tensor master;   // fp32 [numel]
-    at::Tensor m, v;     // fp32 [numel]
+    at::Tensor m, v;     // fp32 [numel]; undefined without optimizer_state
     at::Tensor grad;     // fp32 [numel] (CPU backend with grad_regions) or undefined
     at::Tensor working;  // bf16 [numel] (CUDA backend) or undefined
   };

@@ -25,6 +25,7 @@
 #include "checkpoint/hf_loader.h"
 #include "checkpoint/train_state.h"
 #include "data/chat.h"
+#include "inference/model_files.h"
 #include "memory/arena.h"
 #include "memory/host_binding.h"
 #include "memory/topology.h"
@@ -68,11 +69,6 @@ double host_rss_gib() {
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() &&
          s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-bool is_dir(const std::string& p) {
-  struct stat st {};
-  return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
 
 std::string strip(const std::string& s) {
@@ -163,49 +159,31 @@ using State = Trainer::State;
 // straight into the parameter store).
 Status load_model_meta(State& s) {
   const std::string& path = s.recipe.model_path;
-  if (ends_with(path, ".gguf")) {
-    Result<checkpoint::GgufFile> f = checkpoint::GgufFile::open(path);
-    if (!f.ok()) return f.error();
-    Result<model::ModelConfig> cfg = checkpoint::gguf_model_config(f.value());
-    if (!cfg.ok()) return cfg.error();
-    s.cfg = cfg.value();
-    Result<checkpoint::GgufTokenizer> meta = checkpoint::gguf_tokenizer(f.value());
-    if (!meta.ok()) return meta.error();
-    Result<data::Tokenizer> tok = data::Tokenizer::from_gguf(meta.value(), path);
-    if (!tok.ok()) return tok.error();
-    s.tokenizer = std::make_unique<data::Tokenizer>(std::move(tok).value());
-    // Saved model folders get HF tokenizer files written from the GGUF vocabulary.
-    s.tokenizer_dir = s.recipe.output_dir + "/.tokenizer";
-    std::error_code ec;
-    std::filesystem::create_directories(s.tokenizer_dir, ec);
-    if (ec) return Error{s.tokenizer_dir + ": cannot create: " + ec.message()};
-    return s.tokenizer->save(s.tokenizer_dir);
+  Result<inference::ModelFiles> m = inference::open_model_files(path);
+  if (!m.ok()) {
+    const std::string& msg = m.error().message;
+    // Name the recipe key for the one problem that is about the path itself.
+    if (msg.rfind("model '", 0) == 0) return Error{"model.path" + msg.substr(5)};
+    return m.error();
   }
-  if (!is_dir(path)) {
-    return Error{"model.path '" + path + "': neither a model folder nor a .gguf file"};
+  s.cfg = m.value().cfg;
+  s.tokenizer = std::move(m.value().tokenizer);
+  if (!m.value().gguf) {
+    s.tokenizer_dir = path;
+    return Ok{};
   }
-  Result<model::ModelConfig> cfg = model::load_model_config(path + "/config.json");
-  if (!cfg.ok()) return cfg.error();
-  s.cfg = cfg.value();
-  Result<data::Tokenizer> tok = data::Tokenizer::from_model(path);
-  if (!tok.ok()) return tok.error();
-  s.tokenizer = std::make_unique<data::Tokenizer>(std::move(tok).value());
-  s.tokenizer_dir = path;
-  return Ok{};
+  // Saved model folders get HF tokenizer files written from the GGUF vocabulary.
+  s.tokenizer_dir = s.recipe.output_dir + "/.tokenizer";
+  std::error_code ec;
+  std::filesystem::create_directories(s.tokenizer_dir, ec);
+  if (ec) return Error{s.tokenizer_dir + ": cannot create: " + ec.message()};
+  return s.tokenizer->save(s.tokenizer_dir);
 }
 
 // Weights straight into the store's fp32 masters, dequantised or converted on the way.
 Status load_weights(State& s) {
-  const std::string& path = s.recipe.model_path;
   model::ModelParams masters = s.store->master_params();
-  Status st = Ok{};
-  if (ends_with(path, ".gguf")) {
-    Result<checkpoint::GgufFile> f = checkpoint::GgufFile::open(path);
-    if (!f.ok()) return f.error();
-    st = checkpoint::gguf_load_weights(f.value(), s.cfg, masters);
-  } else {
-    st = checkpoint::load_hf_weights(path, s.cfg, masters);
-  }
+  const Status st = inference::load_model_weights(s.recipe.model_path, s.cfg, masters);
   if (!st.ok()) return st;
   s.store->refresh_working_copies();
   return Ok{};

@@ -8,7 +8,9 @@ every CPU this process may use, and compares the losses bit for bit: the thread 
 how oneDNN, ATen and the TBB loops split the work, never a result. The one exception is
 OpenBLAS's own thread count: its single-threaded sgemm takes other kernels (measured here: the
 first fp32 loss differs in the 8th significant digit), so the fp32 runs keep OpenBLAS at one
-thread on both sides and the check covers everything else. Exits 77 (skipped) on a machine with a
+thread on both sides and the check covers everything else. Without AVX512-BF16 or AMX (AVX2-only
+CPUs) oneDNN has no bf16 GEMM and the bf16 weight grads widen to OpenBLAS fp32 GEMMs, so there the
+bf16 runs pin OpenBLAS to one thread too. Exits 77 (skipped) on a machine with a
 single CPU.
 """
 
@@ -18,11 +20,17 @@ import subprocess
 import sys
 
 
+def native_bf16():
+    with open("/proc/cpuinfo") as f:
+        flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def losses(binary, model, recipe, compute, cpus):
     cmd = [binary, "--recipe", recipe, "--model", model, "--tokens", "random:3", "--batch", "2",
            "--seq", "64", "--warmup", "0", "--steps", "4", "--compute", compute]
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMP_")}
-    if compute == "fp32":
+    if compute == "fp32" or not native_bf16():
         env["OPENBLAS_NUM_THREADS"] = "1"
     p = subprocess.run(cmd, capture_output=True, text=True, env=env,
                        preexec_fn=lambda: os.sched_setaffinity(0, cpus))

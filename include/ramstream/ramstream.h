@@ -11,11 +11,17 @@
 //   auto recipe = rs::trainer::load_recipe("smollm2-135m-full-sft", {"train.max_steps=20"});
 //   auto trainer = rs::trainer::Trainer::create(recipe.value()).value_or_throw();
 //   trainer->train();
+// Offloaded inference (inference/session.h, generator.h, evaluate.h):
+//   auto s = rs::inference::open_session("out/run/step_000110", {}).value_or_throw();
+//   auto r = s->generator().generate({s->encode_chat({{"user", "Hi"}})}, {});
 #pragma once
 
 #include "autograd/model.h"
 #include "checkpoint/hf_loader.h"
 #include "checkpoint/safetensors.h"
+#include "inference/evaluate.h"
+#include "inference/generator.h"
+#include "inference/session.h"
 #include "kernels/adamw.h"
 #include "model/config.h"
 #include "model/hf_names.h"

@@ -1,0 +1,127 @@
+// Offloaded generation on the streaming machinery (pipeline/stage_streamer.h): the decode
+// schedule next to the Engine's training schedule, over the same stage plan and device.
+//
+// Prefill runs each prompt through the model layer by layer (all prompts of the batch pass a
+// stage before the next stage is used), filling each sequence's KV cache (inference/kv_cache.h).
+// Decode is layer-major over the batch (the FlexGen schedule): per step each stage is acquired
+// once and applied to every active sequence, in micro-batches of `micro_batch` rows, so weight
+// traffic per generated token falls as 1/batch. Stages that are resident stay on the device; the
+// rest stream through the slots while the previous stage computes. On the CPU backend the
+// stages' views bind straight to the store (no copies) unless `stream_on_cpu` asks for the
+// streaming path (tests).
+//
+//   Generator gen(*dev, store, GeneratorOptions{});            // store: weights-only ParamStore
+//   DecodeBatch batch = gen.prefill({ids0, ids1}, /*context=*/512);
+//   const float* l0 = batch.logits(0);                         // [vocab] of the last position
+//   gen.decode(batch, {next0, next1}, {0, 1});                 // one token for rows 0 and 1
+//   GenerateResult r = gen.generate(prompts, opts);            // the whole loop with sampling
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "autograd/rope.h"
+#include "inference/kv_cache.h"
+#include "inference/sampling.h"
+#include "pipeline/device.h"
+#include "pipeline/param_store.h"
+#include "pipeline/stage_streamer.h"
+
+namespace ramstream::inference {
+
+struct GeneratorOptions {
+  KvCacheConfig kv;
+  int num_slots = 2;
+  // Stages kept on the device: -1 = all that fit (CPU: bound to the store, no copies), else this
+  // many from the first stage on (the rest stream).
+  int64_t resident_stages = -1;
+  bool stream_on_cpu = false;  // CPU backend: copy stages into slots like a GPU would
+  int64_t micro_batch = 32;    // decode rows per stage application
+};
+
+// The state of a batch of sequences between steps.
+class DecodeBatch {
+ public:
+  int64_t size() const { return static_cast<int64_t>(kv.size()); }
+  const float* logits(int64_t row) const { return logits_.data() + row * vocab_; }
+  int64_t vocab() const { return vocab_; }
+  int64_t position(int64_t row) const { return pos[static_cast<size_t>(row)]; }
+  // KV bytes held by all rows.
+  int64_t kv_bytes() const;
+
+  std::vector<std::unique_ptr<SequenceKv>> kv;
+  std::vector<int64_t> pos;  // next position of each row
+  int64_t context = 0;
+
+ private:
+  friend class Generator;
+  std::vector<float> logits_;  // [rows][vocab]
+  int64_t vocab_ = 0;
+};
+
+struct GenerateOptions {
+  int64_t max_new_tokens = 128;
+  SamplingOptions sampling;
+  std::vector<int32_t> stop_ids;  // a row ends after producing one (it is kept)
+  bool ignore_eos = false;        // generate exactly max_new_tokens (benchmarks)
+  // Called for every token as it is chosen; returning false ends that row (stop strings).
+  std::function<bool(int64_t row, int32_t token)> on_token;
+};
+
+struct GenerateResult {
+  std::vector<std::vector<int32_t>> tokens;  // generated ids per prompt
+  std::vector<std::string> stop;             // "eos", "stop" (on_token) or "length"
+  int64_t prompt_tokens = 0, new_tokens = 0;
+  double prefill_s = 0, decode_s = 0;
+  int64_t decode_steps = 0;
+  int64_t kv_bytes = 0;   // held at the end of the run
+  int64_t kv_tokens = 0;  // positions in all caches at the end
+};
+
+class Generator {
+ public:
+  Generator(pipeline::Device& dev, pipeline::ParamStore& store, const GeneratorOptions& options);
+  ~Generator();
+
+  // Runs the prompts (each non-empty, prompt + new tokens <= context <= the model's context)
+  // through the model; each row's logits then hold those of its last prompt token.
+  // row_context: per row, the positions it will reach (h2o sizes its budget from it; a row's
+  // tokens must not depend on its batch); empty: `context` for every row.
+  DecodeBatch prefill(const std::vector<std::vector<int32_t>>& prompts, int64_t context,
+                      const std::vector<int64_t>& row_context = {});
+  // Feeds tokens[i] to row rows[i] (each row at most once) and updates their logits.
+  void decode(DecodeBatch& batch, const std::vector<int32_t>& tokens,
+              const std::vector<int64_t>& rows);
+  // Prefill + sampling loop. Prompts are run together (one batch).
+  GenerateResult generate(const std::vector<std::vector<int32_t>>& prompts,
+                          const GenerateOptions& options);
+
+  const GeneratorOptions& options() const { return options_; }
+  int64_t weight_bytes_loaded() const { return streamer_->weight_bytes_loaded(); }
+  std::string describe() const;
+
+ private:
+  // x [n,C] in the compute dtype -> logits [n,V] fp32 on the host, into batch rows `rows`.
+  void head_logits(const pipeline::SlotViews& w, const at::Tensor& x, DecodeBatch& batch,
+                   const std::vector<int64_t>& rows);
+  at::Tensor block_prefill(const model::BlockParams& w, const at::Tensor& x, SequenceKv& kv,
+                           int64_t layer);
+  at::Tensor block_decode(const model::BlockParams& w, const at::Tensor& x,
+                          const std::vector<SequenceKv*>& kv, const at::Tensor& pos, int64_t layer);
+
+  pipeline::Device& dev_;
+  pipeline::ParamStore& store_;
+  GeneratorOptions options_;
+  model::ModelConfig cfg_;
+  std::unique_ptr<pipeline::Stream> compute_, h2d_;
+  std::unique_ptr<pipeline::StageStreamer> streamer_;
+  autograd::RopeTables rope_;  // positions 0 .. model context - 1
+};
+
+}  // namespace ramstream::inference

@@ -1,0 +1,223 @@
+// The cache back-ends' bookkeeping: KIVI's windows and quantisation points, H2O's budget, recent
+// window and choice of victims, their composition, the bytes held against theory, and attention
+// over a compressed cache against attention over the exact keys and values.
+#include "inference/kv_cache.h"
+
+#include <cmath>
+#include <random>
+
+#include <gtest/gtest.h>
+
+#include "model/testing.h"
+
+namespace ramstream::inference {
+namespace {
+
+model::ModelConfig shape(int64_t layers = 1, int64_t heads = 2, int64_t kv_heads = 1,
+                         int64_t head_dim = 64) {
+  model::testing::TinyOptions o;
+  o.layers = layers;
+  o.heads = heads;
+  o.kv_heads = kv_heads;
+  o.head_dim = head_dim;
+  o.hidden = heads * head_dim;
+  return model::testing::tiny_config(o);
+}
+
+std::vector<float> randn(int64_t n, uint64_t seed) {
+  std::mt19937_64 g(seed);
+  std::normal_distribution<float> d;
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) x = d(g);
+  return v;
+}
+
+KvCacheConfig cache(const char* name, int G = 32, int R = 64, double budget = 0.5) {
+  Result<KvCacheConfig> c = KvCacheConfig::parse(name, G, R, budget);
+  EXPECT_TRUE(c.ok()) << name;
+  return c.value();
+}
+
+TEST(KvCacheConfig, ParseAndValidate) {
+  EXPECT_FALSE(KvCacheConfig::parse("kivi3", 32, 128, 0.2).ok());
+  EXPECT_NE(KvCacheConfig::parse("kivi3", 32, 128, 0.2).error().message.find("kivi2"),
+            std::string::npos);
+  EXPECT_EQ(cache("kivi2+h2o").name(), "kivi2+h2o");
+  EXPECT_EQ(cache("fp32").name(), "bf16");
+  EXPECT_NE(cache("kivi2", 32, 100).validate(64, 1000).find("--kv-residual 100"),
+            std::string::npos);
+  EXPECT_NE(cache("kivi2", 48, 96).validate(64, 1000).find("--kv-group 48"), std::string::npos);
+  EXPECT_NE(cache("kivi4", 32, 64).validate(16, 1000).find("head dimension"), std::string::npos);
+  EXPECT_NE(cache("h2o", 32, 64, 0).validate(64, 100).find("--kv-budget"), std::string::npos);
+  EXPECT_NE(cache("kivi2+h2o", 32, 128, 0.2).validate(64, 512).find("no room for heavy hitters"),
+            std::string::npos);
+  EXPECT_EQ(cache("kivi2+h2o", 32, 32, 0.2).validate(64, 512), "");
+  EXPECT_EQ(cache("h2o", 32, 64, 0.2).budget_tokens(512), 103);
+}
+
+TEST(KvCache, KiviQuantisesKeysByBlocksAndValuesByToken) {
+  const model::ModelConfig m = shape();
+  const int R = 64, G = 32;
+  SequenceKv kv(cache("kivi2", G, R), m, 1000);
+  const int64_t T = 150;
+  const std::vector<float> k = randn(T * 64, 1), v = randn(T * 64, 2);
+  kv.prefill(0, k.data(), v.data(), 100, nullptr);
+  for (int64_t t = 100; t < T; ++t) kv.append(0, k.data() + t * 64, v.data() + t * 64);
+  const kernels::KvHeadView view = kv.view(0, 0);
+  EXPECT_EQ(view.n_key_groups * G, T / R * R);  // blocks of R
+  EXPECT_EQ(view.n_key_window, T % R);
+  EXPECT_EQ(view.n_value_quant, T - R);  // all but the last R
+  EXPECT_EQ(view.n_value_window, R);
+  EXPECT_EQ(kv.length(0), T);
+  // The windows hold the newest tokens exactly.
+  EXPECT_EQ(view.key_window[0], k[static_cast<size_t>((T / R * R) * 64)]);
+  EXPECT_EQ(view.value_window[0], v[static_cast<size_t>((T - R) * 64)]);
+}
+
+TEST(KvCache, BytesPerTokenMatchTheory) {
+  const model::ModelConfig m = shape(1, 2, 1, 64);
+  for (int bits : {2, 4}) {
+    for (int G : {32, 64}) {
+      const int R = 128;
+      SequenceKv kv(cache(bits == 2 ? "kivi2" : "kivi4", G, R), m, 5000);
+      const int64_t T = 4000;
+      const std::vector<float> k = randn(T * 64, 3);
+      kv.prefill(0, k.data(), k.data(), T, nullptr);
+      const kernels::KvHeadView w = kv.view(0, 0);
+      const double quantised = double(w.n_key_groups * G + w.n_value_quant) * 64;
+      const double window_bytes = double(w.n_key_window + w.n_value_window) * 64 * 4;  // fp32
+      const double bits_per = (double(kv.bytes()) - window_bytes) * 8 / quantised;
+      std::printf("kivi%d G%d: %.4f bits per quantised element (theory %.4f), %.1f B/token\n", bits,
+                  G, bits_per, kivi_bits_per_element(bits, G), double(kv.bytes()) / T);
+      EXPECT_NEAR(bits_per, kivi_bits_per_element(bits, G), 1e-9);
+    }
+  }
+}
+
+// Attention straight over the packed cache equals attention (in double) over what the cache
+// holds, dequantised; and 4 bits lose less than 2.
+TEST(KvCache, AttentionOverKiviEqualsAttentionOverItsDequantisedContent) {
+  const model::ModelConfig m = shape(1, 4, 2, 64);
+  const int64_t T = 300, D = 64, Hq = 2;
+  std::vector<float> k = randn(T * 2 * D, 5), v = randn(T * 2 * D, 6), q = randn(4 * D, 7);
+  for (float& x : q) x *= 0.5f;
+  std::vector<float> exact(4 * D);
+  SequenceKv full(cache("bf16"), m, 400);
+  full.prefill(0, k.data(), v.data(), T, nullptr);
+  attend(0, {&full}, q.data(), exact.data(), m);
+  double loss[2];
+  int which = 0;
+  for (const char* kind : {"kivi4", "kivi2"}) {
+    SequenceKv quant(cache(kind, 32, 64), m, 400);
+    quant.prefill(0, k.data(), v.data(), T, nullptr);
+    std::vector<float> got(4 * D);
+    attend(0, {&quant}, q.data(), got.data(), m);
+    double worst = 0, num = 0, den = 0;
+    for (int64_t h = 0; h < 2; ++h) {
+      const kernels::KvHeadView w = quant.view(0, h);
+      // The cache's content, dequantised: keys [T][D], values [T][D].
+      std::vector<float> kd(static_cast<size_t>(T * D)), vd(static_cast<size_t>(T * D));
+      for (int64_t g = 0; g < w.n_key_groups; ++g) {
+        kernels::dequantize_key_group(w.key_codes + g * kernels::key_group_words(64, 32, w.bits),
+                                      w.key_params + g * D, 64, 32, w.bits, kd.data() + g * 32 * D,
+                                      D);
+      }
+      std::copy(w.key_window, w.key_window + w.n_key_window * D,
+                kd.begin() + w.n_key_groups * 32 * D);
+      for (int64_t t = 0; t < w.n_value_quant; ++t) {
+        kernels::dequantize_value_token(w.value_codes + t * kernels::value_token_words(64, w.bits),
+                                        w.value_params + t * 2, 64, 32, w.bits, vd.data() + t * D);
+      }
+      std::copy(w.value_window, w.value_window + w.n_value_window * D,
+                vd.begin() + w.n_value_quant * D);
+      for (int64_t i = 0; i < Hq; ++i) {
+        const float* qh = q.data() + (h * Hq + i) * D;
+        std::vector<double> p(static_cast<size_t>(T));
+        double mx = -1e300, sum = 0;
+        for (int64_t t = 0; t < T; ++t) {
+          double s = 0;
+          for (int64_t d = 0; d < D; ++d) s += double(qh[d]) * kd[static_cast<size_t>(t * D + d)];
+          p[static_cast<size_t>(t)] = s / 8.0;
+          mx = std::max(mx, p[static_cast<size_t>(t)]);
+        }
+        for (double& x : p) sum += x = std::exp(x - mx);
+        for (int64_t d = 0; d < D; ++d) {
+          double o = 0;
+          for (int64_t t = 0; t < T; ++t)
+            o += p[static_cast<size_t>(t)] / sum * vd[static_cast<size_t>(t * D + d)];
+          const size_t at = static_cast<size_t>((h * Hq + i) * D + d);
+          worst = std::max(worst, std::abs(o - got[at]));
+          num += (got[at] - exact[at]) * (got[at] - exact[at]);
+          den += exact[at] * exact[at];
+        }
+      }
+    }
+    loss[which++] = std::sqrt(num / den);
+    std::printf(
+        "%s: max abs error vs its dequantised content %.3g; relative error vs the exact "
+        "cache %.4f\n",
+        kind, worst, loss[which - 1]);
+    EXPECT_LT(worst, 1e-5) << kind;
+  }
+  EXPECT_LT(loss[0], loss[1]);
+}
+
+TEST(KvCache, H2oKeepsTheBudgetTheRecentAndTheHeavyHitters) {
+  const model::ModelConfig m = shape(1, 2, 1, 64);
+  const int64_t ctx = 200, D = 64;
+  SequenceKv kv(cache("h2o", 32, 64, 0.2), m, ctx);  // 40 tokens: 20 heavy + 20 recent
+  const int64_t T = 100;
+  std::vector<float> k = randn(T * D, 8), v = randn(T * D, 9);
+  // Prompt scores: tokens 10 and 50 received the most attention.
+  std::vector<float> col(static_cast<size_t>(T), 0.01f);
+  col[10] = 5;
+  col[50] = 4;
+  kv.prefill(0, k.data(), v.data(), T, col.data());
+  EXPECT_EQ(kv.live_tokens(0, 0), 40);
+  const kernels::KvHeadView view = kv.view(0, 0);
+  auto alive_row_equal = [&](int64_t t) {
+    for (int64_t r = 0; r < view.n_key_window; ++r) {
+      if (view.alive[r] && view.key_window[r * D] == k[static_cast<size_t>(t * D)]) return true;
+    }
+    return false;
+  };
+  EXPECT_TRUE(alive_row_equal(10));
+  EXPECT_TRUE(alive_row_equal(50));
+  for (int64_t t = T - 20; t < T; ++t) EXPECT_TRUE(alive_row_equal(t)) << "recent " << t;
+  // Decoding keeps the budget, and memory stays at budget + 1 rows.
+  std::vector<float> q = randn(2 * D, 10), out(2 * D);
+  for (int64_t t = 0; t < 60; ++t) {
+    const std::vector<float> nk = randn(D, 100 + t), nv = randn(D, 200 + t);
+    kv.append(0, nk.data(), nv.data());
+    attend(0, {&kv}, q.data(), out.data(), m);
+    EXPECT_EQ(kv.live_tokens(0, 0), 40);
+  }
+  // Compacted after the prompt, then evicted slots are reused: budget + 1 rows at most.
+  EXPECT_LE(kv.view(0, 0).n_key_window, 41);
+}
+
+TEST(KvCache, KiviWithH2oStaysWithinTheBudget) {
+  const model::ModelConfig m = shape(1, 2, 1, 64);
+  const int64_t ctx = 1000, D = 64;
+  SequenceKv kv(cache("kivi2+h2o", 32, 32, 0.2), m, ctx);  // 200 tokens, window R = 32
+  std::vector<float> k = randn(500 * D, 11);
+  std::vector<float> col(500, 0.0f);
+  for (size_t i = 0; i < col.size(); ++i) col[i] = float((i * 7919) % 101) / 101.0f;
+  kv.prefill(0, k.data(), k.data(), 500, col.data());
+  EXPECT_EQ(kv.live_tokens(0, 0), 200);
+  std::vector<float> q = randn(2 * D, 12), out(2 * D);
+  const int64_t bytes_before = kv.bytes();
+  for (int64_t t = 0; t < 300; ++t) {
+    const std::vector<float> nk = randn(D, 300 + t);
+    kv.append(0, nk.data(), nk.data());
+    attend(0, {&kv}, q.data(), out.data(), m);
+    EXPECT_EQ(kv.live_tokens(0, 0), 200);
+    for (float x : out) ASSERT_TRUE(std::isfinite(x));
+  }
+  // Evicted slots are refilled: the cache does not grow by more than one group.
+  EXPECT_LE(kv.bytes(), bytes_before + 64 * 32 + 4 * 64 + 32 * (64 / 4 + 8) + 4096);
+  EXPECT_LE(kv.view(0, 0).n_key_window, 32 + 32);
+}
+
+}  // namespace
+}  // namespace ramstream::inference

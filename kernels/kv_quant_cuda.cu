@@ -1,0 +1,205 @@
+#include "kernels/kv_quant_cuda.cuh"
+
+#include <cuda_fp16.h>
+
+#include <cfloat>
+
+namespace ramstream::kernels {
+namespace {
+
+__device__ float h2f(uint16_t h) {
+  return __half2float(__ushort_as_half(h));
+}
+__device__ uint16_t f2h(float f) {
+  return __half_as_ushort(__float2half_rn(f));
+}
+
+__device__ QuantParams params_of(float lo, float hi, int bits) {
+  QuantParams p;
+  p.min = f2h(lo);
+  p.scale = f2h((hi - lo) / float((1 << bits) - 1));
+  return p;
+}
+
+__device__ uint32_t code_of(float x, float scale, float mn, int bits) {
+  if (!(scale > 0.0f)) return 0;
+  const float q = rintf((x - mn) / scale);
+  return static_cast<uint32_t>(fminf(float((1 << bits) - 1), fmaxf(0.0f, q)));
+}
+
+// One thread per (group, channel).
+__global__ void quantize_keys(const float* k, int64_t n_groups, int D, int G, int bits,
+                              uint32_t* codes, QuantParams* params) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i >= n_groups * D) return;
+  const int64_t g = i / D;
+  const int d = static_cast<int>(i % D);
+  const float* x = k + g * G * D + d;
+  float lo = x[0], hi = x[0];
+  for (int j = 1; j < G; ++j) {
+    lo = fminf(lo, x[j * D]);
+    hi = fmaxf(hi, x[j * D]);
+  }
+  const QuantParams p = params_of(lo, hi, bits);
+  params[g * D + d] = p;
+  const float s = h2f(p.scale), mn = h2f(p.min);
+  const int per = 32 / bits, words = G * bits / 32;
+  uint32_t* out = codes + g * int64_t{D} * words + int64_t{d} * words;
+  for (int w = 0; w < words; ++w) {
+    uint32_t v = 0;
+    for (int c = 0; c < per; ++c) v |= code_of(x[(w * per + c) * D], s, mn, bits) << (c * bits);
+    out[w] = v;
+  }
+}
+
+// One thread per (token, group of G channels).
+__global__ void quantize_values(const float* v, int64_t n, int D, int G, int bits, uint32_t* codes,
+                                QuantParams* params) {
+  const int ng = D / G;
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i >= n * ng) return;
+  const int64_t t = i / ng;
+  const int g = static_cast<int>(i % ng);
+  const float* x = v + t * D + g * G;
+  float lo = x[0], hi = x[0];
+  for (int j = 1; j < G; ++j) {
+    lo = fminf(lo, x[j]);
+    hi = fmaxf(hi, x[j]);
+  }
+  const QuantParams p = params_of(lo, hi, bits);
+  params[t * ng + g] = p;
+  const float s = h2f(p.scale), mn = h2f(p.min);
+  const int per = 32 / bits;
+  uint32_t* out = codes + t * (int64_t{D} * bits / 32) + int64_t{g} * G * bits / 32;
+  for (int w = 0; w < G / per; ++w) {
+    uint32_t word = 0;
+    for (int c = 0; c < per; ++c) word |= code_of(x[w * per + c], s, mn, bits) << (c * bits);
+    out[w] = word;
+  }
+}
+
+__device__ float code_at(const uint32_t* words, int i, int bits) {
+  const int per = 32 / bits;
+  return float((words[i / per] >> ((i % per) * bits)) & ((1u << bits) - 1));
+}
+
+__device__ float block_reduce(float v, bool is_max, float* scratch) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const float other = __shfl_down_sync(0xffffffffu, v, o);
+    v = is_max ? fmaxf(v, other) : v + other;
+  }
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  const int warps = (blockDim.x + 31) / 32;
+  float r = is_max ? -FLT_MAX : 0.0f;
+  for (int w = 0; w < warps; ++w) r = is_max ? fmaxf(r, scratch[w]) : r + scratch[w];
+  return r;
+}
+
+// One block per view: logits of every token (threads over tokens), one softmax per query head,
+// then the output (threads over channels, looping over tokens).
+__global__ void decode_attention(const KvHeadView* views, const float* q, int64_t q_stride, int Hq,
+                                 float scale, float* out, int64_t out_stride) {
+  extern __shared__ float logits[];  // [Hq][N]
+  __shared__ float scratch[32];
+  const KvHeadView kv = views[blockIdx.x];
+  const int D = kv.D, G = kv.G, b = kv.bits;
+  const int64_t N = kv.n_key_groups * G + kv.n_key_window, NQ = kv.n_key_groups * G;
+  const float* qv = q + blockIdx.x * q_stride;
+  const int kwords = G * b / 32;
+  for (int64_t t = threadIdx.x; t < N; t += blockDim.x) {
+    for (int h = 0; h < Hq; ++h) {
+      float s = 0.0f;
+      if (t < NQ) {
+        const int64_t g = t / G;
+        const int j = static_cast<int>(t % G);
+        const uint32_t* codes = kv.key_codes + g * int64_t{D} * kwords;
+        const QuantParams* p = kv.key_params + g * D;
+        for (int d = 0; d < D; ++d) {
+          s +=
+              qv[h * D + d] * (code_at(codes + d * kwords, j, b) * h2f(p[d].scale) + h2f(p[d].min));
+        }
+      } else {
+        const float* k = kv.key_window + (t - NQ) * kv.key_window_ld;
+        for (int d = 0; d < D; ++d) s += qv[h * D + d] * k[d];
+      }
+      const bool live = kv.alive == nullptr || kv.alive[t];
+      logits[h * N + t] = live ? s * scale : -FLT_MAX;
+    }
+  }
+  __syncthreads();
+  for (int h = 0; h < Hq; ++h) {
+    float m = -FLT_MAX;
+    for (int64_t t = threadIdx.x; t < N; t += blockDim.x) m = fmaxf(m, logits[h * N + t]);
+    m = block_reduce(m, true, scratch);
+    float sum = 0.0f;
+    for (int64_t t = threadIdx.x; t < N; t += blockDim.x) {
+      const float l = logits[h * N + t];
+      const float e = l == -FLT_MAX ? 0.0f : __expf(l - m);
+      logits[h * N + t] = e;
+      sum += e;
+    }
+    sum = block_reduce(sum, false, scratch);
+    const float inv = sum > 0 ? 1.0f / sum : 0.0f;
+    __syncthreads();
+    for (int64_t t = threadIdx.x; t < N; t += blockDim.x) logits[h * N + t] *= inv;
+  }
+  __syncthreads();
+  const int vwords = D * b / 32, ng = D / G;
+  float* o = out + blockIdx.x * out_stride;
+  for (int i = threadIdx.x; i < Hq * D; i += blockDim.x) {
+    const int h = i / D, d = i % D;
+    float acc = 0.0f;
+    for (int64_t t = 0; t < kv.n_value_quant; ++t) {
+      const QuantParams p = kv.value_params[t * ng + d / G];
+      acc += logits[h * N + t] *
+             (code_at(kv.value_codes + t * vwords, d, b) * h2f(p.scale) + h2f(p.min));
+    }
+    for (int64_t t = 0; t < kv.n_value_window; ++t) {
+      acc += logits[h * N + kv.n_value_quant + t] * kv.value_window[t * kv.value_window_ld + d];
+    }
+    o[i] = acc;
+  }
+}
+
+}  // namespace
+
+cudaError_t kv_quantize_key_groups_cuda(const float* k, int64_t n_groups, int D, int G, int bits,
+                                        uint32_t* codes, QuantParams* params, cudaStream_t stream) {
+  if (!check_kv_quant_shape(D, G, bits).empty()) return cudaErrorInvalidValue;
+  const int64_t n = n_groups * D;
+  if (n == 0) return cudaSuccess;
+  quantize_keys<<<static_cast<unsigned>((n + 127) / 128), 128, 0, stream>>>(k, n_groups, D, G, bits,
+                                                                            codes, params);
+  return cudaGetLastError();
+}
+
+cudaError_t kv_quantize_value_tokens_cuda(const float* v, int64_t n, int D, int G, int bits,
+                                          uint32_t* codes, QuantParams* params,
+                                          cudaStream_t stream) {
+  if (!check_kv_quant_shape(D, G, bits).empty()) return cudaErrorInvalidValue;
+  const int64_t threads = n * (D / G);
+  if (threads == 0) return cudaSuccess;
+  quantize_values<<<static_cast<unsigned>((threads + 127) / 128), 128, 0, stream>>>(
+      v, n, D, G, bits, codes, params);
+  return cudaGetLastError();
+}
+
+cudaError_t kv_decode_attention_cuda(const KvHeadView* views, int64_t n_views, int64_t max_tokens,
+                                     const float* q, int64_t q_stride, int Hq, float scale,
+                                     float* out, int64_t out_stride, cudaStream_t stream) {
+  if (n_views == 0) return cudaSuccess;
+  const size_t shared = static_cast<size_t>(Hq) * static_cast<size_t>(max_tokens) * sizeof(float);
+  if (shared > 48 * 1024) {
+    const cudaError_t e = cudaFuncSetAttribute(
+        decode_attention, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared));
+    if (e != cudaSuccess) return e;
+  }
+  decode_attention<<<static_cast<unsigned>(n_views), 256, shared, stream>>>(views, q, q_stride, Hq,
+                                                                            scale, out, out_stride);
+  return cudaGetLastError();
+}
+
+}  // namespace ramstream::kernels

@@ -1,0 +1,305 @@
+// KV quantisation: fp16 conversion, the packing layout, round-trip bounds, slot refills, shape
+// errors, and decode attention over packed codes against double-precision attention over the
+// dequantised values (both ISAs, alive masks, GQA, the batch entry point).
+#include "kernels/kv_quant.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+
+#include <gtest/gtest.h>
+
+#include "kernels/cpu_isa.h"
+#include "kernels/gemm_rows.h"
+#include "kernels/test_values.h"
+
+namespace ramstream::kernels {
+namespace {
+
+TEST(KvQuant, HalfConversionRoundsToNearestEven) {
+  for (float x : {0.0f, 1.0f, -2.5f, 65504.0f, 6.1035156e-05f, 5.9604645e-08f, 0.333333f}) {
+    const float back = half_to_float(float_to_half(x));
+    EXPECT_NEAR(back, x, std::abs(x) * 1e-3 + 1e-7) << x;
+  }
+  EXPECT_EQ(float_to_half(1.0f), 0x3C00);
+  EXPECT_EQ(float_to_half(1.0f + 1.0f / 2048), 0x3C00);  // tie -> even
+  EXPECT_EQ(float_to_half(1.0f + 3.0f / 2048), 0x3C02);  // tie -> even (up)
+  EXPECT_EQ(float_to_half(1e6f), 0x7C00);                // overflow -> inf
+  EXPECT_TRUE(std::isnan(half_to_float(float_to_half(NAN))));
+}
+
+TEST(KvQuant, PackingLayoutIsLowBitsFirst) {
+  // Value token, D = G = 32, 2 bits: x = 0..3 repeating gives codes 0,1,2,3,... exactly.
+  float v[32];
+  for (int i = 0; i < 32; ++i) v[i] = float(i % 4);
+  uint32_t codes[2];
+  QuantParams p[1];
+  quantize_value_token(v, 32, 32, 2, codes, p);
+  EXPECT_EQ(half_to_float(p[0].min), 0.0f);
+  EXPECT_EQ(half_to_float(p[0].scale), 1.0f);
+  // code i at bits [2i, 2i+2): 0b11100100 repeating.
+  EXPECT_EQ(codes[0], 0xE4E4E4E4u);
+  EXPECT_EQ(codes[1], 0xE4E4E4E4u);
+}
+
+TEST(KvQuant, RoundTripWithinHalfAStep) {
+  for (int bits : {2, 4}) {
+    for (int G : {32, 64}) {
+      const int D = 128;
+      const std::vector<float> k = normal_values<float>(int64_t{G} * D, 3, 2.0f);
+      std::vector<uint32_t> codes(static_cast<size_t>(key_group_words(D, G, bits)));
+      std::vector<QuantParams> p(static_cast<size_t>(D));
+      quantize_key_group(k.data(), D, D, G, bits, codes.data(), p.data());
+      std::vector<float> back(k.size());
+      dequantize_key_group(codes.data(), p.data(), D, G, bits, back.data(), D);
+      double worst = 0;
+      for (int j = 0; j < G; ++j) {
+        for (int d = 0; d < D; ++d) {
+          const double step = half_to_float(p[static_cast<size_t>(d)].scale);
+          const double e =
+              std::abs(back[static_cast<size_t>(j * D + d)] - k[static_cast<size_t>(j * D + d)]);
+          // Half a step, plus the fp16 rounding of min and of the step itself.
+          ASSERT_LE(e, 0.5 * step * 1.01 + 4e-3) << "bits " << bits << " G " << G;
+          worst = std::max(worst, e / step);
+        }
+      }
+      std::vector<uint32_t> vc(static_cast<size_t>(value_token_words(D, bits)));
+      std::vector<QuantParams> vp(static_cast<size_t>(D / G));
+      std::vector<float> vb(static_cast<size_t>(D));
+      quantize_value_token(k.data(), D, G, bits, vc.data(), vp.data());
+      dequantize_value_token(vc.data(), vp.data(), D, G, bits, vb.data());
+      for (int d = 0; d < D; ++d) {
+        const double step = half_to_float(vp[static_cast<size_t>(d / G)].scale);
+        ASSERT_LE(std::abs(vb[static_cast<size_t>(d)] - k[static_cast<size_t>(d)]),
+                  0.5 * step * 1.01 + 4e-3);
+      }
+      std::printf("kivi%d G%d keys: worst error %.3f steps\n", bits, G, worst);
+    }
+  }
+}
+
+TEST(KvQuant, SlotRefillUsesTheGroupsRangeClamped) {
+  const int D = 32, G = 32, bits = 4;
+  const std::vector<float> k = normal_values<float>(G * D, 4, 1.0f);
+  std::vector<uint32_t> codes(static_cast<size_t>(key_group_words(D, G, bits)));
+  std::vector<QuantParams> p(D);
+  quantize_key_group(k.data(), D, D, G, bits, codes.data(), p.data());
+  std::vector<float> fresh(D, 100.0f);  // far above every channel's max: clamped to it
+  fresh[0] = k[0];                      // inside the range: coded as before
+  quantize_key_slot(fresh.data(), D, G, bits, 5, codes.data(), p.data());
+  std::vector<float> back(static_cast<size_t>(G * D));
+  dequantize_key_group(codes.data(), p.data(), D, G, bits, back.data(), D);
+  for (int d = 1; d < D; ++d) {
+    const float hi = half_to_float(p[d].min) + 15 * half_to_float(p[d].scale);
+    EXPECT_FLOAT_EQ(back[static_cast<size_t>(5 * D + d)], hi);
+  }
+  EXPECT_FLOAT_EQ(back[5 * D], back[0]);
+  for (int j = 0; j < G; ++j) {  // other slots untouched
+    if (j == 5) continue;
+    EXPECT_NEAR(back[static_cast<size_t>(j * D + 7)], k[static_cast<size_t>(j * D + 7)],
+                half_to_float(p[7].scale));
+  }
+}
+
+TEST(KvQuant, ShapeErrorsSayWhatIsWrong) {
+  EXPECT_NE(check_kv_quant_shape(64, 48, 2).find("multiple of 32"), std::string::npos);
+  EXPECT_NE(check_kv_quant_shape(48, 32, 2).find("divide the head dimension 48"),
+            std::string::npos);
+  EXPECT_NE(check_kv_quant_shape(64, 32, 3).find("2 or 4 bits"), std::string::npos);
+  EXPECT_EQ(check_kv_quant_shape(128, 64, 4), "");
+  EXPECT_THROW(require_kv_quant_shape(64, 16, 2), std::invalid_argument);
+}
+
+// A cache of N tokens of one KV head: quantised key groups + key window, quantised values +
+// value window, all from the same random K/V; returns the view and (through kd/vd) the values
+// attention should see.
+struct Cache {
+  std::vector<uint32_t> kc, vc;
+  std::vector<QuantParams> kp, vp;
+  std::vector<float> kw, vw, kd, vd;
+  std::vector<uint8_t> alive;
+  KvHeadView view;
+};
+
+Cache make_cache(int D, int G, int bits, int64_t key_groups, int64_t key_window, int64_t vq,
+                 uint32_t seed, bool mask) {
+  Cache c;
+  const int64_t N = key_groups * G + key_window;
+  const std::vector<float> k = normal_values<float>(N * D, seed, 1.0f);
+  const std::vector<float> v = normal_values<float>(N * D, seed + 1, 1.0f);
+  c.kd.resize(static_cast<size_t>(N * D));
+  c.vd.resize(static_cast<size_t>(N * D));
+  c.kc.resize(static_cast<size_t>(key_groups * key_group_words(D, G, bits)));
+  c.kp.resize(static_cast<size_t>(key_groups * D));
+  for (int64_t g = 0; g < key_groups; ++g) {
+    quantize_key_group(k.data() + g * G * D, D, D, G, bits,
+                       c.kc.data() + g * key_group_words(D, G, bits), c.kp.data() + g * D);
+    dequantize_key_group(c.kc.data() + g * key_group_words(D, G, bits), c.kp.data() + g * D, D, G,
+                         bits, c.kd.data() + g * G * D, D);
+  }
+  c.kw.assign(k.begin() + key_groups * G * D, k.end());
+  std::copy(c.kw.begin(), c.kw.end(), c.kd.begin() + key_groups * G * D);
+  c.vc.resize(static_cast<size_t>(vq * value_token_words(D, bits)));
+  c.vp.resize(static_cast<size_t>(vq * (D / G)));
+  for (int64_t t = 0; t < vq; ++t) {
+    quantize_value_token(v.data() + t * D, D, G, bits, c.vc.data() + t * value_token_words(D, bits),
+                         c.vp.data() + t * (D / G));
+    dequantize_value_token(c.vc.data() + t * value_token_words(D, bits), c.vp.data() + t * (D / G),
+                           D, G, bits, c.vd.data() + t * D);
+  }
+  c.vw.assign(v.begin() + vq * D, v.end());
+  std::copy(c.vw.begin(), c.vw.end(), c.vd.begin() + vq * D);
+  c.alive.assign(static_cast<size_t>(N), 1);
+  if (mask) {
+    for (int64_t t = 0; t < N; t += 3) c.alive[static_cast<size_t>(t)] = 0;
+  }
+  KvHeadView& w = c.view;
+  w.D = D;
+  w.G = G;
+  w.bits = bits;
+  w.key_codes = c.kc.data();
+  w.key_params = c.kp.data();
+  w.n_key_groups = key_groups;
+  w.key_window = c.kw.data();
+  w.n_key_window = key_window;
+  w.key_window_ld = D;
+  w.value_codes = c.vc.data();
+  w.value_params = c.vp.data();
+  w.n_value_quant = vq;
+  w.value_window = c.vw.data();
+  w.n_value_window = N - vq;
+  w.value_window_ld = D;
+  w.alive = mask ? c.alive.data() : nullptr;
+  return c;
+}
+
+// Double-precision attention over the dequantised K/V.
+void reference(const Cache& c, const float* q, int Hq, float scale, std::vector<double>& out,
+               std::vector<double>& probs) {
+  const int D = c.view.D;
+  const int64_t N = c.view.tokens();
+  out.assign(static_cast<size_t>(Hq * D), 0.0);
+  probs.assign(static_cast<size_t>(Hq * N), 0.0);
+  for (int h = 0; h < Hq; ++h) {
+    double mx = -1e300, sum = 0;
+    std::vector<double> s(static_cast<size_t>(N));
+    for (int64_t t = 0; t < N; ++t) {
+      double d = 0;
+      for (int i = 0; i < D; ++i) d += double(q[h * D + i]) * c.kd[static_cast<size_t>(t * D + i)];
+      s[static_cast<size_t>(t)] = d * scale;
+      if (c.alive[static_cast<size_t>(t)] || !c.view.alive)
+        mx = std::max(mx, s[static_cast<size_t>(t)]);
+    }
+    for (int64_t t = 0; t < N; ++t) {
+      const bool live = !c.view.alive || c.alive[static_cast<size_t>(t)];
+      s[static_cast<size_t>(t)] = live ? std::exp(s[static_cast<size_t>(t)] - mx) : 0.0;
+      sum += s[static_cast<size_t>(t)];
+    }
+    for (int64_t t = 0; t < N; ++t) {
+      const double p = s[static_cast<size_t>(t)] / sum;
+      probs[static_cast<size_t>(h * N + t)] = p;
+      for (int i = 0; i < D; ++i)
+        out[static_cast<size_t>(h * D + i)] += p * c.vd[static_cast<size_t>(t * D + i)];
+    }
+  }
+}
+
+struct AttnCase {
+  int D, G, bits, Hq;
+  int64_t key_groups, key_window, vq;
+  bool mask;
+};
+
+TEST(KvQuant, DecodeAttentionOverPackedCodesMatchesTheReference) {
+  const AttnCase cases[] = {
+      {64, 32, 2, 3, 0, 40, 0, false},   // full precision only
+      {64, 32, 2, 3, 4, 0, 0, false},    // quantised keys only (values full precision)
+      {64, 32, 4, 1, 0, 50, 50, false},  // quantised values only
+      {64, 32, 2, 3, 6, 17, 100, false}, {128, 64, 4, 3, 3, 9, 150, true},
+      {128, 32, 2, 1, 5, 31, 91, true},  {64, 64, 4, 2, 2, 64, 120, false},
+  };
+  for (Isa isa : {Isa::kScalar, best_isa()}) {
+    set_kernel_isa(isa);
+    for (const AttnCase& a : cases) {
+      Cache c = make_cache(a.D, a.G, a.bits, a.key_groups, a.key_window, a.vq, 21, a.mask);
+      const int64_t N = c.view.tokens();
+      const std::vector<float> q = normal_values<float>(int64_t{a.Hq} * a.D, 9, 0.7f);
+      const float scale = 1.0f / std::sqrt(float(a.D));
+      std::vector<float> out(static_cast<size_t>(a.Hq * a.D)), probs(static_cast<size_t>(a.Hq * N));
+      std::vector<float> work(static_cast<size_t>(kv_attention_work_floats(c.view, a.Hq)));
+      kv_decode_attention(c.view, q.data(), a.Hq, scale, out.data(), probs.data(), work.data());
+      std::vector<double> ro, rp;
+      reference(c, q.data(), a.Hq, scale, ro, rp);
+      double eo = 0, ep = 0, psum = 0;
+      for (size_t i = 0; i < out.size(); ++i) eo = std::max(eo, std::abs(out[i] - ro[i]));
+      for (size_t i = 0; i < probs.size(); ++i) ep = std::max(ep, std::abs(probs[i] - rp[i]));
+      for (int64_t t = 0; t < N; ++t) psum += probs[static_cast<size_t>(t)];
+      std::printf("%s D%d G%d b%d Hq%d N%lld%s: max abs error out %.2g probs %.2g\n", isa_name(isa),
+                  a.D, a.G, a.bits, a.Hq, (long long)N, a.mask ? " masked" : "", eo, ep);
+      EXPECT_LT(eo, 2e-5);
+      EXPECT_LT(ep, 1e-6);
+      EXPECT_NEAR(psum, 1.0, 1e-5);
+      if (a.mask) {
+        EXPECT_EQ(probs[0], 0.0f);  // dead slot 0
+      }
+    }
+  }
+  set_kernel_isa(best_isa());
+}
+
+TEST(KvQuant, BatchEqualsOneViewAtATime) {
+  std::vector<Cache> caches;
+  for (int i = 0; i < 7; ++i)
+    caches.push_back(make_cache(64, 32, i % 2 ? 2 : 4, i, 5 + i, 3 * i, 30 + i, i % 3 == 0));
+  std::vector<KvHeadView> views;
+  for (const Cache& c : caches) views.push_back(c.view);
+  const int Hq = 3, D = 64;
+  const std::vector<float> q = normal_values<float>(7 * Hq * D, 2, 1.0f);
+  std::vector<float> out(7 * Hq * D);
+  std::vector<std::vector<float>> probs(7);
+  std::vector<float*> pp;
+  for (int i = 0; i < 7; ++i) {
+    probs[static_cast<size_t>(i)].resize(
+        static_cast<size_t>(Hq * views[static_cast<size_t>(i)].tokens()));
+    pp.push_back(probs[static_cast<size_t>(i)].data());
+  }
+  kv_decode_attention_batch(views.data(), 7, q.data(), Hq * D, Hq, 0.125f, out.data(), Hq * D,
+                            pp.data());
+  for (int i = 0; i < 7; ++i) {
+    std::vector<float> one(Hq * D), p(probs[static_cast<size_t>(i)].size());
+    std::vector<float> work(
+        static_cast<size_t>(kv_attention_work_floats(views[static_cast<size_t>(i)], Hq)));
+    kv_decode_attention(views[static_cast<size_t>(i)], q.data() + i * Hq * D, Hq, 0.125f,
+                        one.data(), p.data(), work.data());
+    EXPECT_EQ(0, std::memcmp(one.data(), out.data() + i * Hq * D, one.size() * 4)) << i;
+    EXPECT_EQ(p, probs[static_cast<size_t>(i)]) << i;
+  }
+}
+
+TEST(GemmRows, MatchesADoublePrecisionProduct) {
+  for (Isa isa : {Isa::kScalar, best_isa()}) {
+    set_kernel_isa(isa);
+    for (int64_t n : {1, 3, 8, 32}) {
+      const int64_t ic = 37 + 64, oc = 131;
+      const std::vector<float> x = normal_values<float>(n * ic, 1, 1.0f);
+      const std::vector<float> w = normal_values<float>(oc * ic, 2, 1.0f);
+      const std::vector<float> b = normal_values<float>(oc, 3, 1.0f);
+      std::vector<float> out(static_cast<size_t>(n * oc));
+      gemm_rows_nt(x.data(), n, ic, w.data(), oc, b.data(), out.data());
+      double worst = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        for (int64_t o = 0; o < oc; ++o) {
+          double s = b[static_cast<size_t>(o)];
+          for (int64_t k = 0; k < ic; ++k)
+            s += double(x[static_cast<size_t>(i * ic + k)]) * w[static_cast<size_t>(o * ic + k)];
+          worst = std::max(worst, std::abs(s - out[static_cast<size_t>(i * oc + o)]));
+        }
+      }
+      EXPECT_LT(worst, 1e-4) << isa_name(isa) << " n " << n;
+    }
+  }
+  set_kernel_isa(best_isa());
+}
+
+}  // namespace
+}  // namespace ramstream::kernels
