@@ -29,10 +29,11 @@ struct InferenceArgs {
   std::string model;
   std::string device = "auto";
   std::string kv_cache = "bf16";
-  int kv_group = 32, kv_residual = 128;
+  int kv_group = 32, kv_residual = 128, kv_sink = 0;
   double kv_budget = 0.2;
-  int64_t batch_size = 32;  // sequences (or eval windows) run together
-  bool json = false;        // the last stdout line is one JSON object with the figures
+  double kv_memory_gib = 0;  // cap on the KV pages; 0 = what host RAM allows
+  int64_t batch_size = 32;   // sequences (or eval windows) run together
+  bool json = false;         // the last stdout line is one JSON object with the figures
 };
 struct SamplingArgs {
   int64_t max_new_tokens = 256;

@@ -37,8 +37,14 @@ std::unique_ptr<Session> open(const InferenceArgs& a, const char* command) {
   }
   inference::SessionOptions o;
   o.kv = kv.value();
+  o.kv.sink = a.kv_sink;
   o.device = a.device;
   o.micro_batch = a.batch_size;
+  if (a.kv_memory_gib < 0) {
+    throw std::invalid_argument("--kv-memory must be >= 0 GiB, got " +
+                                std::to_string(a.kv_memory_gib));
+  }
+  o.kv_max_bytes = static_cast<int64_t>(a.kv_memory_gib * double(1ull << 30));
   Result<std::unique_ptr<Session>> s = inference::open_session(a.model, o);
   if (!s.ok()) throw std::runtime_error(s.error().message);
   std::fprintf(stderr, "%s: %s\n", command, s.value()->describe().c_str());
@@ -128,6 +134,7 @@ nlohmann::json run_summary(const GenerateResult& r, const InferenceArgs& a, int6
           {"decode_tokens_per_s", decode_tps},
           {"kv_cache", a.kv_cache},
           {"kv_bytes_per_token", r.kv_tokens > 0 ? double(r.kv_bytes) / double(r.kv_tokens) : 0.0},
+          {"kv_pages_peak", r.kv_pages},
           {"threads", thread_count()}};
 }
 
@@ -287,8 +294,11 @@ int generate_command(const GenerateArgs& a) {
     total.decode_s += r.decode_s;
     total.kv_bytes += r.kv_bytes;
     total.kv_tokens += r.kv_tokens;
+    total.kv_pages = std::max(total.kv_pages, r.kv_pages);
   }
-  const nlohmann::json sum = run_summary(total, a.inf, n);
+  nlohmann::json sum = run_summary(total, a.inf, n);
+  sum["kv_page_bytes"] = s->generator().kv_pool().page_bytes();
+  std::fprintf(stderr, "ramstream generate: %s\n", s->generator().kv_pool().describe().c_str());
   std::fprintf(stderr,
                "ramstream generate: %lld new tokens, prefill %.2f s (%.1f tokens/s), "
                "decode %.2f s (%.1f tokens/s), KV %.0f bytes/token\n",
@@ -311,6 +321,19 @@ int chat_command(const ChatArgs& a) {
   std::vector<data::ChatMessage> convo;
   if (!a.system.empty()) convo.push_back({"system", a.system});
   if (tty) std::fprintf(stderr, "/reset starts over, /exit (or Ctrl-D) ends.\n");
+  // The conversation's cache is kept between turns. The cache holds the tokens of `cached_text`
+  // (the rendered conversation up to the end of the last reply's content) except `pending` (a
+  // reply's last token, sampled but not fed). A new turn renders the conversation again and feeds
+  // only what follows cached_text (extend): the end-of-turn marker, the user's message, the
+  // assistant header. The reply goes into the conversation exactly as decoded, so the rendering
+  // continues the cached text; when it does not (a stop string cut the reply), the conversation
+  // is prefilled again.
+  const int64_t model_ctx = s->config().max_position_embeddings;
+  const int64_t chat_ctx = model_ctx > 0 ? model_ctx : 4096;
+  inference::Generator& gen = s->generator();
+  std::unique_ptr<inference::DecodeBatch> cache;
+  std::string cached_text;
+  std::vector<int32_t> pending, seen;  // seen: every token of the conversation so far
   std::string line;
   int64_t turn = 0;
   while (true) {
@@ -324,17 +347,29 @@ int chat_command(const ChatArgs& a) {
     if (msg == "/exit" || msg == "/quit") break;
     if (msg == "/reset") {
       convo.resize(a.system.empty() ? 0 : 1);
+      cache.reset();
       std::fprintf(stderr, "(conversation cleared)\n");
       continue;
     }
     convo.push_back({"user", msg});
-    const std::vector<int32_t> ids = s->encode_chat(convo);
-    const int64_t ctx = s->config().max_position_embeddings;
-    if (ctx > 0 && static_cast<int64_t>(ids.size()) >= ctx) {
+    const std::string text = data::render_generation_prompt(s->chat_format(), convo);
+    const bool reuse = cache && text.size() > cached_text.size() &&
+                       text.compare(0, cached_text.size(), cached_text) == 0;
+    std::vector<int32_t> feed;  // reuse: the tokens to add to the cache
+    if (reuse) {
+      feed = pending;
+      const std::vector<int32_t> rest = s->tokenizer().encode(text.substr(cached_text.size()));
+      feed.insert(feed.end(), rest.begin(), rest.end());
+    } else {
+      seen = s->encode_chat(convo);
+    }
+    const int64_t length = reuse ? cache->position(0) + static_cast<int64_t>(feed.size())
+                                 : static_cast<int64_t>(seen.size());
+    if (length >= chat_ctx) {
       std::fprintf(stderr,
-                   "ramstream chat: the conversation has %zu tokens, the model's context "
+                   "ramstream chat: the conversation has %lld tokens, the model's context "
                    "is %lld: /reset to start over\n",
-                   ids.size(), (long long)ctx);
+                   (long long)length, (long long)chat_ctx);
       convo.pop_back();
       continue;
     }
@@ -348,15 +383,37 @@ int chat_command(const ChatArgs& a) {
       return more;
     };
     go.sampling.seed = a.sampling.seed + static_cast<uint64_t>(turn++);
-    const GenerateResult r = s->generator().generate({ids}, go);
+    const auto t0 = std::chrono::steady_clock::now();
+    if (reuse) {
+      gen.extend(*cache, 0, feed);
+      seen.insert(seen.end(), feed.begin(), feed.end());
+    } else {
+      cache = std::make_unique<inference::DecodeBatch>(gen.prefill({seen}, chat_ctx));
+    }
+    const double prefill_s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const size_t computed = reuse ? feed.size() : seen.size();
+    std::vector<std::vector<int32_t>> history = {seen};
+    const GenerateResult r = gen.generate_on(*cache, history, go);
     t.flush(stdout, true);
     std::fputc('\n', stdout);
     std::fflush(stdout);
-    convo.push_back({"assistant", strip(t.text)});
-    if (tty) {
-      std::fprintf(stderr, "(%lld tokens, %.1f tokens/s)\n", (long long)r.new_tokens,
-                   r.decode_s > 0 ? double(r.new_tokens - 1) / r.decode_s : 0.0);
+    const std::vector<int32_t>& reply = r.tokens[0];
+    const bool ended = !reply.empty() && std::find(go.stop_ids.begin(), go.stop_ids.end(),
+                                                   reply.back()) != go.stop_ids.end();
+    seen.insert(seen.end(), reply.begin(), reply.end() - (ended || reply.empty() ? 0 : 1));
+    if (ended) seen.pop_back();  // the end marker comes back with the next rendering
+    convo.push_back({"assistant", t.text});
+    if (t.stopped || cache->position(0) >= chat_ctx) {
+      cache.reset();  // the cache holds more than the conversation says: prefill next time
+    } else {
+      cached_text = text + t.text;
+      pending.assign(reply.end() - (ended || reply.empty() ? 0 : 1), reply.end());
     }
+    std::fprintf(stderr, "(%zu prompt tokens computed in %.2f s%s; %lld tokens, %.1f tokens/s)\n",
+                 computed, prefill_s, reuse ? ", the rest from the kept cache" : "",
+                 (long long)r.new_tokens,
+                 r.decode_s > 0 ? double(r.new_tokens - 1) / r.decode_s : 0.0);
   }
   return 0;
 }
@@ -369,6 +426,7 @@ int eval_command(const EvalArgs& a) {
   nlohmann::json out = {{"kv_cache", a.inf.kv_cache},
                         {"kv_group", a.inf.kv_group},
                         {"kv_residual", a.inf.kv_residual},
+                        {"kv_sink", a.inf.kv_sink},
                         {"kv_budget", a.inf.kv_budget}};
   if (!a.data.empty()) {
     Result<std::string> text = read_user_file(a.data, "a text or JSONL file", int64_t{1} << 31);

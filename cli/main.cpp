@@ -285,9 +285,17 @@ int cli_main(int argc, char** argv, Context& context) {
         ->capture_default_str();
     c->add_option("--kv-residual", a.kv_residual, "KIVI full-precision window R (a multiple of G)")
         ->capture_default_str();
+    c->add_option("--kv-sink", a.kv_sink,
+                  "KIVI: the first N tokens of each sequence stay in full precision (attention "
+                  "sinks)")
+        ->capture_default_str();
     c->add_option("--kv-budget", a.kv_budget,
                   "H2O: fraction of the context kept per KV head, half heavy hitters, half "
                   "recent")
+        ->capture_default_str();
+    c->add_option("--kv-memory", a.kv_memory_gib,
+                  "GiB of KV pages at most (0: as much as host RAM allows); running out is an "
+                  "error naming it")
         ->capture_default_str();
     c->add_option("--batch-size", a.batch_size,
                   "sequences run together (decode is layer-major "

@@ -58,7 +58,7 @@ at::Tensor host_f32(const at::Tensor& t) {
 
 int64_t DecodeBatch::kv_bytes() const {
   int64_t n = 0;
-  for (const auto& s : kv) n += s->bytes();
+  for (const auto& s : kv) n += s ? s->bytes() : 0;
   return n;
 }
 
@@ -85,6 +85,9 @@ Generator::Generator(pipeline::Device& dev, pipeline::ParamStore& store,
     for (int64_t s = 0; s < std::min(resident, n); ++s) so.resident.push_back(s);
   }
   streamer_ = std::make_unique<pipeline::StageStreamer>(dev_, store_, *h2d_, so);
+  kv_pool_ = std::make_shared<KvPagePool>(
+      KvPagePool::page_bytes_for(SequenceKv::largest_record(options_.kv, cfg_)),
+      /*pin=*/dev_.kind() == pipeline::DeviceKind::kCuda, options_.kv_max_bytes);
   compute_->synchronize();
 }
 
@@ -141,7 +144,7 @@ at::Tensor Generator::block_prefill(const model::BlockParams& w, const at::Tenso
 
 at::Tensor Generator::block_decode(const model::BlockParams& w, const at::Tensor& x,
                                    const std::vector<SequenceKv*>& kv, const at::Tensor& pos,
-                                   int64_t layer) {
+                                   int64_t layer, bool consecutive) {
   const int64_t n = x.size(0), NH = cfg_.num_heads, NKV = cfg_.num_kv_heads, D = cfg_.head_dim;
   const at::Tensor h = rmsnorm(x, w.attn_norm, cfg_.rms_norm_eps);
   const at::Tensor qkv = linear(h, w.wqkv, w.bqkv);  // [n, (NH+2NKV)D]
@@ -157,12 +160,21 @@ at::Tensor Generator::block_decode(const model::BlockParams& w, const at::Tensor
   const at::Tensor qh = host_f32(q);  // [n][NH][D]
   const at::Tensor kh = host_f32(k);  // [n][NKV][D]
   const at::Tensor vh = host_f32(qkv.narrow(1, (NH + NKV) * D, NKV * D));
-  for (int64_t i = 0; i < n; ++i) {
-    kv[static_cast<size_t>(i)]->append(layer, kh.data_ptr<float>() + i * NKV * D,
-                                       vh.data_ptr<float>() + i * NKV * D);
-  }
   at::Tensor out = at::empty({n, NH * D}, at::kFloat);
-  attend(layer, kv, qh.data_ptr<float>(), out.data_ptr<float>(), cfg_);
+  if (consecutive) {
+    for (int64_t i = 0; i < n; ++i) {
+      kv[static_cast<size_t>(i)]->append(layer, kh.data_ptr<float>() + i * NKV * D,
+                                         vh.data_ptr<float>() + i * NKV * D);
+      attend(layer, {kv[static_cast<size_t>(i)]}, qh.data_ptr<float>() + i * NH * D,
+             out.data_ptr<float>() + i * NH * D, cfg_);
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      kv[static_cast<size_t>(i)]->append(layer, kh.data_ptr<float>() + i * NKV * D,
+                                         vh.data_ptr<float>() + i * NKV * D);
+    }
+    attend(layer, kv, qh.data_ptr<float>(), out.data_ptr<float>(), cfg_);
+  }
   const at::Tensor att = out.to(x.device(), x.scalar_type());
   const at::Tensor x2 = x + linear(att, w.wo, w.bo);
   return mlp_residual(w, x2, cfg_);
@@ -215,7 +227,7 @@ DecodeBatch Generator::prefill(const std::vector<std::vector<int32_t>>& prompts,
   for (int64_t b = 0; b < B; ++b) {
     const int64_t rc =
         row_context.empty() ? context : std::min(context, row_context[static_cast<size_t>(b)]);
-    batch.kv.push_back(std::make_unique<SequenceKv>(options_.kv, cfg_, rc));
+    batch.kv.push_back(std::make_unique<SequenceKv>(options_.kv, cfg_, rc, kv_pool_));
     batch.pos.push_back(static_cast<int64_t>(prompts[static_cast<size_t>(b)].size()));
   }
   const pipeline::StagePlan& plan = store_.plan();
@@ -253,56 +265,85 @@ void Generator::decode(DecodeBatch& batch, const std::vector<int32_t>& tokens,
   if (rows.empty()) return;
   for (int64_t r : rows) {
     if (r < 0 || r >= batch.size()) throw std::invalid_argument("Generator::decode: bad row");
+    if (!batch.kv[static_cast<size_t>(r)]) {
+      throw std::invalid_argument("Generator::decode: row " + std::to_string(r) + " was released");
+    }
     if (batch.pos[static_cast<size_t>(r)] >= batch.context) {
       throw std::invalid_argument("Generator::decode: row " + std::to_string(r) +
                                   " reached its context of " + std::to_string(batch.context));
     }
   }
-  const auto scope = dev_.make_current(*compute_);
-  const pipeline::StagePlan& plan = store_.plan();
   const int64_t n = static_cast<int64_t>(rows.size());
   const int64_t mb = std::max<int64_t>(1, options_.micro_batch);
-  // Per micro-batch: its rows, caches, positions and hidden states.
-  struct Micro {
-    std::vector<int64_t> rows;
-    std::vector<SequenceKv*> kv;
-    at::Tensor ids, pos, x;
-  };
-  std::vector<Micro> micro;
+  std::vector<DecodeRows> micro;
   for (int64_t first = 0; first < n; first += mb) {
-    Micro m;
-    std::vector<int64_t> ids, pos;
+    DecodeRows m;
     for (int64_t i = first; i < std::min(n, first + mb); ++i) {
       const int64_t r = rows[static_cast<size_t>(i)];
       m.rows.push_back(r);
       m.kv.push_back(batch.kv[static_cast<size_t>(r)].get());
-      ids.push_back(tokens[static_cast<size_t>(i)]);
-      pos.push_back(batch.pos[static_cast<size_t>(r)]);
+      m.ids.push_back(tokens[static_cast<size_t>(i)]);
+      m.pos.push_back(batch.pos[static_cast<size_t>(r)]);
     }
-    const int64_t k = static_cast<int64_t>(ids.size());
-    m.ids = at::tensor(ids, at::kLong).to(dev_.torch_device());
-    m.pos = at::tensor(pos, at::kLong).view({k, 1}).to(dev_.torch_device());
     micro.push_back(std::move(m));
+  }
+  run_stages(micro, batch, /*consecutive=*/false);
+  for (int64_t r : rows) batch.pos[static_cast<size_t>(r)] += 1;
+}
+
+void Generator::extend(DecodeBatch& batch, int64_t row, const std::vector<int32_t>& tokens) {
+  if (row < 0 || row >= batch.size() || !batch.kv[static_cast<size_t>(row)]) {
+    throw std::invalid_argument("Generator::extend: bad or released row " + std::to_string(row));
+  }
+  if (tokens.empty()) return;
+  const int64_t p = batch.pos[static_cast<size_t>(row)];
+  if (p + static_cast<int64_t>(tokens.size()) > batch.context) {
+    throw std::invalid_argument("Generator::extend: " + std::to_string(tokens.size()) +
+                                " tokens at position " + std::to_string(p) +
+                                " pass the context of " + std::to_string(batch.context));
+  }
+  DecodeRows m;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    m.rows.push_back(row);
+    m.kv.push_back(batch.kv[static_cast<size_t>(row)].get());
+    m.ids.push_back(tokens[i]);
+    m.pos.push_back(p + static_cast<int64_t>(i));
+  }
+  std::vector<DecodeRows> micro;
+  micro.push_back(std::move(m));
+  run_stages(micro, batch, /*consecutive=*/true);
+  batch.pos[static_cast<size_t>(row)] += static_cast<int64_t>(tokens.size());
+}
+
+void Generator::run_stages(std::vector<DecodeRows>& micro, DecodeBatch& batch, bool consecutive) {
+  const auto scope = dev_.make_current(*compute_);
+  const pipeline::StagePlan& plan = store_.plan();
+  std::vector<at::Tensor> ids(micro.size()), pos(micro.size()), x(micro.size());
+  for (size_t i = 0; i < micro.size(); ++i) {
+    const int64_t k = static_cast<int64_t>(micro[i].ids.size());
+    ids[i] = at::tensor(micro[i].ids, at::kLong).to(dev_.torch_device());
+    pos[i] = at::tensor(micro[i].pos, at::kLong).view({k, 1}).to(dev_.torch_device());
   }
   int cur = streamer_->acquire(0, -1);
   for (int64_t s = 0; s < plan.num_stages(); ++s) {
     const int next = s + 1 < plan.num_stages() ? streamer_->acquire(s + 1, cur) : -1;
     const pipeline::SlotViews& w = streamer_->begin_use(cur, *compute_);
     const pipeline::Stage& st = plan.stages[static_cast<size_t>(s)];
-    for (Micro& m : micro) {
+    for (size_t i = 0; i < micro.size(); ++i) {
       if (st.kind == pipeline::StageKind::kEmbedding) {
-        m.x = at::empty({m.ids.size(0), cfg_.hidden_size}, w.embedding.options());
-        autograd::embedding_forward(m.x, m.ids, w.embedding);
+        x[i] = at::empty({ids[i].size(0), cfg_.hidden_size}, w.embedding.options());
+        autograd::embedding_forward(x[i], ids[i], w.embedding);
       } else if (st.kind == pipeline::StageKind::kBlock) {
-        m.x = block_decode(w.block, m.x, m.kv, m.pos, st.layer);
+        x[i] = block_decode(w.block, x[i], micro[i].kv, pos[i], st.layer, consecutive);
+      } else if (consecutive) {  // one sequence: the logits of its last token
+        head_logits(w, x[i].narrow(0, x[i].size(0) - 1, 1), batch, {micro[i].rows.back()});
       } else {
-        head_logits(w, m.x, batch, m.rows);
+        head_logits(w, x[i], batch, micro[i].rows);
       }
     }
     streamer_->end_use(cur, *compute_);
     cur = next;
   }
-  for (int64_t r : rows) batch.pos[static_cast<size_t>(r)] += 1;
 }
 
 GenerateResult Generator::generate(const std::vector<std::vector<int32_t>>& prompts,
@@ -314,11 +355,8 @@ GenerateResult Generator::generate(const std::vector<std::vector<int32_t>>& prom
                                 std::to_string(options.max_new_tokens));
   }
   int64_t longest = 0;
-  GenerateResult res;
-  for (const auto& p : prompts) {
+  for (const auto& p : prompts)
     longest = std::max<int64_t>(longest, static_cast<int64_t>(p.size()));
-    res.prompt_tokens += static_cast<int64_t>(p.size());
-  }
   int64_t context = longest + options.max_new_tokens;
   if (cfg_.max_position_embeddings > 0 && context > cfg_.max_position_embeddings) {
     if (longest >= cfg_.max_position_embeddings) {
@@ -335,16 +373,39 @@ GenerateResult Generator::generate(const std::vector<std::vector<int32_t>>& prom
   }
   const auto t0 = Clock::now();
   DecodeBatch batch = prefill(prompts, context, row_context);
-  res.prefill_s = seconds_since(t0);
+  const double prefill_s = seconds_since(t0);
+  std::vector<std::vector<int32_t>> history(prompts.begin(), prompts.end());
+  GenerateResult res = sample_loop(batch, history, options, /*release=*/true);
+  res.prefill_s = prefill_s;
+  for (const auto& p : prompts) res.prompt_tokens += static_cast<int64_t>(p.size());
+  return res;
+}
 
+GenerateResult Generator::generate_on(DecodeBatch& batch,
+                                      std::vector<std::vector<int32_t>>& history,
+                                      const GenerateOptions& options) {
+  const std::string bad = validate(options.sampling);
+  if (!bad.empty()) throw std::invalid_argument(bad);
+  if (history.size() != static_cast<size_t>(batch.size())) {
+    throw std::invalid_argument("Generator::generate_on: one history per row");
+  }
+  return sample_loop(batch, history, options, /*release=*/false);
+}
+
+GenerateResult Generator::sample_loop(DecodeBatch& batch,
+                                      std::vector<std::vector<int32_t>>& history,
+                                      const GenerateOptions& options, bool release) {
+  GenerateResult res;
+  int64_t peak_pages = kv_pool_->pages_in_use();
   const int64_t B = batch.size();
   res.tokens.resize(static_cast<size_t>(B));
   res.stop.assign(static_cast<size_t>(B), "length");
   std::vector<Sampler> samplers;
-  std::vector<std::vector<int32_t>> history(prompts.begin(), prompts.end());
   for (int64_t b = 0; b < B; ++b) samplers.emplace_back(options.sampling, static_cast<uint64_t>(b));
-  std::vector<int64_t> active(static_cast<size_t>(B));
-  for (int64_t b = 0; b < B; ++b) active[static_cast<size_t>(b)] = b;
+  std::vector<int64_t> active;
+  for (int64_t b = 0; b < B; ++b) {
+    if (batch.kv[static_cast<size_t>(b)]) active.push_back(b);
+  }
   const auto t1 = Clock::now();
   for (int64_t step = 0; !active.empty(); ++step) {
     std::vector<int64_t> next_rows;
@@ -372,16 +433,20 @@ GenerateResult Generator::generate(const std::vector<std::vector<int32_t>>& prom
       if (go_on && room) {
         next_rows.push_back(r);
         next_tokens.push_back(tok);
+      } else {
+        res.kv_tokens += batch.position(r);
+        res.kv_bytes += batch.kv[static_cast<size_t>(r)]->bytes();
+        if (release) batch.release(r);  // its pages go to the rows still running
       }
     }
     active = next_rows;
     if (active.empty()) break;
     decode(batch, next_tokens, active);
     ++res.decode_steps;
+    peak_pages = std::max(peak_pages, kv_pool_->pages_in_use());
   }
   res.decode_s = seconds_since(t1);
-  res.kv_bytes = batch.kv_bytes();
-  for (int64_t b = 0; b < B; ++b) res.kv_tokens += batch.position(b);
+  res.kv_pages = peak_pages;
   return res;
 }
 

@@ -6,7 +6,9 @@
 // Decode is layer-major over the batch (the FlexGen schedule): per step each stage is acquired
 // once and applied to every active sequence, in micro-batches of `micro_batch` rows, so weight
 // traffic per generated token falls as 1/batch. Stages that are resident stay on the device; the
-// rest stream through the slots while the previous stage computes. On the CPU backend the
+// rest stream through the slots while the previous stage computes. KV caches take their pages
+// from one pool per Generator (inference/kv_pages.h; pinned on CUDA) as sequences grow, and
+// generate() gives a row's pages back as soon as the row ends. On the CPU backend the
 // stages' views bind straight to the store (no copies) unless `stream_on_cpu` asks for the
 // streaming path (tests).
 //
@@ -43,6 +45,9 @@ struct GeneratorOptions {
   int64_t resident_stages = -1;
   bool stream_on_cpu = false;  // CPU backend: copy stages into slots like a GPU would
   int64_t micro_batch = 32;    // decode rows per stage application
+  // The KV pages' cap in bytes (0: as much as host RAM allows); reaching it is an error that
+  // names --kv-memory.
+  int64_t kv_max_bytes = 0;
 };
 
 // The state of a batch of sequences between steps.
@@ -52,11 +57,13 @@ class DecodeBatch {
   const float* logits(int64_t row) const { return logits_.data() + row * vocab_; }
   int64_t vocab() const { return vocab_; }
   int64_t position(int64_t row) const { return pos[static_cast<size_t>(row)]; }
-  // KV bytes held by all rows.
+  // KV bytes held by all rows (the payload; see SequenceKv::bytes).
   int64_t kv_bytes() const;
+  // Frees a finished row's cache, its pages back to the pool; the row must not be decoded again.
+  void release(int64_t row) { kv[static_cast<size_t>(row)].reset(); }
 
-  std::vector<std::unique_ptr<SequenceKv>> kv;
-  std::vector<int64_t> pos;  // next position of each row
+  std::vector<std::unique_ptr<SequenceKv>> kv;  // null once released
+  std::vector<int64_t> pos;                     // next position of each row
   int64_t context = 0;
 
  private:
@@ -80,8 +87,17 @@ struct GenerateResult {
   int64_t prompt_tokens = 0, new_tokens = 0;
   double prefill_s = 0, decode_s = 0;
   int64_t decode_steps = 0;
-  int64_t kv_bytes = 0;   // held at the end of the run
+  int64_t kv_bytes = 0;   // every row's cache as it ended (payload)
+  int64_t kv_pages = 0;   // the most pages the Generator's pool held at once while decoding
   int64_t kv_tokens = 0;  // positions in all caches at the end
+};
+
+// Rows that pass through the stages together: row i of the batch is rows[i], fed token ids[i] at
+// position pos[i] (internal to Generator).
+struct DecodeRows {
+  std::vector<int64_t> rows;
+  std::vector<SequenceKv*> kv;
+  std::vector<int64_t> ids, pos;
 };
 
 class Generator {
@@ -98,12 +114,24 @@ class Generator {
   // Feeds tokens[i] to row rows[i] (each row at most once) and updates their logits.
   void decode(DecodeBatch& batch, const std::vector<int32_t>& tokens,
               const std::vector<int64_t>& rows);
-  // Prefill + sampling loop. Prompts are run together (one batch).
+  // Feeds `tokens` to row `row` as if decoded one by one (each attends to the cache, then enters
+  // it: exactly the decode path), with each layer's GEMMs over all of them at once; the row's
+  // logits are then those of the last. Chat uses it to add a turn without re-running the
+  // conversation.
+  void extend(DecodeBatch& batch, int64_t row, const std::vector<int32_t>& tokens);
+  // Prefill + sampling loop. Prompts are run together (one batch); each row's cache is released
+  // as the row ends.
   GenerateResult generate(const std::vector<std::vector<int32_t>>& prompts,
                           const GenerateOptions& options);
+  // The sampling loop on a batch whose logits are ready (after prefill or extend); history[r]:
+  // the tokens row r has seen so far (for the repetition penalty), extended with what it
+  // generates. The caches are kept, holding every generated token but each row's last.
+  GenerateResult generate_on(DecodeBatch& batch, std::vector<std::vector<int32_t>>& history,
+                             const GenerateOptions& options);
 
   const GeneratorOptions& options() const { return options_; }
   int64_t weight_bytes_loaded() const { return streamer_->weight_bytes_loaded(); }
+  const KvPagePool& kv_pool() const { return *kv_pool_; }
   std::string describe() const;
 
  private:
@@ -112,8 +140,15 @@ class Generator {
                    const std::vector<int64_t>& rows);
   at::Tensor block_prefill(const model::BlockParams& w, const at::Tensor& x, SequenceKv& kv,
                            int64_t layer);
+  // x [n,C], row i of sequence kv[i] at position pos[i]. consecutive: the rows are successive
+  // tokens of one sequence (extend), each attending before the next enters the cache.
   at::Tensor block_decode(const model::BlockParams& w, const at::Tensor& x,
-                          const std::vector<SequenceKv*>& kv, const at::Tensor& pos, int64_t layer);
+                          const std::vector<SequenceKv*>& kv, const at::Tensor& pos, int64_t layer,
+                          bool consecutive = false);
+  void run_stages(std::vector<DecodeRows>& micro, DecodeBatch& batch, bool consecutive);
+  // The sampling loop; release: free each row's cache as it ends.
+  GenerateResult sample_loop(DecodeBatch& batch, std::vector<std::vector<int32_t>>& history,
+                             const GenerateOptions& options, bool release);
 
   pipeline::Device& dev_;
   pipeline::ParamStore& store_;
@@ -121,7 +156,8 @@ class Generator {
   model::ModelConfig cfg_;
   std::unique_ptr<pipeline::Stream> compute_, h2d_;
   std::unique_ptr<pipeline::StageStreamer> streamer_;
-  autograd::RopeTables rope_;  // positions 0 .. model context - 1
+  std::shared_ptr<KvPagePool> kv_pool_;  // shared with the batches' caches, which may outlive us
+  autograd::RopeTables rope_;            // positions 0 .. model context - 1
 };
 
 }  // namespace ramstream::inference

@@ -35,6 +35,7 @@ Result<KvCacheConfig> KvCacheConfig::parse(const std::string& name, int group, i
 std::string KvCacheConfig::name() const {
   std::string n = bits == 0 ? (h2o ? "h2o" : "bf16") : "kivi" + std::to_string(bits);
   if (bits != 0 && h2o) n += "+h2o";
+  if (sink > 0) n += " sink" + std::to_string(sink);
   return n;
 }
 
@@ -46,6 +47,12 @@ std::string KvCacheConfig::validate(int64_t head_dim, int64_t context) const {
   if (h2o && !(budget > 0 && budget <= 1)) {
     return "--kv-budget must be in (0, 1] (a fraction of the context), got " +
            std::to_string(budget);
+  }
+  if (sink < 0) return "--kv-sink must be >= 0, got " + std::to_string(sink);
+  if (sink > 0 && (bits == 0 || h2o)) {
+    return "--kv-sink " + std::to_string(sink) +
+           ": keeps a KIVI cache's first tokens in full precision; it applies to kivi2 and "
+           "kivi4 (h2o keeps its own heavy hitters, bf16 is all full precision)";
   }
   if (bits == 0) return "";
   if (group < 32 || group > 256 || group % 32 != 0) {
@@ -77,13 +84,18 @@ double kivi_bits_per_element(int bits, int group) {
 // One layer and KV head of one sequence. Token index t of the kernel view: the quantised slots
 // first (KIVI; keys and values may split differently without h2o), then the full-precision rows.
 struct SequenceKv::Head {
-  std::vector<uint32_t> kcodes, vcodes;
-  std::vector<QuantParams> kparams, vparams;
-  int64_t groups = 0;               // quantised key groups (slots 0 .. groups*G-1)
-  int64_t vq = 0;                   // quantised value tokens
-  std::vector<float> krows, vrows;  // full-precision rows; the live ones from *begin
-  int64_t kbegin = 0, nk = 0, vbegin = 0, nv = 0;
-  // h2o: per quantised slot (KIVI) or per row (full precision); window: per row from kbegin.
+  Head(const std::shared_ptr<KvPagePool>& pool, int64_t D, int G, int bits)
+      : kgroups(pool, bits ? kernels::key_group_record_bytes(int(D), G, bits) : 4),
+        vtokens(pool, bits ? kernels::value_token_record_bytes(int(D), G, bits) : 4),
+        krows(pool, D * 4),
+        vrows(pool, D * 4),
+        ksink(pool, D * 4),
+        vsink(pool, D * 4) {}
+
+  PagedArray kgroups, vtokens;  // quantised key groups (slots 0 .. groups*G-1), value tokens
+  PagedArray krows, vrows;      // full-precision rows
+  PagedArray ksink, vsink;      // KIVI: the first cfg.sink tokens, full precision
+  // h2o: per quantised slot (KIVI) or per row (full precision); window: per row of krows.
   std::vector<float> score, wscore;
   std::vector<int64_t> pos, wpos;
   std::vector<uint8_t> alive, view_alive;
@@ -91,18 +103,32 @@ struct SequenceKv::Head {
   int64_t live = 0;
 };
 
-SequenceKv::SequenceKv(const KvCacheConfig& cfg, const model::ModelConfig& model, int64_t context)
+int64_t SequenceKv::largest_record(const KvCacheConfig& cfg, const model::ModelConfig& model) {
+  const int D = static_cast<int>(model.head_dim);
+  int64_t r = int64_t{D} * 4;
+  if (cfg.bits != 0 && kernels::check_kv_quant_shape(D, cfg.group, cfg.bits).empty()) {
+    r = std::max({r, kernels::key_group_record_bytes(D, cfg.group, cfg.bits),
+                  kernels::value_token_record_bytes(D, cfg.group, cfg.bits)});
+  }
+  return r;
+}
+
+SequenceKv::SequenceKv(const KvCacheConfig& cfg, const model::ModelConfig& model, int64_t context,
+                       std::shared_ptr<KvPagePool> pool)
     : cfg_(cfg), nkv_(model.num_kv_heads), d_(model.head_dim), context_(context) {
   const std::string bad = cfg.validate(d_, context);
   if (!bad.empty()) throw std::invalid_argument(bad);
+  const int64_t record = largest_record(cfg, model);
+  if (!pool) pool = std::make_shared<KvPagePool>(KvPagePool::page_bytes_for(record), false);
+  if (pool->page_bytes() < record) {
+    throw std::invalid_argument("SequenceKv: KV pages of " + std::to_string(pool->page_bytes()) +
+                                " bytes cannot hold a record of " + std::to_string(record));
+  }
   if (cfg_.h2o) budget_ = cfg_.budget_tokens(context);
   length_.assign(static_cast<size_t>(model.num_layers), 0);
-  heads_.resize(static_cast<size_t>(model.num_layers * nkv_));
-  const int64_t rows = cfg_.bits == 0 ? (cfg_.h2o ? std::min(context, budget_ + 1) : context)
-                                      : 2 * int64_t{cfg_.residual} + cfg_.group;
-  for (Head& h : heads_) {
-    h.krows.reserve(static_cast<size_t>(rows * d_));
-    h.vrows.reserve(static_cast<size_t>(rows * d_));
+  heads_.reserve(static_cast<size_t>(model.num_layers * nkv_));
+  for (int64_t i = 0; i < model.num_layers * nkv_; ++i) {
+    heads_.emplace_back(pool, d_, cfg_.group, cfg_.bits);
   }
 }
 
@@ -123,55 +149,48 @@ int64_t SequenceKv::length(int64_t layer) const {
 int64_t SequenceKv::live_tokens(int64_t layer, int64_t h) const {
   const Head& hd = head(layer, h);
   if (cfg_.h2o) return hd.live;
-  return hd.groups * cfg_.group + hd.nk;
+  return hd.ksink.size() + hd.kgroups.size() * cfg_.group + hd.krows.size();
 }
 
 int64_t SequenceKv::bytes() const {
   int64_t n = 0;
   for (const Head& h : heads_) {
-    n += static_cast<int64_t>((h.kcodes.size() + h.vcodes.size()) * sizeof(uint32_t) +
-                              (h.kparams.size() + h.vparams.size()) * sizeof(QuantParams));
-    n += (h.nk + h.nv) * d_ * static_cast<int64_t>(sizeof(float));
+    if (cfg_.bits != 0) {
+      n +=
+          h.kgroups.size() * h.kgroups.record_bytes() + h.vtokens.size() * h.vtokens.record_bytes();
+    }
+    n += (h.krows.size() + h.vrows.size() + h.ksink.size() + h.vsink.size()) * d_ *
+         static_cast<int64_t>(sizeof(float));
     if (cfg_.h2o) {
-      const int64_t slots = static_cast<int64_t>(h.score.size()) + h.nk;
+      const int64_t slots = static_cast<int64_t>(h.score.size()) + h.krows.size();
       n += slots * static_cast<int64_t>(sizeof(float) + sizeof(int64_t) + 1);
     }
   }
   return n;
 }
 
-namespace {
-
-void drop_front_rows(std::vector<float>& rows, int64_t& begin, int64_t n_live, int64_t d,
-                     int64_t threshold) {
-  if (begin < threshold) return;
-  std::memmove(rows.data(), rows.data() + begin * d, static_cast<size_t>(n_live * d) * 4);
-  rows.resize(static_cast<size_t>(n_live * d));
-  begin = 0;
+int64_t SequenceKv::pages_held() const {
+  int64_t n = 0;
+  for (const Head& h : heads_) {
+    n += h.kgroups.pages_held() + h.vtokens.pages_held() + h.krows.pages_held() +
+         h.vrows.pages_held() + h.ksink.pages_held() + h.vsink.pages_held();
+  }
+  return n;
 }
-
-template <class T>
-void drop_front(std::vector<T>& v, int64_t begin) {
-  v.erase(v.begin(), v.begin() + begin);
-}
-
-}  // namespace
 
 void SequenceKv::push_token(Head& hd, const float* k, const float* v, int64_t pos, float score) {
-  const int64_t D = d_;
+  const size_t row_bytes = static_cast<size_t>(d_) * sizeof(float);
   if (cfg_.bits == 0) {
     int64_t row;
     if (cfg_.h2o && !hd.free_slots.empty()) {
       row = hd.free_slots.back();
       hd.free_slots.pop_back();
-      std::memcpy(hd.krows.data() + row * D, k, static_cast<size_t>(D) * 4);
-      std::memcpy(hd.vrows.data() + row * D, v, static_cast<size_t>(D) * 4);
+      std::memcpy(hd.krows.at(row), k, row_bytes);
+      std::memcpy(hd.vrows.at(row), v, row_bytes);
     } else {
-      row = hd.nk;
-      hd.krows.insert(hd.krows.end(), k, k + D);
-      hd.vrows.insert(hd.vrows.end(), v, v + D);
-      ++hd.nk;
-      hd.nv = hd.nk;
+      row = hd.krows.size();
+      std::memcpy(hd.krows.push_back(), k, row_bytes);
+      std::memcpy(hd.vrows.push_back(), v, row_bytes);
       if (cfg_.h2o) {
         hd.score.push_back(0);
         hd.pos.push_back(0);
@@ -186,10 +205,13 @@ void SequenceKv::push_token(Head& hd, const float* k, const float* v, int64_t po
     }
     return;
   }
-  hd.krows.insert(hd.krows.end(), k, k + D);
-  hd.vrows.insert(hd.vrows.end(), v, v + D);
-  ++hd.nk;
-  ++hd.nv;
+  if (pos < cfg_.sink) {
+    std::memcpy(hd.ksink.push_back(), k, row_bytes);
+    std::memcpy(hd.vsink.push_back(), v, row_bytes);
+    return;
+  }
+  std::memcpy(hd.krows.push_back(), k, row_bytes);
+  std::memcpy(hd.vrows.push_back(), v, row_bytes);
   if (cfg_.h2o) {
     hd.wscore.push_back(score);
     hd.wpos.push_back(pos);
@@ -201,82 +223,69 @@ void SequenceKv::push_token(Head& hd, const float* k, const float* v, int64_t po
 void SequenceKv::flush(Head& hd) {
   const int D = static_cast<int>(d_), G = cfg_.group, R = cfg_.residual, b = cfg_.bits;
   const int64_t kwords = kernels::key_group_words(D, G, b);
-  const int64_t vwords = int64_t{D} * b / 32, vgroups = D / G;
-  auto quantize_values = [&](const float* rows, int64_t n) {
-    for (int64_t i = 0; i < n; ++i) {
-      hd.vcodes.resize(static_cast<size_t>((hd.vq + 1) * vwords));
-      hd.vparams.resize(static_cast<size_t>((hd.vq + 1) * vgroups));
-      kernels::quantize_value_token(rows + i * D, D, G, b, hd.vcodes.data() + hd.vq * vwords,
-                                    hd.vparams.data() + hd.vq * vgroups);
-      ++hd.vq;
-    }
+  const int64_t vwords = kernels::value_token_words(D, b);
+  auto quantize_value = [&](const float* row) {
+    uint8_t* rec = hd.vtokens.push_back();
+    kernels::quantize_value_token(row, D, G, b, kernels::record_codes(rec),
+                                  kernels::record_params(rec, vwords));
   };
-  auto new_key_groups = [&](const float* rows, int64_t n_groups) {
-    for (int64_t g = 0; g < n_groups; ++g) {
-      hd.kcodes.resize(static_cast<size_t>((hd.groups + 1) * kwords));
-      hd.kparams.resize(static_cast<size_t>((hd.groups + 1) * D));
-      kernels::quantize_key_group(rows + g * G * D, D, D, G, b,
-                                  hd.kcodes.data() + hd.groups * kwords,
-                                  hd.kparams.data() + hd.groups * D);
-      ++hd.groups;
-    }
+  // The G oldest window rows as one group; rows may straddle pages, so gathered first.
+  std::vector<float> group_rows;
+  auto new_key_group = [&]() {
+    group_rows.resize(static_cast<size_t>(G) * D);
+    hd.krows.gather(0, G, reinterpret_cast<uint8_t*>(group_rows.data()));
+    uint8_t* rec = hd.kgroups.push_back();
+    kernels::quantize_key_group(group_rows.data(), D, D, G, b, kernels::record_codes(rec),
+                                kernels::record_params(rec, kwords));
   };
   if (!cfg_.h2o) {
     // Keys: a block of R once the window holds R; values: the oldest once R are waiting.
-    if (hd.nk == R) {
-      new_key_groups(hd.krows.data() + hd.kbegin * D, R / G);
-      hd.krows.clear();
-      hd.kbegin = 0;
-      hd.nk = 0;
+    if (hd.krows.size() == R) {
+      for (int64_t g = 0; g < R / G; ++g) {
+        new_key_group();
+        hd.krows.pop_front(G);
+      }
     }
-    while (hd.nv > R) {
-      quantize_values(hd.vrows.data() + hd.vbegin * D, 1);
-      ++hd.vbegin;
-      --hd.nv;
+    while (hd.vrows.size() > R) {
+      quantize_value(hd.vrows.row(0));
+      hd.vrows.pop_front(1);
     }
-    drop_front_rows(hd.vrows, hd.vbegin, hd.nv, D, R);
     return;
   }
   // h2o: keys and values share slots; the window is the recent part.
-  while (hd.nk > R) {
-    const float* krow = hd.krows.data() + hd.kbegin * D;
-    const float* vrow = hd.vrows.data() + hd.kbegin * D;
+  while (hd.krows.size() > R) {
     if (!hd.free_slots.empty()) {
       const int64_t s = hd.free_slots.back();
       hd.free_slots.pop_back();
-      const int64_t g = s / G;
-      kernels::quantize_key_slot(krow, D, G, b, static_cast<int>(s % G),
-                                 hd.kcodes.data() + g * kwords, hd.kparams.data() + g * D);
-      kernels::quantize_value_token(vrow, D, G, b, hd.vcodes.data() + s * vwords,
-                                    hd.vparams.data() + s * vgroups);
-      hd.score[static_cast<size_t>(s)] = hd.wscore[static_cast<size_t>(hd.kbegin)];
-      hd.pos[static_cast<size_t>(s)] = hd.wpos[static_cast<size_t>(hd.kbegin)];
+      uint8_t* krec = hd.kgroups.at(s / G);
+      kernels::quantize_key_slot(hd.krows.row(0), D, G, b, static_cast<int>(s % G),
+                                 kernels::record_codes(krec), kernels::record_params(krec, kwords));
+      uint8_t* vrec = hd.vtokens.at(s);
+      kernels::quantize_value_token(hd.vrows.row(0), D, G, b, kernels::record_codes(vrec),
+                                    kernels::record_params(vrec, vwords));
+      hd.score[static_cast<size_t>(s)] = hd.wscore.front();
+      hd.pos[static_cast<size_t>(s)] = hd.wpos.front();
       hd.alive[static_cast<size_t>(s)] = 1;
-      hd.kbegin += 1;
-      hd.nk -= 1;
-    } else if (hd.nk >= R + G) {
-      new_key_groups(krow, 1);
-      quantize_values(vrow, G);
+      hd.krows.pop_front(1);
+      hd.vrows.pop_front(1);
+      hd.wscore.erase(hd.wscore.begin());
+      hd.wpos.erase(hd.wpos.begin());
+    } else if (hd.krows.size() >= R + G) {
+      new_key_group();
       for (int64_t i = 0; i < G; ++i) {
-        hd.score.push_back(hd.wscore[static_cast<size_t>(hd.kbegin + i)]);
-        hd.pos.push_back(hd.wpos[static_cast<size_t>(hd.kbegin + i)]);
+        quantize_value(hd.vrows.row(i));
+        hd.score.push_back(hd.wscore[static_cast<size_t>(i)]);
+        hd.pos.push_back(hd.wpos[static_cast<size_t>(i)]);
         hd.alive.push_back(1);
       }
-      hd.kbegin += G;
-      hd.nk -= G;
+      hd.krows.pop_front(G);
+      hd.vrows.pop_front(G);
+      hd.wscore.erase(hd.wscore.begin(), hd.wscore.begin() + G);
+      hd.wpos.erase(hd.wpos.begin(), hd.wpos.begin() + G);
     } else {
       break;
     }
   }
-  hd.nv = hd.nk;
-  if (hd.kbegin >= R) {
-    drop_front(hd.wscore, hd.kbegin);
-    drop_front(hd.wpos, hd.kbegin);
-    int64_t vb = hd.kbegin;
-    drop_front_rows(hd.vrows, vb, hd.nk, D, R);
-    drop_front_rows(hd.krows, hd.kbegin, hd.nk, D, R);
-  }
-  hd.vbegin = hd.kbegin;
 }
 
 void SequenceKv::evict_head(Head& hd, int64_t now) {
@@ -304,22 +313,21 @@ void SequenceKv::evict_head(Head& hd, int64_t now) {
 void SequenceKv::compact(Head& hd) {
   // Full-precision rows after the prompt's eviction: keep only the live ones (the prompt may be
   // far longer than the budget), so memory is the budget from the first decode step on.
-  const int64_t D = d_;
+  const size_t row_bytes = static_cast<size_t>(d_) * sizeof(float);
   int64_t w = 0;
-  for (int64_t r = 0; r < hd.nk; ++r) {
+  for (int64_t r = 0; r < hd.krows.size(); ++r) {
     if (!hd.alive[static_cast<size_t>(r)]) continue;
     if (w != r) {
-      std::memmove(hd.krows.data() + w * D, hd.krows.data() + r * D, static_cast<size_t>(D) * 4);
-      std::memmove(hd.vrows.data() + w * D, hd.vrows.data() + r * D, static_cast<size_t>(D) * 4);
+      std::memcpy(hd.krows.at(w), hd.krows.at(r), row_bytes);
+      std::memcpy(hd.vrows.at(w), hd.vrows.at(r), row_bytes);
       hd.score[static_cast<size_t>(w)] = hd.score[static_cast<size_t>(r)];
       hd.pos[static_cast<size_t>(w)] = hd.pos[static_cast<size_t>(r)];
       hd.alive[static_cast<size_t>(w)] = 1;
     }
     ++w;
   }
-  hd.nk = hd.nv = w;
-  hd.krows.resize(static_cast<size_t>(w * D));
-  hd.vrows.resize(static_cast<size_t>(w * D));
+  hd.krows.truncate(w);
+  hd.vrows.truncate(w);
   hd.score.resize(static_cast<size_t>(w));
   hd.pos.resize(static_cast<size_t>(w));
   hd.alive.resize(static_cast<size_t>(w));
@@ -358,24 +366,23 @@ kernels::KvHeadView SequenceKv::view(int64_t layer, int64_t h) {
   kv.D = static_cast<int>(d_);
   kv.G = cfg_.group;
   kv.bits = cfg_.bits == 0 ? 2 : cfg_.bits;
-  kv.key_codes = hd.kcodes.data();
-  kv.key_params = hd.kparams.data();
-  kv.n_key_groups = hd.groups;
-  kv.key_window = hd.krows.data() + hd.kbegin * d_;
-  kv.n_key_window = hd.nk;
-  kv.key_window_ld = d_;
-  kv.value_codes = hd.vcodes.data();
-  kv.value_params = hd.vparams.data();
-  kv.n_value_quant = hd.vq;
-  kv.value_window = hd.vrows.data() + hd.vbegin * d_;
-  kv.n_value_window = hd.nv;
-  kv.value_window_ld = d_;
+  kv.sink_keys = hd.ksink.records();
+  kv.sink_values = hd.vsink.records();
+  kv.n_sink = hd.ksink.size();
+  kv.key_groups = hd.kgroups.records();
+  kv.n_key_groups = hd.kgroups.size();
+  kv.key_window = hd.krows.records();
+  kv.n_key_window = hd.krows.size();
+  kv.value_tokens = hd.vtokens.records();
+  kv.n_value_quant = hd.vtokens.size();
+  kv.value_window = hd.vrows.records();
+  kv.n_value_window = hd.vrows.size();
   if (cfg_.h2o) {
     if (cfg_.bits == 0) {
       kv.alive = hd.alive.data();
     } else {
       hd.view_alive.assign(hd.alive.begin(), hd.alive.end());
-      hd.view_alive.resize(hd.alive.size() + static_cast<size_t>(hd.nk), 1);
+      hd.view_alive.resize(hd.alive.size() + static_cast<size_t>(hd.krows.size()), 1);
       kv.alive = hd.view_alive.data();
     }
   }
@@ -384,15 +391,15 @@ kernels::KvHeadView SequenceKv::view(int64_t layer, int64_t h) {
 
 void SequenceKv::add_scores(int64_t layer, int64_t h, const float* probs, int64_t hq) {
   Head& hd = head(layer, h);
-  const int64_t nq = static_cast<int64_t>(hd.score.size()) * (cfg_.bits == 0 ? 0 : 1);
-  const int64_t n = cfg_.bits == 0 ? hd.nk : nq + hd.nk;
+  const int64_t nq = cfg_.bits == 0 ? 0 : static_cast<int64_t>(hd.score.size());
+  const int64_t n = nq + hd.krows.size();
   for (int64_t t = 0; t < n; ++t) {
     float s = 0;
     for (int64_t i = 0; i < hq; ++i) s += probs[i * n + t];
     if (cfg_.bits == 0 || t < nq) {
       hd.score[static_cast<size_t>(t)] += s;
     } else {
-      hd.wscore[static_cast<size_t>(hd.kbegin + t - nq)] += s;
+      hd.wscore[static_cast<size_t>(t - nq)] += s;
     }
   }
 }
@@ -423,7 +430,7 @@ void attend(int64_t layer, const std::vector<SequenceKv*>& seqs, const float* q,
     probs_ptr.resize(views.size());
     for (size_t i = 0; i < views.size(); ++i) {
       const kernels::KvHeadView& v = views[i];
-      probs[i].resize(static_cast<size_t>(Hq * (v.n_key_groups * v.G + v.n_key_window)));
+      probs[i].resize(static_cast<size_t>(Hq * v.tokens()));
       probs_ptr[i] = probs[i].data();
     }
   }

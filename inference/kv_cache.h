@@ -16,20 +16,27 @@
 //          new group; keys and values then share slots. Per sequence and head: batch > 1 is
 //          exact.
 //
-// Storage is host memory (the CPU kernels attend straight over the packed codes); with a CUDA
-// device the Generator moves q and the new k/v across (FlexGen's CPU delegation of attention).
+// Storage: every head's records (key groups, value tokens, window rows) live in pages of a
+// KvPagePool (inference/kv_pages.h), taken as the sequence grows and given back as the window
+// moves on, compaction shrinks it, or the sequence ends. The pages are host memory, pinned with a
+// CUDA device: the CPU kernels attend straight over them and the CUDA Generator moves q and the
+// new k/v across (FlexGen's CPU delegation of attention).
 //
 //   KvCacheConfig cfg = KvCacheConfig::parse("kivi2", 32, 128, 0.2).value();
-//   SequenceKv kv(cfg, model_cfg, /*context=*/2048);
+//   auto pool = std::make_shared<KvPagePool>(
+//       KvPagePool::page_bytes_for(SequenceKv::largest_record(cfg, model_cfg)), /*pin=*/false);
+//   SequenceKv kv(cfg, model_cfg, /*context=*/2048, pool);
 //   kv.prefill(layer, k, v, T, col_scores);  // k, v [T][NKV][D] fp32 after RoPE
 //   kv.append(layer, k1, v1);                // one decode token, [NKV][D]
 //   attend(layer, {&kv, ...}, q, out);       // q, out [B][NH][D]
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "inference/kv_pages.h"
 #include "kernels/kv_quant.h"
 #include "model/config.h"
 #include "util/result.h"
@@ -42,6 +49,9 @@ struct KvCacheConfig {
   int residual = 128;  // R
   bool h2o = false;
   double budget = 0.2;  // h2o: fraction of the context kept
+  // KIVI: the first `sink` tokens of a sequence stay in full precision (attention sinks: the
+  // tokens every query attends to most, whose quantisation error every step pays for).
+  int sink = 0;
 
   // "bf16" (alias "fp32", "full"), "kivi2", "kivi4", "h2o", "kivi2+h2o", "kivi4+h2o"; errors
   // name the bad value and list the choices.
@@ -49,7 +59,7 @@ struct KvCacheConfig {
                                      double budget);
   std::string name() const;
   // "" when usable for head dim `head_dim` and `context` tokens; else what is wrong, naming the
-  // flag (--kv-group, --kv-residual, --kv-budget).
+  // flag (--kv-group, --kv-residual, --kv-budget, --kv-sink).
   std::string validate(int64_t head_dim, int64_t context) const;
   // h2o: tokens kept per KV head for a context of `context` tokens.
   int64_t budget_tokens(int64_t context) const;
@@ -58,8 +68,10 @@ struct KvCacheConfig {
 // One sequence's cache across all layers.
 class SequenceKv {
  public:
-  // `context`: positions this sequence may reach; h2o's budget is a fraction of it.
-  SequenceKv(const KvCacheConfig& cfg, const model::ModelConfig& model, int64_t context);
+  // `context`: positions this sequence may reach; h2o's budget is a fraction of it. `pool`: where
+  // the pages come from (shared by a batch; null: a private host pool).
+  SequenceKv(const KvCacheConfig& cfg, const model::ModelConfig& model, int64_t context,
+             std::shared_ptr<KvPagePool> pool = nullptr);
   ~SequenceKv();
   SequenceKv(const SequenceKv&) = delete;
   SequenceKv& operator=(const SequenceKv&) = delete;
@@ -73,8 +85,12 @@ class SequenceKv {
   int64_t length(int64_t layer) const;
   // Tokens held (not evicted) in layer `layer`, head `head`.
   int64_t live_tokens(int64_t layer, int64_t head) const;
-  // Bytes held by this sequence's cache (codes, scales, full-precision rows, h2o scores).
+  // Bytes held by this sequence's cache (codes, scales, full-precision rows, h2o scores): the
+  // payload; pages_held() x the page size is what it takes from the pool.
   int64_t bytes() const;
+  int64_t pages_held() const;
+  // The largest record (bytes) a cache of this kind puts in a page.
+  static int64_t largest_record(const KvCacheConfig& cfg, const model::ModelConfig& model);
 
   // For attend(): the kernel view of one layer and head, and h2o's score update afterwards.
   kernels::KvHeadView view(int64_t layer, int64_t head);

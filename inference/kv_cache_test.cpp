@@ -4,6 +4,8 @@
 #include "inference/kv_cache.h"
 
 #include <cmath>
+#include <cstdio>
+#include <cstring>
 #include <random>
 
 #include <gtest/gtest.h>
@@ -70,8 +72,38 @@ TEST(KvCache, KiviQuantisesKeysByBlocksAndValuesByToken) {
   EXPECT_EQ(view.n_value_window, R);
   EXPECT_EQ(kv.length(0), T);
   // The windows hold the newest tokens exactly.
-  EXPECT_EQ(view.key_window[0], k[static_cast<size_t>((T / R * R) * 64)]);
-  EXPECT_EQ(view.value_window[0], v[static_cast<size_t>((T - R) * 64)]);
+  for (int64_t t = 0; t < view.n_key_window; ++t) {
+    ASSERT_EQ(0, std::memcmp(view.key_window.row(t), k.data() + (T / R * R + t) * 64, 64 * 4)) << t;
+  }
+  for (int64_t t = 0; t < view.n_value_window; ++t) {
+    ASSERT_EQ(0, std::memcmp(view.value_window.row(t), v.data() + (T - R + t) * 64, 64 * 4)) << t;
+  }
+}
+
+TEST(KvCache, KiviSinksStayExactAndOutOfTheGroups) {
+  const model::ModelConfig m = shape();
+  const int R = 64, G = 32, S = 4;
+  KvCacheConfig cfg = cache("kivi2", G, R);
+  cfg.sink = S;
+  SequenceKv kv(cfg, m, 1000);
+  const int64_t T = 150;
+  const std::vector<float> k = randn(T * 64, 1), v = randn(T * 64, 2);
+  kv.prefill(0, k.data(), v.data(), 100, nullptr);
+  for (int64_t t = 100; t < T; ++t) kv.append(0, k.data() + t * 64, v.data() + t * 64);
+  const kernels::KvHeadView view = kv.view(0, 0);
+  EXPECT_EQ(view.n_sink, S);
+  EXPECT_EQ(view.n_key_groups * G, (T - S) / R * R);  // the window starts after the sinks
+  EXPECT_EQ(view.n_value_quant, T - S - R);
+  EXPECT_EQ(view.tokens(), T);
+  for (int64_t t = 0; t < S; ++t) {
+    EXPECT_EQ(0, std::memcmp(view.sink_keys.row(t), k.data() + t * 64, 64 * 4));
+    EXPECT_EQ(0, std::memcmp(view.sink_values.row(t), v.data() + t * 64, 64 * 4));
+  }
+  EXPECT_EQ(kv.live_tokens(0, 0), T);
+  KvCacheConfig bad = cache("h2o");
+  bad.sink = 4;
+  EXPECT_NE(bad.validate(64, 1000).find("--kv-sink 4"), std::string::npos);
+  EXPECT_EQ(cfg.name(), "kivi2 sink4");
 }
 
 TEST(KvCache, BytesPerTokenMatchTheory) {
@@ -118,18 +150,27 @@ TEST(KvCache, AttentionOverKiviEqualsAttentionOverItsDequantisedContent) {
       // The cache's content, dequantised: keys [T][D], values [T][D].
       std::vector<float> kd(static_cast<size_t>(T * D)), vd(static_cast<size_t>(T * D));
       for (int64_t g = 0; g < w.n_key_groups; ++g) {
-        kernels::dequantize_key_group(w.key_codes + g * kernels::key_group_words(64, 32, w.bits),
-                                      w.key_params + g * D, 64, 32, w.bits, kd.data() + g * 32 * D,
-                                      D);
+        const uint8_t* rec = w.key_groups.at(g);
+        kernels::dequantize_key_group(
+            kernels::record_codes(rec),
+            kernels::record_params(rec, kernels::key_group_words(64, 32, w.bits)), 64, 32, w.bits,
+            kd.data() + g * 32 * D, D);
       }
-      std::copy(w.key_window, w.key_window + w.n_key_window * D,
-                kd.begin() + w.n_key_groups * 32 * D);
+      for (int64_t t = 0; t < w.n_key_window; ++t) {
+        std::copy(w.key_window.row(t), w.key_window.row(t) + D,
+                  kd.begin() + (w.n_key_groups * 32 + t) * D);
+      }
       for (int64_t t = 0; t < w.n_value_quant; ++t) {
-        kernels::dequantize_value_token(w.value_codes + t * kernels::value_token_words(64, w.bits),
-                                        w.value_params + t * 2, 64, 32, w.bits, vd.data() + t * D);
+        const uint8_t* rec = w.value_tokens.at(t);
+        kernels::dequantize_value_token(
+            kernels::record_codes(rec),
+            kernels::record_params(rec, kernels::value_token_words(64, w.bits)), 64, 32, w.bits,
+            vd.data() + t * D);
       }
-      std::copy(w.value_window, w.value_window + w.n_value_window * D,
-                vd.begin() + w.n_value_quant * D);
+      for (int64_t t = 0; t < w.n_value_window; ++t) {
+        std::copy(w.value_window.row(t), w.value_window.row(t) + D,
+                  vd.begin() + (w.n_value_quant + t) * D);
+      }
       for (int64_t i = 0; i < Hq; ++i) {
         const float* qh = q.data() + (h * Hq + i) * D;
         std::vector<double> p(static_cast<size_t>(T));
@@ -177,7 +218,7 @@ TEST(KvCache, H2oKeepsTheBudgetTheRecentAndTheHeavyHitters) {
   const kernels::KvHeadView view = kv.view(0, 0);
   auto alive_row_equal = [&](int64_t t) {
     for (int64_t r = 0; r < view.n_key_window; ++r) {
-      if (view.alive[r] && view.key_window[r * D] == k[static_cast<size_t>(t * D)]) return true;
+      if (view.alive[r] && view.key_window.row(r)[0] == k[static_cast<size_t>(t * D)]) return true;
     }
     return false;
   };
@@ -217,6 +258,43 @@ TEST(KvCache, KiviWithH2oStaysWithinTheBudget) {
   // Evicted slots are refilled: the cache does not grow by more than one group.
   EXPECT_LE(kv.bytes(), bytes_before + 64 * 32 + 4 * 64 + 32 * (64 / 4 + 8) + 4096);
   EXPECT_LE(kv.view(0, 0).n_key_window, 32 + 32);
+}
+
+TEST(KvPages, SequencesTakePagesAsTheyGrowAndGiveThemBack) {
+  const model::ModelConfig m = shape(2, 2, 1, 64);
+  std::mt19937 rng(1);
+  std::normal_distribution<float> nd;
+  std::vector<float> k(64), v(64);
+  for (const char* kind : {"bf16", "kivi2", "h2o"}) {
+    const KvCacheConfig cfg = KvCacheConfig::parse(kind, 32, 64, 0.25).value();
+    auto pool = std::make_shared<KvPagePool>(
+        KvPagePool::page_bytes_for(SequenceKv::largest_record(cfg, m)), false);
+    std::vector<int64_t> held;
+    {
+      SequenceKv kv(cfg, m, 2048, pool);
+      for (int t = 0; t < 2000; ++t) {
+        for (int l = 0; l < 2; ++l) {
+          for (float& x : k) x = nd(rng);
+          for (float& x : v) x = nd(rng);
+          kv.append(l, k.data(), v.data());
+          std::vector<float> q(128), out(128);
+          attend(l, {&kv}, q.data(), out.data(), m);  // h2o evicts here
+        }
+        if (t % 500 == 499) held.push_back(pool->pages_in_use());
+        ASSERT_EQ(kv.pages_held(), pool->pages_in_use());
+      }
+    }
+    std::printf("%s: pages held at 500/1000/1500/2000 tokens: %lld %lld %lld %lld (%lld B each)\n",
+                kind, (long long)held[0], (long long)held[1], (long long)held[2],
+                (long long)held[3], (long long)pool->page_bytes());
+    if (std::string(kind) == "h2o") {
+      EXPECT_EQ(held[1], held[3]) << "h2o holds its budget, not the context";
+    } else {
+      EXPECT_LT(held[0], held[1]);
+      EXPECT_LT(held[1], held[3]);
+    }
+    EXPECT_EQ(pool->pages_in_use(), 0) << kind << ": the sequence gave every page back";
+  }
 }
 
 }  // namespace

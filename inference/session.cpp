@@ -87,6 +87,7 @@ Result<std::unique_ptr<Session>> open_session(const std::string& model_path,
   GeneratorOptions go;
   go.kv = options.kv;
   go.micro_batch = options.micro_batch;
+  go.kv_max_bytes = options.kv_max_bytes;
   s->generator_ = std::make_unique<Generator>(*s->device_, *s->store_, go);
   return s;
 }

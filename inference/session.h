@@ -22,6 +22,7 @@ struct SessionOptions {
   KvCacheConfig kv;
   std::string device = "auto";  // auto (CUDA when built and present), cpu, cuda
   int64_t micro_batch = 32;
+  int64_t kv_max_bytes = 0;  // GeneratorOptions::kv_max_bytes
 };
 
 class Session {

@@ -10,6 +10,7 @@
 #include <tbb/parallel_for.h>
 
 #include "kernels/cpu_isa.h"
+#include "kernels/kv_attention_avx2.h"
 #include "kernels/softmax_rows.h"
 
 namespace ramstream::kernels {
@@ -188,66 +189,11 @@ void dequantize_value_token(const uint32_t* codes, const QuantParams* params, in
   }
 }
 
-int64_t kv_attention_work_floats(const KvHeadView& kv, int Hq) {
+namespace detail {
+
+void softmax_logits(const KvHeadView& kv, float* logits, int Hq, float scale, float* probs) {
+  // Per head with the kernels' vectorised exp (softmax_rows.h), dead slots out.
   const int64_t N = kv.tokens();
-  return int64_t{Hq} * N + 2 * int64_t{Hq} * kv.D + std::max(kv.G, kv.D) + int64_t{Hq} * kv.D;
-}
-
-namespace {
-
-// The whole attention of one view; compiled twice (baseline and AVX2+FMA) through the callers'
-// target attributes, so the inner loops vectorise for the CPU at hand.
-[[gnu::always_inline]] inline void attention_body(const KvHeadView& kv, const float* q, int Hq,
-                                                  float scale, float* out, float* probs,
-                                                  float* work) {
-  const int D = kv.D, G = kv.G, b = kv.bits;
-  const int64_t N = kv.tokens(), NQ = kv.n_key_groups * G;
-  float* logits = work;                  // [Hq][N]
-  float* qs = logits + Hq * N;           // [Hq][D]: q * scale of a group
-  float* acc = qs + Hq * D;              // [Hq][D]: the value sum
-  float* codes = acc + Hq * D;           // [max(G, D)]
-  float* bias = codes + std::max(G, D);  // [Hq][D/G] value minimum sums
-  const int64_t kwords = key_group_words(D, G, b);
-  // Logits of the quantised keys: q . (code * scale + min) per group, channel by channel.
-  for (int64_t g = 0; g < kv.n_key_groups; ++g) {
-    const uint32_t* kc = kv.key_codes + g * kwords;
-    const QuantParams* kp = kv.key_params + g * D;
-    for (int h = 0; h < Hq; ++h) {
-      float* lg = logits + h * N + g * G;
-      float mb = 0;
-      for (int d = 0; d < D; ++d) {
-        qs[h * D + d] = q[h * D + d] * half_to_float(kp[d].scale);
-        mb += q[h * D + d] * half_to_float(kp[d].min);
-      }
-      for (int j = 0; j < G; ++j) lg[j] = mb;
-    }
-    for (int d = 0; d < D; ++d) {
-      unpack(kc + d * (kwords / D), G, b, codes);
-      for (int h = 0; h < Hq; ++h) {
-        float* lg = logits + h * N + g * G;
-        const float w = qs[h * D + d];
-        for (int j = 0; j < G; ++j) lg[j] += w * codes[j];
-      }
-    }
-  }
-  // Logits of the full-precision keys.
-  for (int64_t t = 0; t < kv.n_key_window; ++t) {
-    const float* k = kv.key_window + t * kv.key_window_ld;
-    for (int h = 0; h < Hq; ++h) {
-      // Eight independent partial sums: a plain running sum would not vectorise.
-      const float* qh = q + h * D;
-      float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-      int d = 0;
-      for (; d + 8 <= D; d += 8) {
-        for (int l = 0; l < 8; ++l) part[l] += qh[d + l] * k[d + l];
-      }
-      float s =
-          ((part[0] + part[4]) + (part[1] + part[5])) + ((part[2] + part[6]) + (part[3] + part[7]));
-      for (; d < D; ++d) s += qh[d] * k[d];
-      logits[h * N + NQ + t] = s;
-    }
-  }
-  // Softmax per head with the kernels' vectorised exp (softmax_rows.h), dead slots out.
   for (int h = 0; h < Hq; ++h) {
     float* lg = logits + h * N;
     if (kv.alive) {
@@ -265,16 +211,82 @@ namespace {
     scale_row(lg, N, sum > 0 ? 1.0f / sum : 0.0f);
     if (probs) std::memcpy(probs + h * N, lg, static_cast<size_t>(N) * sizeof(float));
   }
+}
+
+}  // namespace detail
+
+int64_t kv_attention_work_floats(const KvHeadView& kv, int Hq) {
+  const int64_t N = kv.tokens();
+  return int64_t{Hq} * N + 2 * int64_t{Hq} * kv.D + std::max(kv.G, kv.D) + int64_t{Hq} * kv.D;
+}
+
+namespace {
+
+// The whole attention of one view, portable: the reference the AVX2 version is tested against,
+// and what runs for shapes it does not handle.
+void attention_body(const KvHeadView& kv, const float* q, int Hq, float scale, float* out,
+                    float* probs, float* work) {
+  const int D = kv.D, G = kv.G, b = kv.bits;
+  const int64_t N = kv.tokens(), S = kv.n_sink, NQ = kv.n_key_groups * G;
+  float* logits = work;                  // [Hq][N]
+  float* qs = logits + Hq * N;           // [Hq][D]: q * scale of a group
+  float* acc = qs + Hq * D;              // [Hq][D]: the value sum
+  float* codes = acc + Hq * D;           // [max(G, D)]
+  float* bias = codes + std::max(G, D);  // [Hq][D/G] value minimum sums
+  const int64_t kwords = key_group_words(D, G, b);
+  // Logits of the quantised keys: q . (code * scale + min) per group, channel by channel.
+  for (int64_t g = 0; g < kv.n_key_groups; ++g) {
+    const uint8_t* rec = kv.key_groups.at(g);
+    const uint32_t* kc = record_codes(rec);
+    const QuantParams* kp = record_params(rec, kwords);
+    for (int h = 0; h < Hq; ++h) {
+      float* lg = logits + h * N + S + g * G;
+      float mb = 0;
+      for (int d = 0; d < D; ++d) {
+        qs[h * D + d] = q[h * D + d] * half_to_float(kp[d].scale);
+        mb += q[h * D + d] * half_to_float(kp[d].min);
+      }
+      for (int j = 0; j < G; ++j) lg[j] = mb;
+    }
+    for (int d = 0; d < D; ++d) {
+      unpack(kc + d * (kwords / D), G, b, codes);
+      for (int h = 0; h < Hq; ++h) {
+        float* lg = logits + h * N + S + g * G;
+        const float w = qs[h * D + d];
+        for (int j = 0; j < G; ++j) lg[j] += w * codes[j];
+      }
+    }
+  }
+  // Logits of the full-precision keys: the sinks, then the window.
+  for (int64_t t = 0; t < S + kv.n_key_window; ++t) {
+    const float* k = t < S ? kv.sink_keys.row(t) : kv.key_window.row(t - S);
+    const int64_t col = t < S ? t : NQ + t;
+    for (int h = 0; h < Hq; ++h) {
+      // Eight independent partial sums: a plain running sum would not vectorise.
+      const float* qh = q + h * D;
+      float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      int d = 0;
+      for (; d + 8 <= D; d += 8) {
+        for (int l = 0; l < 8; ++l) part[l] += qh[d + l] * k[d + l];
+      }
+      float s =
+          ((part[0] + part[4]) + (part[1] + part[5])) + ((part[2] + part[6]) + (part[3] + part[7]));
+      for (; d < D; ++d) s += qh[d] * k[d];
+      logits[h * N + col] = s;
+    }
+  }
+  detail::softmax_logits(kv, logits, Hq, scale, probs);
   // Values: quantised tokens, then the window.
   std::fill(acc, acc + Hq * D, 0.0f);
   const int ng = D / G;
   std::fill(bias, bias + Hq * ng, 0.0f);
   const int64_t vwords = value_token_words(D, b);
   for (int64_t t = 0; t < kv.n_value_quant; ++t) {
-    unpack(kv.value_codes + t * vwords, D, b, codes);
-    const QuantParams* vp = kv.value_params + t * ng;
+    const uint8_t* rec = kv.value_tokens.at(t);
+    unpack(record_codes(rec), D, b, codes);
+    const QuantParams* vp = record_params(rec, vwords);
     for (int h = 0; h < Hq; ++h) {
-      const float p = logits[h * N + t];
+      const float p = logits[h * N + S + t];
       if (p == 0.0f) continue;
       float* o = acc + h * D;
       for (int k = 0; k < ng; ++k) {
@@ -291,10 +303,11 @@ namespace {
       for (int d = 0; d < D; ++d) acc[h * D + d] += bias[h * ng + d / G];
     }
   }
-  for (int64_t t = 0; t < kv.n_value_window; ++t) {
-    const float* v = kv.value_window + t * kv.value_window_ld;
+  for (int64_t t = 0; t < S + kv.n_value_window; ++t) {
+    const float* v = t < S ? kv.sink_values.row(t) : kv.value_window.row(t - S);
+    const int64_t col = t < S ? t : kv.n_value_quant + t;
     for (int h = 0; h < Hq; ++h) {
-      const float p = logits[h * N + kv.n_value_quant + t];
+      const float p = logits[h * N + col];
       if (p == 0.0f) continue;
       float* o = acc + h * D;
       for (int d = 0; d < D; ++d) o[d] += p * v[d];
@@ -303,22 +316,18 @@ namespace {
   std::memcpy(out, acc, static_cast<size_t>(Hq) * D * sizeof(float));
 }
 
-void attention_scalar(const KvHeadView& kv, const float* q, int Hq, float scale, float* out,
-                      float* probs, float* work) {
-  attention_body(kv, q, Hq, scale, out, probs, work);
-}
-
-[[gnu::target("avx2,fma")]] void attention_avx2(const KvHeadView& kv, const float* q, int Hq,
-                                                float scale, float* out, float* probs,
-                                                float* work) {
-  attention_body(kv, q, Hq, scale, out, probs, work);
-}
-
 void check_view(const KvHeadView& kv) {
   if (kv.n_key_groups > 0 || kv.n_value_quant > 0) require_kv_quant_shape(kv.D, kv.G, kv.bits);
-  if (kv.n_key_groups * kv.G + kv.n_key_window != kv.n_value_quant + kv.n_value_window) {
+  if (kv.n_sink < 0 ||
+      kv.n_key_groups * kv.G + kv.n_key_window != kv.n_value_quant + kv.n_value_window) {
     throw std::invalid_argument("kv_decode_attention: keys and values hold different token counts");
   }
+  const bool unpaged = (kv.n_sink > 0 && (!kv.sink_keys.pages || !kv.sink_values.pages)) ||
+                       (kv.n_key_groups > 0 && !kv.key_groups.pages) ||
+                       (kv.n_key_window > 0 && !kv.key_window.pages) ||
+                       (kv.n_value_quant > 0 && !kv.value_tokens.pages) ||
+                       (kv.n_value_window > 0 && !kv.value_window.pages);
+  if (unpaged) throw std::invalid_argument("kv_decode_attention: records without a page table");
 }
 
 }  // namespace
@@ -330,11 +339,12 @@ void kv_decode_attention(const KvHeadView& kv, const float* q, int Hq, float sca
     std::fill(out, out + int64_t{Hq} * kv.D, 0.0f);
     return;
   }
-  if (kernel_isa() == Isa::kAvx2Fma) {
-    attention_avx2(kv, q, Hq, scale, out, probs, work);
-  } else {
-    attention_scalar(kv, q, Hq, scale, out, probs, work);
+  static const bool f16c = __builtin_cpu_supports("f16c");
+  if (kernel_isa() == Isa::kAvx2Fma && f16c &&
+      detail::kv_attention_avx2(kv, q, Hq, scale, out, probs, work)) {
+    return;
   }
+  attention_body(kv, q, Hq, scale, out, probs, work);
 }
 
 void kv_decode_attention_batch(const KvHeadView* views, int64_t n_views, const float* q,

@@ -9,22 +9,32 @@
 //     dequantises as x^ = q * scale + min; the quantiser rounds scale = (max - min) / (2^b - 1)
 //     and min to fp16 first and codes q = clamp(round((x - min) / scale), 0, 2^b - 1) against
 //     those rounded values (scale 0: every code 0).
-//   - KEY GROUP: one KV head, G token slots, grouped per channel (keys have outlier channels):
-//     codes [D][G*b/32] uint32 (channel d's G codes contiguous, slot j = code j), then (in a
-//     separate array) params [D]. Groups of a head: group g's codes at codes + g * key_group_words,
-//     its params at params + g * D.
-//   - VALUE TOKEN: one KV head, one token, grouped per G channels: codes [D*b/32] uint32,
-//     params [D/G]. Token t at codes + t * D*b/32, params + t * (D/G).
+//   - KEY GROUP RECORD: one KV head, G token slots, grouped per channel (keys have outlier
+//     channels): codes [D][G*b/32] uint32 (channel d's G codes contiguous, slot j = code j), then
+//     params [D]; key_group_record_bytes(D, G, b) bytes in all.
+//   - VALUE TOKEN RECORD: one KV head, one token, grouped per G channels: codes [D*b/32] uint32,
+//     then params [D/G]; value_token_record_bytes(D, G, b) bytes.
+//   - WINDOW ROW: one full-precision key or value row, D fp32.
+//   - PAGES: a head's records of one kind sit in fixed-size pages (inference/kv_pages.h), records
+//     never straddle a page; PagedRecords is the page table the attention reads them through.
 // G % 32 == 0, 32 <= G <= 256, D % G == 0 (check_kv_quant_shape).
 //
-//   QuantParams p[64];  uint32_t codes[key_group_words(64, 32, 2)];
-//   quantize_key_group(k, /*ld=*/64, /*D=*/64, /*G=*/32, /*bits=*/2, codes, p);
-//   KvHeadView v;  v.D = 64; v.key_codes = codes; v.key_params = p; v.n_key_groups = 1; ...
+//   uint8_t rec[key_group_record_bytes(64, 32, 2)];
+//   quantize_key_group(k, /*ld=*/64, /*D=*/64, /*G=*/32, /*bits=*/2, record_codes(rec),
+//                      record_params(rec, key_group_words(64, 32, 2)));
+//   const uint8_t* page = rec;
+//   KvHeadView v;  v.D = 64; v.key_groups = {&page, 1, sizeof rec, 0}; v.n_key_groups = 1; ...
 //   kv_decode_attention(v, q, /*Hq=*/3, 0.125f, out, /*probs=*/nullptr, work.data());
 #pragma once
 
 #include <cstdint>
 #include <string>
+
+#if defined(__CUDACC__)
+#define RS_HOST_DEVICE __host__ __device__
+#else
+#define RS_HOST_DEVICE
+#endif
 
 namespace ramstream::kernels {
 
@@ -42,12 +52,45 @@ std::string check_kv_quant_shape(int D, int G, int bits);
 // Throws std::invalid_argument with check_kv_quant_shape's message.
 void require_kv_quant_shape(int D, int G, int bits);
 
-constexpr int64_t key_group_words(int D, int G, int bits) {
+RS_HOST_DEVICE constexpr int64_t key_group_words(int D, int G, int bits) {
   return int64_t{D} * G * bits / 32;
 }
-constexpr int64_t value_token_words(int D, int bits) {
+RS_HOST_DEVICE constexpr int64_t value_token_words(int D, int bits) {
   return int64_t{D} * bits / 32;
 }
+RS_HOST_DEVICE constexpr int64_t key_group_record_bytes(int D, int G, int bits) {
+  return key_group_words(D, G, bits) * 4 + int64_t{D} * 4;
+}
+RS_HOST_DEVICE constexpr int64_t value_token_record_bytes(int D, int G, int bits) {
+  return value_token_words(D, bits) * 4 + int64_t{D / G} * 4;
+}
+// A record's codes, and its params after `code_words` words of codes.
+RS_HOST_DEVICE inline uint32_t* record_codes(uint8_t* rec) {
+  return reinterpret_cast<uint32_t*>(rec);
+}
+RS_HOST_DEVICE inline const uint32_t* record_codes(const uint8_t* rec) {
+  return reinterpret_cast<const uint32_t*>(rec);
+}
+RS_HOST_DEVICE inline QuantParams* record_params(uint8_t* rec, int64_t code_words) {
+  return reinterpret_cast<QuantParams*>(rec + code_words * 4);
+}
+RS_HOST_DEVICE inline const QuantParams* record_params(const uint8_t* rec, int64_t code_words) {
+  return reinterpret_cast<const QuantParams*>(rec + code_words * 4);
+}
+
+// Fixed-size records of one kind spread over pages (a page table): record i sits at
+// pages[(first + i) / per_page] + ((first + i) % per_page) * record_bytes. One contiguous array
+// is one page with per_page >= its length.
+struct PagedRecords {
+  const uint8_t* const* pages = nullptr;
+  int64_t per_page = 1, record_bytes = 0, first = 0;
+
+  RS_HOST_DEVICE const uint8_t* at(int64_t i) const {
+    const int64_t j = first + i;
+    return pages[j / per_page] + (j % per_page) * record_bytes;
+  }
+  RS_HOST_DEVICE const float* row(int64_t i) const { return reinterpret_cast<const float*>(at(i)); }
+};
 
 // k: G rows of D floats, row stride ld.
 void quantize_key_group(const float* k, int64_t ld, int D, int G, int bits, uint32_t* codes,
@@ -64,24 +107,25 @@ void dequantize_value_token(const uint32_t* codes, const QuantParams* params, in
                             int bits, float* out);
 
 // One sequence's cache of one KV head, as decode attention reads it. Token t in [0, N) is the same
-// token for keys and values: keys are the quantised slots (n_key_groups * G) then the window
-// rows; values the quantised tokens then the window rows (the split points may differ).
+// token for keys and values: first the n_sink full-precision sink rows (the sequence's first
+// tokens, kept exact), then for keys the quantised slots (n_key_groups * G) and the window rows,
+// for values the quantised tokens and the window rows (the split points may differ).
 struct KvHeadView {
   int D = 0, G = 32, bits = 2;
-  const uint32_t* key_codes = nullptr;
-  const QuantParams* key_params = nullptr;
+  PagedRecords sink_keys, sink_values;  // full-precision rows
+  int64_t n_sink = 0;
+  PagedRecords key_groups;  // key group records
   int64_t n_key_groups = 0;
-  const float* key_window = nullptr;
-  int64_t n_key_window = 0, key_window_ld = 0;
-  const uint32_t* value_codes = nullptr;
-  const QuantParams* value_params = nullptr;
+  PagedRecords key_window;  // full-precision key rows
+  int64_t n_key_window = 0;
+  PagedRecords value_tokens;  // value token records
   int64_t n_value_quant = 0;
-  const float* value_window = nullptr;
-  int64_t n_value_window = 0, value_window_ld = 0;
+  PagedRecords value_window;  // full-precision value rows
+  int64_t n_value_window = 0;
   // [N] or null: 0 = slot empty or evicted, left out of the softmax.
   const uint8_t* alive = nullptr;
 
-  int64_t tokens() const { return n_key_groups * G + n_key_window; }
+  RS_HOST_DEVICE int64_t tokens() const { return n_sink + n_key_groups * G + n_key_window; }
 };
 
 // Floats of scratch kv_decode_attention needs.

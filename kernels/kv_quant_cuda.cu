@@ -29,7 +29,7 @@ __device__ uint32_t code_of(float x, float scale, float mn, int bits) {
 
 // One thread per (group, channel).
 __global__ void quantize_keys(const float* k, int64_t n_groups, int D, int G, int bits,
-                              uint32_t* codes, QuantParams* params) {
+                              uint8_t* records) {
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (i >= n_groups * D) return;
   const int64_t g = i / D;
@@ -41,10 +41,11 @@ __global__ void quantize_keys(const float* k, int64_t n_groups, int D, int G, in
     hi = fmaxf(hi, x[j * D]);
   }
   const QuantParams p = params_of(lo, hi, bits);
-  params[g * D + d] = p;
-  const float s = h2f(p.scale), mn = h2f(p.min);
   const int per = 32 / bits, words = G * bits / 32;
-  uint32_t* out = codes + g * int64_t{D} * words + int64_t{d} * words;
+  uint8_t* rec = records + g * key_group_record_bytes(D, G, bits);
+  record_params(rec, int64_t{D} * words)[d] = p;
+  const float s = h2f(p.scale), mn = h2f(p.min);
+  uint32_t* out = record_codes(rec) + int64_t{d} * words;
   for (int w = 0; w < words; ++w) {
     uint32_t v = 0;
     for (int c = 0; c < per; ++c) v |= code_of(x[(w * per + c) * D], s, mn, bits) << (c * bits);
@@ -53,8 +54,8 @@ __global__ void quantize_keys(const float* k, int64_t n_groups, int D, int G, in
 }
 
 // One thread per (token, group of G channels).
-__global__ void quantize_values(const float* v, int64_t n, int D, int G, int bits, uint32_t* codes,
-                                QuantParams* params) {
+__global__ void quantize_values(const float* v, int64_t n, int D, int G, int bits,
+                                uint8_t* records) {
   const int ng = D / G;
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (i >= n * ng) return;
@@ -67,10 +68,11 @@ __global__ void quantize_values(const float* v, int64_t n, int D, int G, int bit
     hi = fmaxf(hi, x[j]);
   }
   const QuantParams p = params_of(lo, hi, bits);
-  params[t * ng + g] = p;
+  uint8_t* rec = records + t * value_token_record_bytes(D, G, bits);
+  record_params(rec, value_token_words(D, bits))[g] = p;
   const float s = h2f(p.scale), mn = h2f(p.min);
   const int per = 32 / bits;
-  uint32_t* out = codes + t * (int64_t{D} * bits / 32) + int64_t{g} * G * bits / 32;
+  uint32_t* out = record_codes(rec) + int64_t{g} * G * bits / 32;
   for (int w = 0; w < G / per; ++w) {
     uint32_t word = 0;
     for (int c = 0; c < per; ++c) word |= code_of(x[w * per + c], s, mn, bits) << (c * bits);
@@ -106,23 +108,27 @@ __global__ void decode_attention(const KvHeadView* views, const float* q, int64_
   __shared__ float scratch[32];
   const KvHeadView kv = views[blockIdx.x];
   const int D = kv.D, G = kv.G, b = kv.bits;
-  const int64_t N = kv.n_key_groups * G + kv.n_key_window, NQ = kv.n_key_groups * G;
+  const int64_t S = kv.n_sink, NQ = kv.n_key_groups * G, N = S + NQ + kv.n_key_window;
   const float* qv = q + blockIdx.x * q_stride;
   const int kwords = G * b / 32;
   for (int64_t t = threadIdx.x; t < N; t += blockDim.x) {
     for (int h = 0; h < Hq; ++h) {
       float s = 0.0f;
-      if (t < NQ) {
-        const int64_t g = t / G;
-        const int j = static_cast<int>(t % G);
-        const uint32_t* codes = kv.key_codes + g * int64_t{D} * kwords;
-        const QuantParams* p = kv.key_params + g * D;
+      if (t < S) {
+        const float* k = kv.sink_keys.row(t);
+        for (int d = 0; d < D; ++d) s += qv[h * D + d] * k[d];
+      } else if (t < S + NQ) {
+        const int64_t g = (t - S) / G;
+        const int j = static_cast<int>((t - S) % G);
+        const uint8_t* rec = kv.key_groups.at(g);
+        const uint32_t* codes = record_codes(rec);
+        const QuantParams* p = record_params(rec, int64_t{D} * kwords);
         for (int d = 0; d < D; ++d) {
           s +=
               qv[h * D + d] * (code_at(codes + d * kwords, j, b) * h2f(p[d].scale) + h2f(p[d].min));
         }
       } else {
-        const float* k = kv.key_window + (t - NQ) * kv.key_window_ld;
+        const float* k = kv.key_window.row(t - S - NQ);
         for (int d = 0; d < D; ++d) s += qv[h * D + d] * k[d];
       }
       const bool live = kv.alive == nullptr || kv.alive[t];
@@ -147,18 +153,19 @@ __global__ void decode_attention(const KvHeadView* views, const float* q, int64_
     for (int64_t t = threadIdx.x; t < N; t += blockDim.x) logits[h * N + t] *= inv;
   }
   __syncthreads();
-  const int vwords = D * b / 32, ng = D / G;
+  const int vwords = D * b / 32;
   float* o = out + blockIdx.x * out_stride;
   for (int i = threadIdx.x; i < Hq * D; i += blockDim.x) {
     const int h = i / D, d = i % D;
     float acc = 0.0f;
+    for (int64_t t = 0; t < S; ++t) acc += logits[h * N + t] * kv.sink_values.row(t)[d];
     for (int64_t t = 0; t < kv.n_value_quant; ++t) {
-      const QuantParams p = kv.value_params[t * ng + d / G];
-      acc += logits[h * N + t] *
-             (code_at(kv.value_codes + t * vwords, d, b) * h2f(p.scale) + h2f(p.min));
+      const uint8_t* rec = kv.value_tokens.at(t);
+      const QuantParams p = record_params(rec, vwords)[d / G];
+      acc += logits[h * N + S + t] * (code_at(record_codes(rec), d, b) * h2f(p.scale) + h2f(p.min));
     }
     for (int64_t t = 0; t < kv.n_value_window; ++t) {
-      acc += logits[h * N + kv.n_value_quant + t] * kv.value_window[t * kv.value_window_ld + d];
+      acc += logits[h * N + S + kv.n_value_quant + t] * kv.value_window.row(t)[d];
     }
     o[i] = acc;
   }
@@ -167,23 +174,22 @@ __global__ void decode_attention(const KvHeadView* views, const float* q, int64_
 }  // namespace
 
 cudaError_t kv_quantize_key_groups_cuda(const float* k, int64_t n_groups, int D, int G, int bits,
-                                        uint32_t* codes, QuantParams* params, cudaStream_t stream) {
+                                        uint8_t* records, cudaStream_t stream) {
   if (!check_kv_quant_shape(D, G, bits).empty()) return cudaErrorInvalidValue;
   const int64_t n = n_groups * D;
   if (n == 0) return cudaSuccess;
   quantize_keys<<<static_cast<unsigned>((n + 127) / 128), 128, 0, stream>>>(k, n_groups, D, G, bits,
-                                                                            codes, params);
+                                                                            records);
   return cudaGetLastError();
 }
 
 cudaError_t kv_quantize_value_tokens_cuda(const float* v, int64_t n, int D, int G, int bits,
-                                          uint32_t* codes, QuantParams* params,
-                                          cudaStream_t stream) {
+                                          uint8_t* records, cudaStream_t stream) {
   if (!check_kv_quant_shape(D, G, bits).empty()) return cudaErrorInvalidValue;
   const int64_t threads = n * (D / G);
   if (threads == 0) return cudaSuccess;
-  quantize_values<<<static_cast<unsigned>((threads + 127) / 128), 128, 0, stream>>>(
-      v, n, D, G, bits, codes, params);
+  quantize_values<<<static_cast<unsigned>((threads + 127) / 128), 128, 0, stream>>>(v, n, D, G,
+                                                                                    bits, records);
   return cudaGetLastError();
 }
 

@@ -2,9 +2,9 @@
 // reference): quantise key groups and value tokens, and decode attention straight over the packed
 // codes with GQA, batched over (sequence, KV head) views. flashinfer style: device pointers and a
 // stream in, cudaError_t out; no libtorch. Views live in device memory and point at device
-// memory (full-precision windows are fp32).
+// memory: the page tables of their PagedRecords too (full-precision windows are fp32).
 //
-//   kv_quantize_key_groups_cuda(d_k, n_groups, D, G, bits, d_codes, d_params, stream);
+//   kv_quantize_key_groups_cuda(d_k, n_groups, D, G, bits, d_records, stream);
 //   kv_decode_attention_cuda(d_views, n_views, max_tokens, d_q, Hq * D, Hq, scale, d_out, Hq * D,
 //                            stream);
 #pragma once
@@ -17,14 +17,13 @@
 
 namespace ramstream::kernels {
 
-// k: n_groups * G rows of D floats (group g = rows g*G .. g*G+G-1); codes/params as in
-// kv_quant.h, group after group.
+// k: n_groups * G rows of D floats (group g = rows g*G .. g*G+G-1) -> n_groups key group
+// records of kv_quant.h, one after another (a page's worth).
 cudaError_t kv_quantize_key_groups_cuda(const float* k, int64_t n_groups, int D, int G, int bits,
-                                        uint32_t* codes, QuantParams* params, cudaStream_t stream);
-// v: n rows of D floats.
+                                        uint8_t* records, cudaStream_t stream);
+// v: n rows of D floats -> n value token records, one after another.
 cudaError_t kv_quantize_value_tokens_cuda(const float* v, int64_t n, int D, int G, int bits,
-                                          uint32_t* codes, QuantParams* params,
-                                          cudaStream_t stream);
+                                          uint8_t* records, cudaStream_t stream);
 // One thread block per view; max_tokens >= every view's tokens() (shared memory holds Hq x
 // max_tokens logits: Hq * max_tokens * 4 bytes must fit, e.g. 3 x 8192).
 cudaError_t kv_decode_attention_cuda(const KvHeadView* views, int64_t n_views, int64_t max_tokens,

@@ -5,6 +5,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -44,6 +45,38 @@ std::vector<float> randn(size_t n, uint32_t seed) {
   return v;
 }
 
+// Records uploaded as one device buffer, read through a device page table of `per_page`
+// records a page (page i = base + i * per_page records), so the kernel walks page boundaries.
+struct DevicePaged {
+  uint8_t* base = nullptr;
+  const uint8_t** table = nullptr;
+  PagedRecords records;
+};
+
+DevicePaged device_pages(const std::vector<uint8_t>& bytes, int64_t record_bytes,
+                         int64_t per_page) {
+  DevicePaged d;
+  d.base = to_device(bytes);
+  const int64_t n = static_cast<int64_t>(bytes.size()) / record_bytes;
+  std::vector<const uint8_t*> table;
+  for (int64_t i = 0; i * per_page < std::max<int64_t>(n, 1); ++i) {
+    table.push_back(d.base + i * per_page * record_bytes);
+  }
+  d.table = to_device(table);
+  d.records = PagedRecords{d.table, per_page, record_bytes, 0};
+  return d;
+}
+
+void free_pages(DevicePaged& d) {
+  cudaFree(d.base);
+  cudaFree(d.table);
+}
+
+std::vector<uint8_t> float_bytes(const float* begin, const float* end) {
+  return std::vector<uint8_t>(reinterpret_cast<const uint8_t*>(begin),
+                              reinterpret_cast<const uint8_t*>(end));
+}
+
 TEST(KvQuantCuda, QuantisersMatchTheCpuBitForBit) {
   if (!have_device()) GTEST_SKIP() << "no CUDA device";
   for (int bits : {2, 4}) {
@@ -51,40 +84,33 @@ TEST(KvQuantCuda, QuantisersMatchTheCpuBitForBit) {
       const int D = 128;
       const int64_t groups = 5;
       const std::vector<float> k = randn(static_cast<size_t>(groups * G * D), 1);
-      std::vector<uint32_t> kc(static_cast<size_t>(groups * key_group_words(D, G, bits)));
-      std::vector<QuantParams> kp(static_cast<size_t>(groups * D));
+      const int64_t krec = key_group_record_bytes(D, G, bits), kwords = key_group_words(D, G, bits);
+      std::vector<uint8_t> kr(static_cast<size_t>(groups * krec));
       for (int64_t g = 0; g < groups; ++g) {
-        quantize_key_group(k.data() + g * G * D, D, D, G, bits,
-                           kc.data() + g * key_group_words(D, G, bits), kp.data() + g * D);
+        uint8_t* rec = kr.data() + g * krec;
+        quantize_key_group(k.data() + g * G * D, D, D, G, bits, record_codes(rec),
+                           record_params(rec, kwords));
       }
       float* dk = to_device(k);
-      uint32_t* dc = to_device(std::vector<uint32_t>(kc.size()));
-      QuantParams* dp = to_device(std::vector<QuantParams>(kp.size()));
-      ASSERT_EQ(kv_quantize_key_groups_cuda(dk, groups, D, G, bits, dc, dp, nullptr), cudaSuccess);
+      uint8_t* dkr = to_device(std::vector<uint8_t>(kr.size()));
+      ASSERT_EQ(kv_quantize_key_groups_cuda(dk, groups, D, G, bits, dkr, nullptr), cudaSuccess);
       ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-      EXPECT_EQ(to_host(dc, kc.size()), kc);
-      const std::vector<QuantParams> gp = to_host(dp, kp.size());
-      for (size_t i = 0; i < kp.size(); ++i) {
-        ASSERT_EQ(gp[i].scale, kp[i].scale) << i;
-        ASSERT_EQ(gp[i].min, kp[i].min) << i;
-      }
+      EXPECT_EQ(to_host(dkr, kr.size()), kr);
       const int64_t n = groups * G;
-      std::vector<uint32_t> vc(static_cast<size_t>(n * value_token_words(D, bits)));
-      std::vector<QuantParams> vp(static_cast<size_t>(n * (D / G)));
+      const int64_t vrec = value_token_record_bytes(D, G, bits);
+      std::vector<uint8_t> vr(static_cast<size_t>(n * vrec));
       for (int64_t t = 0; t < n; ++t) {
-        quantize_value_token(k.data() + t * D, D, G, bits,
-                             vc.data() + t * value_token_words(D, bits), vp.data() + t * (D / G));
+        uint8_t* rec = vr.data() + t * vrec;
+        quantize_value_token(k.data() + t * D, D, G, bits, record_codes(rec),
+                             record_params(rec, value_token_words(D, bits)));
       }
-      uint32_t* dvc = to_device(std::vector<uint32_t>(vc.size()));
-      QuantParams* dvp = to_device(std::vector<QuantParams>(vp.size()));
-      ASSERT_EQ(kv_quantize_value_tokens_cuda(dk, n, D, G, bits, dvc, dvp, nullptr), cudaSuccess);
+      uint8_t* dvr = to_device(std::vector<uint8_t>(vr.size()));
+      ASSERT_EQ(kv_quantize_value_tokens_cuda(dk, n, D, G, bits, dvr, nullptr), cudaSuccess);
       ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-      EXPECT_EQ(to_host(dvc, vc.size()), vc);
+      EXPECT_EQ(to_host(dvr, vr.size()), vr);
       cudaFree(dk);
-      cudaFree(dc);
-      cudaFree(dp);
-      cudaFree(dvc);
-      cudaFree(dvp);
+      cudaFree(dkr);
+      cudaFree(dvr);
     }
   }
 }
@@ -105,41 +131,41 @@ TEST(KvQuantCuda, DecodeAttentionMatchesTheCpu) {
     const int64_t N = c.groups * c.G + c.kwin;
     const std::vector<float> k = randn(static_cast<size_t>(N * c.D), 3);
     const std::vector<float> v = randn(static_cast<size_t>(N * c.D), 4);
-    std::vector<uint32_t> kc(static_cast<size_t>(c.groups * key_group_words(c.D, c.G, c.bits)));
-    std::vector<QuantParams> kp(static_cast<size_t>(c.groups * c.D));
+    const int64_t krec = key_group_record_bytes(c.D, c.G, c.bits);
+    std::vector<uint8_t> kr(static_cast<size_t>(c.groups * krec));
     for (int64_t g = 0; g < c.groups; ++g) {
-      quantize_key_group(k.data() + g * c.G * c.D, c.D, c.D, c.G, c.bits,
-                         kc.data() + g * key_group_words(c.D, c.G, c.bits), kp.data() + g * c.D);
+      uint8_t* rec = kr.data() + g * krec;
+      quantize_key_group(k.data() + g * c.G * c.D, c.D, c.D, c.G, c.bits, record_codes(rec),
+                         record_params(rec, key_group_words(c.D, c.G, c.bits)));
     }
-    std::vector<uint32_t> vc(static_cast<size_t>(c.vq * value_token_words(c.D, c.bits)));
-    std::vector<QuantParams> vp(static_cast<size_t>(c.vq * (c.D / c.G)));
+    const int64_t vrec = value_token_record_bytes(c.D, c.G, c.bits);
+    std::vector<uint8_t> vr(static_cast<size_t>(c.vq * vrec));
     for (int64_t t = 0; t < c.vq; ++t) {
-      quantize_value_token(v.data() + t * c.D, c.D, c.G, c.bits,
-                           vc.data() + t * value_token_words(c.D, c.bits),
-                           vp.data() + t * (c.D / c.G));
+      uint8_t* rec = vr.data() + t * vrec;
+      quantize_value_token(v.data() + t * c.D, c.D, c.G, c.bits, record_codes(rec),
+                           record_params(rec, value_token_words(c.D, c.bits)));
     }
-    const std::vector<float> kw(k.begin() + c.groups * c.G * c.D, k.end());
-    const std::vector<float> vw(v.begin() + c.vq * c.D, v.end());
+    const std::vector<uint8_t> kw =
+        float_bytes(k.data() + c.groups * c.G * c.D, k.data() + N * c.D);
+    const std::vector<uint8_t> vw = float_bytes(v.data() + c.vq * c.D, v.data() + N * c.D);
     std::vector<uint8_t> alive(static_cast<size_t>(N), 1);
     if (c.mask) {
       for (int64_t t = 0; t < N; t += 3) alive[static_cast<size_t>(t)] = 0;
     }
+    // The CPU reference reads the same records as one page each.
+    const uint8_t* host_pages[4] = {kr.data(), kw.data(), vr.data(), vw.data()};
     KvHeadView h;
     h.D = c.D;
     h.G = c.G;
     h.bits = c.bits;
-    h.key_codes = kc.data();
-    h.key_params = kp.data();
+    h.key_groups = PagedRecords{&host_pages[0], std::max<int64_t>(1, c.groups), krec, 0};
     h.n_key_groups = c.groups;
-    h.key_window = kw.data();
+    h.key_window = PagedRecords{&host_pages[1], std::max<int64_t>(1, c.kwin), c.D * 4, 0};
     h.n_key_window = c.kwin;
-    h.key_window_ld = c.D;
-    h.value_codes = vc.data();
-    h.value_params = vp.data();
+    h.value_tokens = PagedRecords{&host_pages[2], std::max<int64_t>(1, c.vq), vrec, 0};
     h.n_value_quant = c.vq;
-    h.value_window = vw.data();
+    h.value_window = PagedRecords{&host_pages[3], std::max<int64_t>(1, N - c.vq), c.D * 4, 0};
     h.n_value_window = N - c.vq;
-    h.value_window_ld = c.D;
     h.alive = c.mask ? alive.data() : nullptr;
     const std::vector<float> q = randn(static_cast<size_t>(c.Hq * c.D), 5);
     const float scale = 1.0f / std::sqrt(float(c.D));
@@ -147,20 +173,14 @@ TEST(KvQuantCuda, DecodeAttentionMatchesTheCpu) {
     std::vector<float> work(static_cast<size_t>(kv_attention_work_floats(h, c.Hq)));
     kv_decode_attention(h, q.data(), c.Hq, scale, want.data(), nullptr, work.data());
 
-    KvHeadView d = h;  // the same view over device copies
-    uint32_t* dkc = to_device(kc);
-    QuantParams* dkp = to_device(kp);
-    float* dkw = to_device(kw);
-    uint32_t* dvc = to_device(vc);
-    QuantParams* dvp = to_device(vp);
-    float* dvw = to_device(vw);
+    KvHeadView d = h;  // the same view over device pages
+    DevicePaged dkq = device_pages(kr, krec, 3), dkw = device_pages(kw, c.D * 4, 5);
+    DevicePaged dvq = device_pages(vr, vrec, 7), dvw = device_pages(vw, c.D * 4, 4);
     uint8_t* dal = to_device(alive);
-    d.key_codes = dkc;
-    d.key_params = dkp;
-    d.key_window = dkw;
-    d.value_codes = dvc;
-    d.value_params = dvp;
-    d.value_window = dvw;
+    d.key_groups = dkq.records;
+    d.key_window = dkw.records;
+    d.value_tokens = dvq.records;
+    d.value_window = dvw.records;
     d.alive = c.mask ? dal : nullptr;
     KvHeadView* dview = to_device(std::vector<KvHeadView>{d});
     float* dq = to_device(q);
@@ -176,9 +196,8 @@ TEST(KvQuantCuda, DecodeAttentionMatchesTheCpu) {
     std::printf("D%d G%d b%d Hq%d N%lld%s: max abs error vs CPU %.3g\n", c.D, c.G, c.bits, c.Hq,
                 (long long)N, c.mask ? " masked" : "", worst);
     EXPECT_LT(worst, 1e-4);
-    for (void* p : {static_cast<void*>(dkc), static_cast<void*>(dkp), static_cast<void*>(dkw),
-                    static_cast<void*>(dvc), static_cast<void*>(dvp), static_cast<void*>(dvw),
-                    static_cast<void*>(dal), static_cast<void*>(dview), static_cast<void*>(dq),
+    for (DevicePaged* p : {&dkq, &dkw, &dvq, &dvw}) free_pages(*p);
+    for (void* p : {static_cast<void*>(dal), static_cast<void*>(dview), static_cast<void*>(dq),
                     static_cast<void*>(dout)}) {
       cudaFree(p);
     }

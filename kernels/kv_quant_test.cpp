@@ -110,45 +110,85 @@ TEST(KvQuant, ShapeErrorsSayWhatIsWrong) {
   EXPECT_THROW(require_kv_quant_shape(64, 16, 2), std::invalid_argument);
 }
 
+// Records [n][record_bytes] spread over pages of `per_page` records, the first page starting
+// `first` records in (like a window whose oldest rows were dropped), so that attention crosses
+// page boundaries everywhere.
+struct Paged {
+  std::vector<std::vector<uint8_t>> pages;
+  std::vector<const uint8_t*> table;
+  PagedRecords records;
+};
+
+Paged paginate(const std::vector<uint8_t>& data, int64_t record_bytes, int64_t per_page,
+               int64_t first) {
+  Paged p;
+  const int64_t n = record_bytes > 0 ? static_cast<int64_t>(data.size()) / record_bytes : 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t slot = first + i;
+    if (slot / per_page >= static_cast<int64_t>(p.pages.size())) {
+      p.pages.emplace_back(static_cast<size_t>(per_page * record_bytes), uint8_t{0xAB});
+    }
+    std::memcpy(p.pages.back().data() + (slot % per_page) * record_bytes,
+                data.data() + i * record_bytes, static_cast<size_t>(record_bytes));
+  }
+  for (const auto& page : p.pages) p.table.push_back(page.data());
+  p.records = PagedRecords{p.table.data(), per_page, record_bytes, first};
+  return p;
+}
+
+std::vector<uint8_t> float_bytes(const float* begin, const float* end) {
+  return std::vector<uint8_t>(reinterpret_cast<const uint8_t*>(begin),
+                              reinterpret_cast<const uint8_t*>(end));
+}
+
 // A cache of N tokens of one KV head: quantised key groups + key window, quantised values +
-// value window, all from the same random K/V; returns the view and (through kd/vd) the values
-// attention should see.
+// value window, all from the same random K/V, each kind paged; returns the view and (through
+// kd/vd) the values attention should see.
 struct Cache {
-  std::vector<uint32_t> kc, vc;
-  std::vector<QuantParams> kp, vp;
-  std::vector<float> kw, vw, kd, vd;
+  Paged ks, vs, kq, kw, vq, vw;
+  std::vector<float> kd, vd;
   std::vector<uint8_t> alive;
   KvHeadView view;
 };
 
+// The first `sinks` tokens stay in full precision (attention sinks).
 Cache make_cache(int D, int G, int bits, int64_t key_groups, int64_t key_window, int64_t vq,
-                 uint32_t seed, bool mask) {
+                 uint32_t seed, bool mask, int64_t sinks = 0) {
   Cache c;
-  const int64_t N = key_groups * G + key_window;
+  const int64_t S = sinks, N = S + key_groups * G + key_window;
   const std::vector<float> k = normal_values<float>(N * D, seed, 1.0f);
   const std::vector<float> v = normal_values<float>(N * D, seed + 1, 1.0f);
   c.kd.resize(static_cast<size_t>(N * D));
   c.vd.resize(static_cast<size_t>(N * D));
-  c.kc.resize(static_cast<size_t>(key_groups * key_group_words(D, G, bits)));
-  c.kp.resize(static_cast<size_t>(key_groups * D));
+  const int64_t kwords = key_group_words(D, G, bits), krec = key_group_record_bytes(D, G, bits);
+  std::copy(k.begin(), k.begin() + S * D, c.kd.begin());
+  std::copy(v.begin(), v.begin() + S * D, c.vd.begin());
+  std::vector<uint8_t> kq(static_cast<size_t>(key_groups * krec));
   for (int64_t g = 0; g < key_groups; ++g) {
-    quantize_key_group(k.data() + g * G * D, D, D, G, bits,
-                       c.kc.data() + g * key_group_words(D, G, bits), c.kp.data() + g * D);
-    dequantize_key_group(c.kc.data() + g * key_group_words(D, G, bits), c.kp.data() + g * D, D, G,
-                         bits, c.kd.data() + g * G * D, D);
+    uint8_t* rec = kq.data() + g * krec;
+    quantize_key_group(k.data() + (S + g * G) * D, D, D, G, bits, record_codes(rec),
+                       record_params(rec, kwords));
+    dequantize_key_group(record_codes(rec), record_params(rec, kwords), D, G, bits,
+                         c.kd.data() + (S + g * G) * D, D);
   }
-  c.kw.assign(k.begin() + key_groups * G * D, k.end());
-  std::copy(c.kw.begin(), c.kw.end(), c.kd.begin() + key_groups * G * D);
-  c.vc.resize(static_cast<size_t>(vq * value_token_words(D, bits)));
-  c.vp.resize(static_cast<size_t>(vq * (D / G)));
+  const int64_t kw0 = S + key_groups * G;  // first key window token
+  std::copy(k.begin() + kw0 * D, k.end(), c.kd.begin() + kw0 * D);
+  const int64_t vwords = value_token_words(D, bits), vrec = value_token_record_bytes(D, G, bits);
+  std::vector<uint8_t> vqr(static_cast<size_t>(vq * vrec));
   for (int64_t t = 0; t < vq; ++t) {
-    quantize_value_token(v.data() + t * D, D, G, bits, c.vc.data() + t * value_token_words(D, bits),
-                         c.vp.data() + t * (D / G));
-    dequantize_value_token(c.vc.data() + t * value_token_words(D, bits), c.vp.data() + t * (D / G),
-                           D, G, bits, c.vd.data() + t * D);
+    uint8_t* rec = vqr.data() + t * vrec;
+    quantize_value_token(v.data() + (S + t) * D, D, G, bits, record_codes(rec),
+                         record_params(rec, vwords));
+    dequantize_value_token(record_codes(rec), record_params(rec, vwords), D, G, bits,
+                           c.vd.data() + (S + t) * D);
   }
-  c.vw.assign(v.begin() + vq * D, v.end());
-  std::copy(c.vw.begin(), c.vw.end(), c.vd.begin() + vq * D);
+  std::copy(v.begin() + (S + vq) * D, v.end(), c.vd.begin() + (S + vq) * D);
+  c.ks = paginate(float_bytes(k.data(), k.data() + S * D), D * 4, 2, 1);
+  c.vs = paginate(float_bytes(v.data(), v.data() + S * D), D * 4, 3, 0);
+  c.kq = paginate(kq, krec, 3, 1);
+  c.kw = paginate(float_bytes(k.data() + kw0 * D, k.data() + N * D), D * 4, 5, 2);
+  c.vq = paginate(vqr, vrec, 7, 3);
+  c.vw = paginate(float_bytes(v.data() + (S + vq) * D, v.data() + N * D), D * 4, 4, 1);
   c.alive.assign(static_cast<size_t>(N), 1);
   if (mask) {
     for (int64_t t = 0; t < N; t += 3) c.alive[static_cast<size_t>(t)] = 0;
@@ -157,18 +197,17 @@ Cache make_cache(int D, int G, int bits, int64_t key_groups, int64_t key_window,
   w.D = D;
   w.G = G;
   w.bits = bits;
-  w.key_codes = c.kc.data();
-  w.key_params = c.kp.data();
+  w.sink_keys = c.ks.records;
+  w.sink_values = c.vs.records;
+  w.n_sink = S;
+  w.key_groups = c.kq.records;
   w.n_key_groups = key_groups;
-  w.key_window = c.kw.data();
+  w.key_window = c.kw.records;
   w.n_key_window = key_window;
-  w.key_window_ld = D;
-  w.value_codes = c.vc.data();
-  w.value_params = c.vp.data();
+  w.value_tokens = c.vq.records;
   w.n_value_quant = vq;
-  w.value_window = c.vw.data();
-  w.n_value_window = N - vq;
-  w.value_window_ld = D;
+  w.value_window = c.vw.records;
+  w.n_value_window = N - S - vq;
   w.alive = mask ? c.alive.data() : nullptr;
   return c;
 }
@@ -208,6 +247,7 @@ struct AttnCase {
   int D, G, bits, Hq;
   int64_t key_groups, key_window, vq;
   bool mask;
+  int64_t sinks = 0;
 };
 
 TEST(KvQuant, DecodeAttentionOverPackedCodesMatchesTheReference) {
@@ -217,11 +257,15 @@ TEST(KvQuant, DecodeAttentionOverPackedCodesMatchesTheReference) {
       {64, 32, 4, 1, 0, 50, 50, false},  // quantised values only
       {64, 32, 2, 3, 6, 17, 100, false}, {128, 64, 4, 3, 3, 9, 150, true},
       {128, 32, 2, 1, 5, 31, 91, true},  {64, 64, 4, 2, 2, 64, 120, false},
+      {64, 32, 4, 7, 3, 13, 90, true},  // 7 query heads per KV head: blocks of 3, 3, 1
+      {48, 48, 2, 3, 0, 21, 0, false},  // D % 32 != 0: the portable path on every ISA
+      {64, 32, 2, 3, 4, 20, 100, false, 5},  // attention sinks in full precision
+      {128, 32, 4, 7, 2, 9, 70, true, 32},
   };
   for (Isa isa : {Isa::kScalar, best_isa()}) {
     set_kernel_isa(isa);
     for (const AttnCase& a : cases) {
-      Cache c = make_cache(a.D, a.G, a.bits, a.key_groups, a.key_window, a.vq, 21, a.mask);
+      Cache c = make_cache(a.D, a.G, a.bits, a.key_groups, a.key_window, a.vq, 21, a.mask, a.sinks);
       const int64_t N = c.view.tokens();
       const std::vector<float> q = normal_values<float>(int64_t{a.Hq} * a.D, 9, 0.7f);
       const float scale = 1.0f / std::sqrt(float(a.D));
@@ -234,8 +278,9 @@ TEST(KvQuant, DecodeAttentionOverPackedCodesMatchesTheReference) {
       for (size_t i = 0; i < out.size(); ++i) eo = std::max(eo, std::abs(out[i] - ro[i]));
       for (size_t i = 0; i < probs.size(); ++i) ep = std::max(ep, std::abs(probs[i] - rp[i]));
       for (int64_t t = 0; t < N; ++t) psum += probs[static_cast<size_t>(t)];
-      std::printf("%s D%d G%d b%d Hq%d N%lld%s: max abs error out %.2g probs %.2g\n", isa_name(isa),
-                  a.D, a.G, a.bits, a.Hq, (long long)N, a.mask ? " masked" : "", eo, ep);
+      std::printf("%s D%d G%d b%d Hq%d N%lld S%lld%s: max abs error out %.2g probs %.2g\n",
+                  isa_name(isa), a.D, a.G, a.bits, a.Hq, (long long)N, (long long)a.sinks,
+                  a.mask ? " masked" : "", eo, ep);
       EXPECT_LT(eo, 2e-5);
       EXPECT_LT(ep, 1e-6);
       EXPECT_NEAR(psum, 1.0, 1e-5);
@@ -250,7 +295,8 @@ TEST(KvQuant, DecodeAttentionOverPackedCodesMatchesTheReference) {
 TEST(KvQuant, BatchEqualsOneViewAtATime) {
   std::vector<Cache> caches;
   for (int i = 0; i < 7; ++i)
-    caches.push_back(make_cache(64, 32, i % 2 ? 2 : 4, i, 5 + i, 3 * i, 30 + i, i % 3 == 0));
+    caches.push_back(
+        make_cache(64, 32, i % 2 ? 2 : 4, i, 5 + i, 3 * i, 30 + i, i % 3 == 0, /*sinks=*/i % 4));
   std::vector<KvHeadView> views;
   for (const Cache& c : caches) views.push_back(c.view);
   const int Hq = 3, D = 64;

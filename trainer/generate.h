@@ -1,8 +1,8 @@
-// Greedy generation with a KV cache, for evaluating a model while it trains (exact-match accuracy
-// on task data). It reads the weights where they are (the parameter store's fp32 masters on the
-// CPU) and batches prompts of different lengths by padding them on the left: each row's positions
-// start at 0 at its first real token and padded keys are masked out, so every row gets exactly
-// the tokens it would get alone.
+// Greedy generation with a plain KV cache over model::ModelParams: the reference the streaming
+// Generator (inference/generator.h, which the trainer's exact-match eval and `ramstream
+// generate` run) is tested against, written the simplest way. It batches prompts of different
+// lengths by padding them on the left: each row's positions start at 0 at its first real token
+// and padded keys are masked out, so every row gets exactly the tokens it would get alone.
 //
 //   std::vector<std::vector<int32_t>> prompts = {tok.encode(p1), tok.encode(p2)};
 //   GenerateOptions opt;  opt.max_new_tokens = 16;  opt.stop_ids = {tok.eos_id()};

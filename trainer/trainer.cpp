@@ -25,6 +25,7 @@
 #include "checkpoint/hf_loader.h"
 #include "checkpoint/train_state.h"
 #include "data/chat.h"
+#include "inference/generator.h"
 #include "inference/model_files.h"
 #include "memory/arena.h"
 #include "memory/host_binding.h"
@@ -35,7 +36,6 @@
 #include "pipeline/gemm_probe.h"
 #include "pipeline/param_store.h"
 #include "pipeline/stages.h"
-#include "trainer/generate.h"
 #include "trainer/lr_schedule.h"
 #include "trainer/progress.h"
 #include "util/runtime_defaults.h"
@@ -686,26 +686,36 @@ EvalResult Trainer::evaluate(const std::string& label) {
     shown.push_back(convo.back().content);
   }
   if (prompts.empty()) return out;
-  GenerateOptions go;
+  inference::GenerateOptions go;  // greedy
   go.max_new_tokens = r.max_new_tokens;
   if (s.tokenizer->eos_id() >= 0) go.stop_ids.push_back(s.tokenizer->eos_id());
   for (const char* end : {"<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>"}) {
     const int32_t id = s.tokenizer->token_to_id(end);
     if (id >= 0) go.stop_ids.push_back(id);
   }
-  model::ModelParams params = s.store->master_params();
-  model::ModelParams on_device;
-  if (s.cuda) {
-    try {
-      on_device = model::clone_model_params(params, at::kBFloat16, at::Device(at::kCUDA, 0));
-    } catch (const std::exception&) {
-      on_device = model::ModelParams{};  // not enough device memory: generate on the host
-    }
+  // The decode path of `ramstream generate`, over the training store: on the CPU it reads the
+  // store in place; on CUDA every stage stays on the device when it fits, else they stream.
+  std::unique_ptr<inference::Generator> generator;
+  inference::GeneratorOptions gopt;
+  try {
+    generator = std::make_unique<inference::Generator>(*s.device, *s.store, gopt);
+  } catch (const std::exception&) {
+    if (!s.cuda) throw;
+    gopt.resident_stages = 0;  // not enough device memory for all of them
+    generator = std::make_unique<inference::Generator>(*s.device, *s.store, gopt);
   }
   progress.start();
-  go.progress = [&](int64_t done, int64_t total) { progress.report(done, total, "examples"); };
-  const auto gen =
-      greedy_generate(on_device.embedding.defined() ? on_device : params, s.cfg, prompts, go);
+  std::vector<std::vector<int32_t>> gen;
+  constexpr size_t kBatch = 32;
+  for (size_t first = 0; first < prompts.size(); first += kBatch) {
+    const std::vector<std::vector<int32_t>> chunk(
+        prompts.begin() + static_cast<std::ptrdiff_t>(first),
+        prompts.begin() + static_cast<std::ptrdiff_t>(std::min(prompts.size(), first + kBatch)));
+    inference::GenerateResult res = generator->generate(chunk, go);
+    gen.insert(gen.end(), res.tokens.begin(), res.tokens.end());
+    progress.report(static_cast<int64_t>(gen.size()), static_cast<int64_t>(prompts.size()),
+                    "examples");
+  }
   for (size_t i = 0; i < gen.size(); ++i) {
     std::vector<int32_t> ids = gen[i];
     while (!ids.empty() &&

@@ -30,22 +30,27 @@ sys.path.insert(0, HERE)
 import prose  # noqa: E402
 
 # (label, --kv-cache, G, R, budget)
+# (label, --kv-cache, G, R, --kv-budget, --kv-sink)
 CACHES = [
-    ("bf16", "bf16", 32, 128, 0.2),
-    ("kivi4", "kivi4", 32, 128, 0.2),
-    ("kivi2", "kivi2", 32, 128, 0.2),
-    ("kivi4 R32", "kivi4", 32, 32, 0.2),
-    ("kivi2 R32", "kivi2", 32, 32, 0.2),
-    ("h2o 0.5", "h2o", 32, 128, 0.5),
-    ("h2o 0.2", "h2o", 32, 128, 0.2),
-    ("kivi2+h2o 0.2 R32", "kivi2+h2o", 32, 32, 0.2),
+    ("bf16", "bf16", 32, 128, 0.2, 0),
+    ("kivi4", "kivi4", 32, 128, 0.2, 0),
+    ("kivi2", "kivi2", 32, 128, 0.2, 0),
+    ("kivi4 R32", "kivi4", 32, 32, 0.2, 0),
+    ("kivi2 R32", "kivi2", 32, 32, 0.2, 0),
+    ("kivi2 sink4", "kivi2", 32, 128, 0.2, 4),
+    ("kivi2 sink32", "kivi2", 32, 128, 0.2, 32),
+    ("kivi2 R32 sink4", "kivi2", 32, 32, 0.2, 4),
+    ("h2o 0.5", "h2o", 32, 128, 0.5, 0),
+    ("h2o 0.2", "h2o", 32, 128, 0.2, 0),
+    ("kivi2+h2o 0.2 R32", "kivi2+h2o", 32, 32, 0.2, 0),
 ]
 # SmolLM2-135M: 30 layers, 3 KV heads, head dim 64.
 LAYERS, NKV, D = 30, 3, 64
 
 
-def theory_bytes_per_token(kind, G, R, budget, context):
-    """Average over the positions of a window's end state (n = context - 1 positions)."""
+def theory_bytes_per_token(kind, G, R, budget, context, sink=0):
+    """Average over the positions of a window's end state (n = context - 1 positions); KIVI
+    sinks are `sink` full-precision rows of K and V before the quantised part."""
     n = context - 1
     per_elem_tokens = 2 * LAYERS * NKV * D  # K and V elements per token
     if kind == "bf16":
@@ -62,8 +67,9 @@ def theory_bytes_per_token(kind, G, R, budget, context):
         quant = kept - window
         per_head = quant * 2 * D * code / 8 + window * 2 * D * 4 + (quant + window) * 13
         return LAYERS * NKV * per_head / n
-    kwin, vwin = n % R, min(n, R)
-    per_head = ((n - kwin) + (n - vwin)) * D * code / 8 + (kwin + vwin) * D * 4
+    q = n - sink  # tokens after the sinks
+    kwin, vwin = q % R, min(q, R)
+    per_head = ((q - kwin) + (q - vwin)) * D * code / 8 + (kwin + vwin + 2 * sink) * D * 4
     return LAYERS * NKV * per_head / n
 
 
@@ -100,13 +106,13 @@ def main():
               f"{'theory':>9} {'tok/s':>7}")
         for context, windows in ((512, a.windows512), (2048, a.windows2048)):
             base = None
-            for label, kind, G, R, budget in CACHES:
+            for label, kind, G, R, budget, sink in CACHES:
                 r = run([rs, "eval", "--model", model, "--data", text, "--context", str(context),
                          "--max-windows", str(windows), "--batch-size", str(windows),
                          "--kv-cache", kind, "--kv-group", str(G), "--kv-residual", str(R),
-                         "--kv-budget", str(budget), "--json"])
+                         "--kv-budget", str(budget), "--kv-sink", str(sink), "--json"])
                 base = r["perplexity"] if kind == "bf16" else base
-                th = theory_bytes_per_token(kind, G, R, budget, context)
+                th = theory_bytes_per_token(kind, G, R, budget, context, sink)
                 row = {"context": context, "cache": label, "perplexity": r["perplexity"],
                        "delta_pct": 100 * (r["perplexity"] / base - 1), "tokens": r["tokens"],
                        "kv_bytes_per_token": r["kv_bytes_per_token"], "theory": th,
@@ -119,14 +125,15 @@ def main():
         tasks = os.path.join(ROOT, "data", "bundled", "tasks_eval.jsonl")
         print("exact match, data/bundled/tasks_eval.jsonl (prompts are ~40-60 tokens: with "
               "R=128 nothing is quantised, so R=32 is shown too)")
-        for label, kind, G, R, budget in [("bf16", "bf16", 32, 128, 0.5),
-                                          ("kivi4 R32", "kivi4", 32, 32, 0.5),
-                                          ("kivi2 R32", "kivi2", 32, 32, 0.5),
-                                          ("h2o 0.5", "h2o", 32, 128, 0.5),
-                                          ("h2o 0.2", "h2o", 32, 128, 0.2)]:
+        for label, kind, G, R, budget, sink in [("bf16", "bf16", 32, 128, 0.5, 0),
+                                                ("kivi4 R32", "kivi4", 32, 32, 0.5, 0),
+                                                ("kivi2 R32", "kivi2", 32, 32, 0.5, 0),
+                                                ("kivi2 R32 sink4", "kivi2", 32, 32, 0.5, 4),
+                                                ("h2o 0.5", "h2o", 32, 128, 0.5, 0),
+                                                ("h2o 0.2", "h2o", 32, 128, 0.2, 0)]:
             r = run([rs, "eval", "--model", model, "--tasks", tasks, "--max-examples",
                      str(a.tasks), "--kv-cache", kind, "--kv-group", str(G), "--kv-residual",
-                     str(R), "--kv-budget", str(budget), "--json"])
+                     str(R), "--kv-budget", str(budget), "--kv-sink", str(sink), "--json"])
             rows.append({"tasks": r["examples"], "cache": label, "exact_match": r["exact_match"]})
             print(f"  {label:<10} {100 * r['exact_match']:5.1f}% of {r['examples']}", flush=True)
     print(json.dumps({"model": model, "rows": rows}))
