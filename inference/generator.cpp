@@ -161,20 +161,16 @@ at::Tensor Generator::block_decode(const model::BlockParams& w, const at::Tensor
   const at::Tensor kh = host_f32(k);  // [n][NKV][D]
   const at::Tensor vh = host_f32(qkv.narrow(1, (NH + NKV) * D, NKV * D));
   at::Tensor out = at::empty({n, NH * D}, at::kFloat);
-  if (consecutive) {
-    for (int64_t i = 0; i < n; ++i) {
-      kv[static_cast<size_t>(i)]->append(layer, kh.data_ptr<float>() + i * NKV * D,
-                                         vh.data_ptr<float>() + i * NKV * D);
+  for (int64_t i = 0; i < n; ++i) {
+    kv[static_cast<size_t>(i)]->append(layer, kh.data_ptr<float>() + i * NKV * D,
+                                       vh.data_ptr<float>() + i * NKV * D);
+    // Successive tokens of one sequence: each attends before the next enters the cache.
+    if (consecutive) {
       attend(layer, {kv[static_cast<size_t>(i)]}, qh.data_ptr<float>() + i * NH * D,
              out.data_ptr<float>() + i * NH * D, cfg_);
     }
-  } else {
-    for (int64_t i = 0; i < n; ++i) {
-      kv[static_cast<size_t>(i)]->append(layer, kh.data_ptr<float>() + i * NKV * D,
-                                         vh.data_ptr<float>() + i * NKV * D);
-    }
-    attend(layer, kv, qh.data_ptr<float>(), out.data_ptr<float>(), cfg_);
   }
+  if (!consecutive) attend(layer, kv, qh.data_ptr<float>(), out.data_ptr<float>(), cfg_);
   const at::Tensor att = out.to(x.device(), x.scalar_type());
   const at::Tensor x2 = x + linear(att, w.wo, w.bo);
   return mlp_residual(w, x2, cfg_);
