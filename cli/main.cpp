@@ -35,6 +35,8 @@
 #include <CLI/CLI.hpp>
 
 #include "cli/commands.h"
+#include "dist/env.h"
+#include "dist/launch.h"
 #include "trainer/recipe.h"
 #include "trainer/trainer.h"
 #include "util/runtime_defaults.h"
@@ -50,6 +52,14 @@ std::string shown_path(const std::string& path) {
   return path.size() <= 4096 ? path : rs::quote_bounded(path, 200);
 }
 
+// " (rank N)" inside a job of several processes (dist/env.h), else "": every rank reports its own
+// errors, so each line says whose it is.
+std::string rank_label() {
+  rs::Result<rs::dist::DistEnv> env = rs::dist::dist_env_from(rs::dist::environ_map());
+  if (!env.ok() || !env.value().distributed()) return "";
+  return " (rank " + std::to_string(env.value().rank) + ")";
+}
+
 int run(const std::string& recipe_name, const std::vector<std::string>& overrides) {
   rs::Result<rs::trainer::Recipe> recipe = rs::trainer::load_recipe(recipe_name, overrides);
   if (!recipe.ok()) {
@@ -61,18 +71,22 @@ int run(const std::string& recipe_name, const std::vector<std::string>& override
     std::fprintf(stderr, "ramstream run: %s: %s\n", recipe.value().source.c_str(), p.c_str());
   }
   if (!missing.empty()) return 1;
+  const std::string who = "ramstream run" + rank_label();
   rs::Result<std::unique_ptr<rs::trainer::Trainer>> trainer =
       rs::trainer::Trainer::create(recipe.value());
   if (!trainer.ok()) {
-    std::fprintf(stderr, "ramstream run: %s\n", trainer.error().message.c_str());
+    std::fprintf(stderr, "%s: %s\n", who.c_str(), trainer.error().message.c_str());
     return 1;
   }
   rs::Result<rs::trainer::TrainSummary> sum = trainer.value()->train();
   if (!sum.ok()) {
-    std::fprintf(stderr, "ramstream run: %s\n", sum.error().message.c_str());
+    std::fprintf(stderr, "%s: %s\n", who.c_str(), sum.error().message.c_str());
     return 1;
   }
-  std::fputs(rs::trainer::summary_text(sum.value()).c_str(), stdout);
+  // Data parallel: rank 0 speaks for the job.
+  if (rank_label().empty() || rank_label() == " (rank 0)") {
+    std::fputs(rs::trainer::summary_text(sum.value()).c_str(), stdout);
+  }
   return sum.value().exit_status();  // 130 / 143 after Ctrl-C / SIGTERM (saved first)
 }
 
@@ -351,7 +365,76 @@ int cli_main(int argc, char** argv, Context& context) {
       ->capture_default_str();
   eval_cmd->get_option("--batch-size")->description("windows or tasks run together");
 
+  rs::dist::LaunchOptions launch;
+  std::string master;
+  CLI::App* launch_cmd =
+      app.add_subcommand("launch",
+                         "start N processes of a data-parallel job on this node (as torchrun): "
+                         "ramstream launch --nproc 2 -- run RECIPE ...");
+  launch_cmd->add_option("--nproc", launch.nproc, "processes on this node (one per device)")
+      ->capture_default_str();
+  launch_cmd->add_option("--nnodes", launch.nnodes, "nodes in the job")->capture_default_str();
+  launch_cmd->add_option("--node-rank", launch.node_rank, "this node's index, 0 hosts the store")
+      ->capture_default_str();
+  launch_cmd->add_option("--master", master,
+                         "HOST:PORT of node 0's store (default: this machine, a free port)");
+  launch_cmd
+      ->add_option("--timeout", launch.timeout_s,
+                   "seconds a collective may take before the job fails naming the rank")
+      ->capture_default_str();
+  launch_cmd
+      ->add_option("--grace", launch.grace_s,
+                   "after a rank fails, seconds the others get to exit on their own")
+      ->capture_default_str();
+
   if (argc < 2) return no_such_command(app, nullptr);
+  if (std::string(argv[1]) == "launch") {
+    // Everything after `--` is the command each process runs (this binary's arguments).
+    int split = argc;
+    for (int i = 2; i < argc; ++i) {
+      if (std::string(argv[i]) == "--") {
+        split = i;
+        break;
+      }
+    }
+    CLI11_PARSE(app, split, argv);
+    context.command = "ramstream launch";
+    if (!master.empty()) {
+      const size_t colon = master.rfind(':');
+      if (colon == std::string::npos || colon == 0) {
+        std::fprintf(stderr, "ramstream launch: --master '%s' is not HOST:PORT\n", master.c_str());
+        return 2;
+      }
+      launch.master_addr = master.substr(0, colon);
+      try {
+        launch.master_port = std::stoi(master.substr(colon + 1));
+      } catch (const std::exception&) {
+        std::fprintf(stderr, "ramstream launch: --master '%s': the port is not a number\n",
+                     master.c_str());
+        return 2;
+      }
+    }
+    char self[4096];
+    const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0) {
+      std::fprintf(stderr, "ramstream launch: cannot find this executable (/proc/self/exe)\n");
+      return 1;
+    }
+    launch.program = {std::string(self, static_cast<size_t>(n))};
+    for (int i = split + 1; i < argc; ++i) launch.program.emplace_back(argv[i]);
+    if (launch.program.size() == 1) {
+      std::fprintf(stderr,
+                   "ramstream launch: nothing to launch: give the command after `--`, "
+                   "e.g. ramstream launch --nproc 2 -- run tiny-debug\n");
+      return 2;
+    }
+    const std::string problem = rs::dist::check_launch_options(launch);
+    if (!problem.empty()) {
+      std::fprintf(stderr, "ramstream launch: %s\n", problem.c_str());
+      return 2;
+    }
+    return rs::dist::launch(launch, stderr);
+  }
   if (argv[1][0] != '-') {
     const auto named =
         app.get_subcommands([&](const CLI::App* c) { return c->get_name() == argv[1]; });

@@ -1,5 +1,6 @@
 #include "kernels/reduce.h"
 
+#include <algorithm>
 #include <stdexcept>
 #include <vector>
 
@@ -78,23 +79,34 @@ RAMSTREAM_TARGET_AVX2 double chunk_avx2(const T* x, int64_t n) {
 #endif
 
 template <class T>
+void partials_impl(const T* x, int64_t n, double* out, int max_threads) {
+  if (n < 0) throw std::invalid_argument("sum_of_squares: negative element count");
+  if (n == 0) return;
+  const bool avx2 = kernel_isa() == Isa::kAvx2Fma;
+  // Threads take 64K-element chunks; inside one, each block of kSumOfSquaresBlock elements has
+  // its own partial, so the partials do not depend on the chunking either.
+  parallel_chunks(n, max_threads, [&](int64_t, int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; b += kSumOfSquaresBlock) {
+      const int64_t len = std::min(kSumOfSquaresBlock, end - b);
+#if RAMSTREAM_KERNELS_X86
+      if (avx2) {
+        out[b / kSumOfSquaresBlock] = chunk_avx2(x + b, len);
+        continue;
+      }
+#endif
+      (void)avx2;
+      out[b / kSumOfSquaresBlock] = chunk_scalar(x + b, len);
+    }
+  });
+}
+
+template <class T>
 double sum_of_squares_impl(const T* x, int64_t n, int max_threads) {
   if (n < 0) throw std::invalid_argument("sum_of_squares: negative element count");
-  if (n == 0) return 0.0;
-  const bool avx2 = kernel_isa() == Isa::kAvx2Fma;
-  std::vector<double> partial(static_cast<size_t>(num_chunks(n)));
-  parallel_chunks(n, max_threads, [&](int64_t chunk, int64_t begin, int64_t end) {
-#if RAMSTREAM_KERNELS_X86
-    if (avx2) {
-      partial[chunk] = chunk_avx2(x + begin, end - begin);
-      return;
-    }
-#endif
-    (void)avx2;
-    partial[chunk] = chunk_scalar(x + begin, end - begin);
-  });
+  std::vector<double> partial(static_cast<size_t>(sum_of_squares_blocks(n)));
+  partials_impl(x, n, partial.data(), max_threads);
   double s = 0.0;
-  for (double p : partial) s += p;  // chunk order: the thread count cannot change the result
+  for (double p : partial) s += p;  // block order: the thread count cannot change the result
   return s;
 }
 
@@ -106,6 +118,14 @@ double sum_of_squares(const float* x, int64_t n, int max_threads) {
 
 double sum_of_squares(const bf16* x, int64_t n, int max_threads) {
   return sum_of_squares_impl(x, n, max_threads);
+}
+
+void sum_of_squares_partials(const float* x, int64_t n, double* partials, int max_threads) {
+  partials_impl(x, n, partials, max_threads);
+}
+
+void sum_of_squares_partials(const bf16* x, int64_t n, double* partials, int max_threads) {
+  partials_impl(x, n, partials, max_threads);
 }
 
 }  // namespace ramstream::kernels

@@ -84,6 +84,27 @@ TEST(SumOfSquares, SameBitsForEveryThreadCountAndIsa) {
   }
 }
 
+// What the sharded optimizer relies on: partials computed shard by shard (block-aligned), put
+// side by side and summed in block order, are the whole array's sum bit for bit.
+TEST(SumOfSquares, BlockAlignedShardsReproduceTheWholeSum) {
+  const int64_t n = 5 * kSumOfSquaresBlock + 1234;  // a short last block
+  const std::vector<float> x = randn(n, 9);
+  const double whole = sum_of_squares(x.data(), n);
+  for (int64_t shard_blocks : {1, 2, 4}) {
+    std::vector<double> partials;
+    for (int64_t begin = 0; begin < n; begin += shard_blocks * kSumOfSquaresBlock) {
+      const int64_t len = std::min(n - begin, shard_blocks * kSumOfSquaresBlock);
+      std::vector<double> p(static_cast<size_t>(sum_of_squares_blocks(len)));
+      sum_of_squares_partials(x.data() + begin, len, p.data(), /*max_threads=*/1);
+      partials.insert(partials.end(), p.begin(), p.end());
+    }
+    ASSERT_EQ(partials.size(), static_cast<size_t>(sum_of_squares_blocks(n)));
+    double total = 0;
+    for (double p : partials) total += p;
+    EXPECT_EQ(total, whole) << shard_blocks << " blocks per shard";
+  }
+}
+
 TEST(SumOfSquares, EdgeValues) {
   EXPECT_EQ(sum_of_squares(static_cast<const float*>(nullptr), 0), 0.0);
   std::vector<float> x(1000, 0.5f);

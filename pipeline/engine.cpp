@@ -3,9 +3,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <exception>
+#include <mutex>
 #include <stdexcept>
 #include <utility>
 
+#include "dist/communicator.h"
 #include "kernels/reduce.h"
 
 namespace ramstream::pipeline {
@@ -32,6 +35,9 @@ struct Engine::Staging {
 struct Engine::LossSlot {
   at::Tensor host;  // [1] float64, pinned
   std::unique_ptr<Event> ready;
+  // Data parallel: `host` holds the sum over ranks once this host event is reached.
+  std::unique_ptr<Event> reduced = make_host_event();
+  bool summed = false;      // this use of the slot is summed over ranks
   uint64_t generation = 0;  // which use of the slot it holds (or will)
 };
 
@@ -42,6 +48,23 @@ struct Engine::NormRecord {
   double norm = -1;
   float clip_coef = 1.0f;
   bool skip = false;
+};
+
+// The first failed collective's error; later collective tasks skip their work (the job is
+// broken) but still reach their events, so no stream waits for ever.
+struct Engine::CommState {
+  std::mutex mu;
+  std::exception_ptr error;
+  std::unique_ptr<dist::Communicator> single;  // collective() without a communicator
+
+  bool failed() {
+    std::lock_guard<std::mutex> lock(mu);
+    return error != nullptr;
+  }
+  void rethrow() {
+    std::lock_guard<std::mutex> lock(mu);
+    if (error) std::rethrow_exception(error);
+  }
 };
 
 struct Engine::Mark {
@@ -56,6 +79,7 @@ struct StepResult::Record {
   std::shared_ptr<Engine::LossSlot> loss_slot;
   uint64_t loss_generation = 0;
   std::shared_ptr<Engine::NormRecord> norm;
+  std::shared_ptr<Engine::CommState> comm;
   double loss_sum = 0;
   bool loss_read = false;
 };
@@ -77,7 +101,12 @@ double StepResult::loss_sum() {
                              " was overwritten; read it within " +
                              std::to_string(Engine::kLossSlots) + " steps or evaluations");
     }
-    slot.ready->synchronize();
+    if (slot.summed) {
+      slot.reduced->synchronize();
+      rec_->comm->rethrow();
+    } else {
+      slot.ready->synchronize();
+    }
     rec_->loss_sum = slot.host.data_ptr<double>()[0];
     rec_->loss_read = true;
   }
@@ -137,6 +166,14 @@ Engine::Engine(Device& device, ParamStore& store, const EngineOptions& options, 
   h2d_ = dev_.new_stream("h2d");
   d2h_ = dev_.new_stream("d2h");
   optimizer_ = make_host_worker("optimizer", options_.optimizer_queue);
+  comm_state_ = std::make_shared<CommState>();
+  if (data_parallel()) {
+    comm_ = make_host_worker("comm", {});
+    for (int b = 0; b < 3; ++b) {
+      comm_ready_[b] = dev_.new_event();
+      comm_reduced_[b] = make_host_event();
+    }
+  }
   optimizer_arena_ = std::make_unique<memory::ArenaBinding>(options_.optimizer_cpus);
   streamer_ = std::make_unique<StageStreamer>(
       dev_, store_, *h2d_, StageStreamerOptions{options_.num_slots, options_.resident_stages},
@@ -215,7 +252,7 @@ Engine::~Engine() {
 
 void Engine::mark(Stream& stream, const char* what, int64_t stage) {
   if (!options_.record_timeline) return;
-  const bool host = &stream == optimizer_.get();
+  const bool host = &stream == optimizer_.get() || &stream == comm_.get();
   std::unique_ptr<Event> e = host ? make_host_event() : dev_.new_event(/*timing=*/true);
   e->record(stream);
   marks_.push_back({stream.name(), what, stage, host, std::move(e)});
@@ -294,7 +331,79 @@ double compute_idle_fraction(const std::vector<TimelineEvent>& timeline) {
   return span > 0 ? std::max(0.0, 1.0 - covered / span) : 0.0;
 }
 
+bool Engine::data_parallel() const {
+  return options_.comm != nullptr && options_.comm->world_size() > 1;
+}
+
+void Engine::comm_task(std::function<void(dist::Communicator&)> fn) {
+  std::shared_ptr<CommState> st = comm_state_;
+  dist::Communicator* comm = options_.comm;
+  comm_->host_task([st, comm, fn = std::move(fn)] {
+    if (st->failed()) return;
+    try {
+      fn(*comm);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(st->mu);
+      if (!st->error) st->error = std::current_exception();
+    }
+  });
+}
+
+void Engine::collective(const std::function<void(dist::Communicator&)>& fn) {
+  if (!data_parallel()) {
+    if (options_.comm != nullptr) {
+      fn(*options_.comm);
+      return;
+    }
+    if (!comm_state_->single) comm_state_->single = dist::make_single_communicator();
+    fn(*comm_state_->single);
+    return;
+  }
+  comm_state_->rethrow();
+  std::unique_ptr<Event> done = make_host_event();
+  comm_task([&fn](dist::Communicator& c) { fn(c); });
+  done->record(*comm_);
+  done->synchronize();
+  comm_state_->rethrow();
+}
+
+Event& Engine::reduce_grads(int64_t stage, const at::Tensor& grads, std::function<void()> then) {
+  const int b = grads.data_ptr() == grad_buf_[0].data_ptr()   ? 0
+                : grads.data_ptr() == grad_buf_[1].data_ptr() ? 1
+                                                              : 2;
+  Event& ready = *comm_ready_[b];
+  ready.record(*compute_);
+  const int64_t n = plan_.stages[static_cast<size_t>(stage)].numel;
+  const std::string what =
+      plan_.stages[static_cast<size_t>(stage)].name() + " grads, step " + std::to_string(step_);
+  float* data = grads.data_ptr<float>();
+  Event* ready_ptr = &ready;
+  mark(*comm_, "reduce_begin", stage);
+  comm_task([ready_ptr, data, n, what](dist::Communicator& c) {
+    ready_ptr->synchronize();
+    c.all_reduce_sum(data, n, dist::DType::kFloat32, what)->wait();
+  });
+  // `then` runs even after a failure: it only moves bytes, and what waits for it must go on.
+  if (then) comm_->host_task(std::move(then));
+  mark(*comm_, "reduce_end", stage);
+  comm_reduced_[b]->record(*comm_);
+  return *comm_reduced_[b];
+}
+
+void Engine::reduce_loss(LossSlot& loss) {
+  loss.summed = true;
+  Event* ready = loss.ready.get();
+  double* value = loss.host.data_ptr<double>();
+  const std::string what = "loss, step " + std::to_string(step_);
+  comm_task([ready, value, what](dist::Communicator& c) {
+    ready->synchronize();
+    c.all_reduce_sum(value, 1, dist::DType::kFloat64, what)->wait();
+  });
+  loss.reduced->record(*comm_);
+}
+
 void Engine::synchronize() {
+  if (comm_) comm_->synchronize();
   compute_->synchronize();
   h2d_->synchronize();
   d2h_->synchronize();
@@ -568,7 +677,15 @@ void Engine::grads_to_host(int64_t stage, const at::Tensor& grads, Event& grads_
     dst = grad_ring_[static_cast<size_t>(ring_slot)];
   }
   host_grad_[static_cast<size_t>(stage)] = dst.data_ptr();
-  if (bf16 && dev_.kind() == DeviceKind::kCpu) {
+  const bool dp = data_parallel();
+  if (dp && bf16 && dev_.kind() == DeviceKind::kCpu) {
+    // Summed over the ranks in fp32, then rounded to bf16 once, both on the collective queue so
+    // that the next stage's backward runs meanwhile.
+    at::Tensor g = grads;
+    reduce_grads(stage, grads, [dst, g, n] { dst.narrow(0, 0, n).copy_(g.narrow(0, 0, n)); });
+    grads_free.record(*comm_);
+    grads_on_host_[static_cast<size_t>(stage)]->record(*comm_);
+  } else if (bf16 && dev_.kind() == DeviceKind::kCpu) {
     // The device is host memory: the one rounding of this step's fp32 grads to bf16 goes
     // straight into the store's working copy, which nothing reads until this stage's update.
     dst.narrow(0, 0, n).copy_(grads.narrow(0, 0, n));
@@ -577,7 +694,11 @@ void Engine::grads_to_host(int64_t stage, const at::Tensor& grads, Event& grads_
   } else {
     at::Tensor src = grads;
     Event* src_free = &grads_free;
+    Event* reduced = dp ? &reduce_grads(stage, grads, {}) : nullptr;
     if (bf16) {
+      // CUDA: the rounding waits for the sum (the compute stream stalls for it; the copy and the
+      // sum of the next stage's grads still overlap).
+      if (reduced) compute.wait(*reduced);
       // The one rounding of this step's fp32 grads to bf16, on the device, into a staging buffer;
       // the fp32 buffer is free again as soon as that is done.
       const int h = half_turn_;
@@ -590,6 +711,7 @@ void Engine::grads_to_host(int64_t stage, const at::Tensor& grads, Event& grads_
     }
     grads_ready_->record(compute);
     d2h_->wait(*grads_ready_);
+    if (reduced && !bf16) d2h_->wait(*reduced);
     mark(*d2h_, "grads_begin", stage);
     d2h_->copy(dst.data_ptr(), src.data_ptr(),
                static_cast<size_t>(n * static_cast<int64_t>(dst.element_size())));
@@ -724,6 +846,8 @@ void Engine::head(int slot_index, bool backward, double grad_scale, LossSlot& lo
   }
   compute.copy(loss.host.data_ptr(), loss_dev_.data_ptr(), sizeof(double));
   loss.ready->record(compute);
+  loss.summed = false;
+  if (backward && data_parallel()) reduce_loss(loss);
   streamer_->end_use(slot_index, compute);
   mark(compute, "head_end", plan_.head_index());
   if (backward) grads_to_host(plan_.head_index(), grad_buf_[turn], *grad_free_[turn]);
@@ -803,9 +927,24 @@ void Engine::backward(int head_slot) {
 
 StepResult Engine::train_step(const std::vector<at::Tensor>& ids,
                               const std::vector<at::Tensor>& targets,
-                              const std::vector<at::Tensor>& positions) {
+                              const std::vector<at::Tensor>& positions, int64_t global_targets) {
+  comm_state_->rethrow();
   const std::unique_ptr<StreamScope> scope = dev_.make_current(*compute_);
-  const int64_t count = stage_batch(ids, targets, positions);
+  int64_t count = stage_batch(ids, targets, positions);
+  if (data_parallel()) {
+    if (global_targets <= 0) {
+      int64_t sum = count;
+      collective([&](dist::Communicator& c) {
+        c.all_reduce_sum(&sum, 1, dist::DType::kInt64,
+                         "target count, step " + std::to_string(step_ + 1))
+            ->wait();
+      });
+      global_targets = sum;
+    }
+    TORCH_CHECK(global_targets >= count, "Engine::train_step: global_targets ", global_targets,
+                " is below this rank's ", count, " targets");
+    count = global_targets;
+  }
   TORCH_CHECK(count > 0, "Engine::train_step: no target in any micro-batch (all ignored)");
   ++step_;
   streamer_->invalidate();  // the store changed since they were loaded
@@ -828,6 +967,7 @@ StepResult Engine::train_step(const std::vector<at::Tensor>& ids,
   rec->loss_slot = loss;
   rec->loss_generation = loss->generation;
   rec->norm = norm_;
+  rec->comm = comm_state_;
   return StepResult(std::move(rec));
 }
 

@@ -28,6 +28,15 @@
 //   double loss = s.loss();                              // the step's one host read
 //   engine.synchronize();                                // store now holds the updated weights
 //   engine.train_step({ids}, {targets}, {positions});    // packed rows (autograd/positions.h)
+//
+// Data parallel (EngineOptions::comm with world size N > 1): each rank passes its own share of the
+// global batch. As soon as a stage's backward is done its fp32 device grads are summed over the
+// ranks on the engine's collective queue (a host worker issuing every collective of the process in
+// the order the launching thread asked for them), while the next stage's backward runs; the
+// step's loss is summed the same way. The grads being the same bits on every rank, so are the
+// global norm, the clipping and the update: the ranks stay replicas without further traffic.
+// A failed collective (a rank died or hangs) does not stall the streams: the error is kept and
+// rethrown by the step's loss(), the next train_step and collective().
 #pragma once
 
 #include <atomic>
@@ -47,6 +56,10 @@
 #include "pipeline/param_store.h"
 #include "pipeline/stage_streamer.h"
 #include "pipeline/stages.h"
+
+namespace ramstream::dist {
+class Communicator;
+}
 
 namespace ramstream::pipeline {
 
@@ -74,6 +87,9 @@ struct EngineOptions {
   // CPUs of the optimizer (its queue thread and its TBB threads), e.g. the GPU's NUMA node minus
   // the launcher's cores (memory::plan_host_binding); empty: unbound, all cores.
   std::vector<int> optimizer_cpus;
+  // Data parallel over these ranks (see above); nullptr or world size 1: this process alone. Not
+  // owned; outlives the engine.
+  dist::Communicator* comm = nullptr;
 };
 
 struct TimelineEvent {
@@ -135,14 +151,24 @@ class Engine {
   // position of every token in its document, for rows that pack several documents
   // (autograd/positions.h; validated here, an error names the row and token). Without them
   // every row is one document with positions 0..T-1.
+  // Data parallel: `global_targets` is the number of targets of the whole step over all ranks
+  // (the loss is their mean); 0 sums the local counts through the collective queue, which waits
+  // for the previous step's reductions first.
   StepResult train_step(const std::vector<at::Tensor>& ids, const std::vector<at::Tensor>& targets,
-                        const std::vector<at::Tensor>& positions = {});
+                        const std::vector<at::Tensor>& positions = {}, int64_t global_targets = 0);
   // Loss sum/count over the micro-batches without grads or updates.
   autograd::CrossEntropyResult evaluate(const std::vector<at::Tensor>& ids,
                                         const std::vector<at::Tensor>& targets,
                                         const std::vector<at::Tensor>& positions = {});
   // Waits until every scheduled update has reached the store.
   void synchronize();
+  // Runs fn on the collective queue after everything queued there so far and waits for it; how
+  // the trainer issues its own collectives (evaluation sums, the stop flag) in a safe order.
+  // Rethrows fn's exception, or an earlier collective's. Without a communicator fn gets a
+  // world-size-1 one.
+  void collective(const std::function<void(dist::Communicator&)>& fn);
+  bool data_parallel() const;
+  dist::Communicator* communicator() const { return options_.comm; }
   Device& device() { return dev_; }
   // Global grad norm of the last step (waits for it).
   double grad_norm();
@@ -180,6 +206,7 @@ class Engine {
   struct LossSlot;
   struct NormRecord;
   struct Mark;
+  struct CommState;
 
   // Copies the micro-batches into pinned staging, finds their loss rows (and the documents of
   // packed rows) on the host and uploads them on the compute stream; returns the number of
@@ -201,6 +228,14 @@ class Engine {
   // Sends a stage's fp32 device grads to its host grad region (rounded to bf16 once, on the
   // device, for the bf16 layout); `grads_free` is recorded when `grads` may be reused.
   void grads_to_host(int64_t stage, const at::Tensor& grads, Event& grads_free);
+  // Data parallel: queues the sum over ranks of `grads` (device fp32, n elements) once compute
+  // has written them; `then` runs on the collective queue after it. Returns the host event
+  // reached when both are done.
+  Event& reduce_grads(int64_t stage, const at::Tensor& grads, std::function<void()> then);
+  // Data parallel: queues the sum over ranks of `loss`'s host value once it has landed.
+  void reduce_loss(LossSlot& loss);
+  // Runs fn on the collective queue unless an earlier collective failed; keeps fn's error.
+  void comm_task(std::function<void(dist::Communicator&)> fn);
   // The next device grad buffer (its turn), zeroed once its previous content has left.
   int take_grad_buffer();
   std::shared_ptr<LossSlot> next_loss_slot();
@@ -221,6 +256,11 @@ class Engine {
   int64_t step_ = 0;
 
   std::unique_ptr<Stream> compute_, h2d_, d2h_, optimizer_;
+  std::unique_ptr<Stream> comm_;  // the collective queue (data parallel only)
+  std::shared_ptr<CommState> comm_state_;
+  // Per device grad buffer (the two turns, the tied embedding's): its grads are on the device /
+  // summed over the ranks.
+  std::unique_ptr<Event> comm_ready_[3], comm_reduced_[3];
   std::unique_ptr<memory::ArenaBinding> optimizer_arena_;  // the optimizer's kernels run in it
   std::unique_ptr<StageStreamer> streamer_;
   // Device grads, always fp32 (the acc dtype): two stage-sized buffers taking turns, and for tied

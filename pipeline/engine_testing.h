@@ -94,9 +94,19 @@ class ReferenceTrainer {
     double loss = 0;
     for (size_t mb = 0; mb < b.ids.size(); ++mb) {
       const at::Tensor positions = b.positions.empty() ? at::Tensor() : b.positions[mb];
-      loss += autograd::model_forward_backward(bf16_ ? working_params_ : params_, grads_, b.ids[mb],
-                                               b.targets[mb], 1.0 / double(count), ws_, positions)
-                  .loss_sum;
+      if (!separate_grads_) {
+        loss +=
+            autograd::model_forward_backward(bf16_ ? working_params_ : params_, grads_, b.ids[mb],
+                                             b.targets[mb], 1.0 / double(count), ws_, positions)
+                .loss_sum;
+        continue;
+      }
+      for (at::Tensor& g : mb_grad_) g.zero_();
+      loss +=
+          autograd::model_forward_backward(bf16_ ? working_params_ : params_, mb_grads_, b.ids[mb],
+                                           b.targets[mb], 1.0 / double(count), ws_, positions)
+              .loss_sum;
+      for (size_t s = 0; s < grad_.size(); ++s) grad_[s].add_(mb_grad_[s]);
     }
     double total = 0;
     for (size_t s = 0; s < grad_.size(); ++s) {
@@ -129,6 +139,17 @@ class ReferenceTrainer {
     return loss / double(count);
   }
 
+  // Each micro-batch's grads computed on their own and then summed in micro-batch order: what
+  // data parallel over one micro-batch per rank computes (for two ranks, whose sum a + b has no
+  // order, bitwise).
+  void set_separate_micro_batch_grads(bool on) {
+    separate_grads_ = on;
+    if (on && mb_grad_.empty()) {
+      for (const at::Tensor& g : grad_) mb_grad_.push_back(at::zeros_like(g));
+      mb_grads_ = bind_stage_params(mb_grad_, plan_, cfg_);
+    }
+  }
+
   const std::vector<at::Tensor>& masters() const { return master_; }
   const std::vector<at::Tensor>& working() const { return working_; }
   double grad_norm() const { return norm_; }
@@ -146,8 +167,9 @@ class ReferenceTrainer {
   EngineOptions opts_;
   bool bf16_;
   autograd::ModelWorkspace ws_;
-  std::vector<at::Tensor> master_, m_, v_, grad_, working_, grad16_;
-  model::ModelParams params_, grads_, working_params_;
+  std::vector<at::Tensor> master_, m_, v_, grad_, working_, grad16_, mb_grad_;
+  model::ModelParams params_, grads_, working_params_, mb_grads_;
+  bool separate_grads_ = false;
   int64_t step_ = 0;
   double norm_ = 0;
 };

@@ -18,6 +18,8 @@ PACKAGES=(
   libdnnl-dev
   # host memory and threading
   libhwloc-dev libnuma-dev libtbb-dev
+  # collectives: Gloo headers and library for c10d's ProcessGroupGloo (dist/)
+  libgloo-dev
   # logging, config, CLI, tokenizer regexes and NFC
   libspdlog-dev libfmt-dev libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libpcre2-dev libutf8proc-dev
   # tests and benchmarks

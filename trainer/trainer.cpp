@@ -25,6 +25,8 @@
 #include "checkpoint/hf_loader.h"
 #include "checkpoint/train_state.h"
 #include "data/chat.h"
+#include "dist/gloo_communicator.h"
+#include "dist/nccl_communicator.h"
 #include "inference/generator.h"
 #include "inference/model_files.h"
 #include "memory/arena.h"
@@ -138,9 +140,21 @@ struct Trainer::State {
   // Where the store, the optimizer threads and the launching thread go (memory/host_binding.h):
   // ParamStoreOptions::numa_node, EngineOptions::optimizer_cpus, and train() binds itself.
   memory::HostBinding binding;
+  // Data parallel (dist/env.h): this process's place in the job, its communicator (nullptr for
+  // one process), where ranks other than 0 send their log (nowhere), and the agreed stop: -1
+  // until some rank was signalled, then that signal.
+  dist::DistEnv dist;
+  std::unique_ptr<dist::Communicator> comm;
+  FILE* quiet_log = nullptr;
+  int agreed_signal = -1;
+
+  bool lead() const { return dist.rank == 0; }
+  int world() const { return dist.world_size; }
 
   ~State() {
+    engine.reset();  // before the communicator it uses
     if (metrics) std::fclose(metrics);
+    if (quiet_log) std::fclose(quiet_log);
   }
 
   void metric(const nlohmann::json& j) {
@@ -154,6 +168,39 @@ struct Trainer::State {
 namespace {
 
 using State = Trainer::State;
+
+// Whether to stop now: a signal to this process or, data parallel, to any rank. Every rank calls
+// it at the same points (it is a collective then); once true it stays true without talking.
+bool agreed_stop(State& s) {
+  if (!s.comm) return stop_requested();
+  if (s.agreed_signal > 0) return true;
+  std::vector<int64_t> signals(static_cast<size_t>(s.world()));
+  const int64_t mine = stop_requested() ? std::max(1, stop_signal()) : 0;
+  s.engine->collective([&](dist::Communicator& c) {
+    c.all_gather(&mine, signals.data(), 1, dist::DType::kInt64, "stop flags")->wait();
+  });
+  for (int64_t v : signals) {
+    if (v != 0) {
+      s.agreed_signal = mine != 0 ? static_cast<int>(mine) : static_cast<int>(v);
+      return true;
+    }
+  }
+  return false;
+}
+
+int agreed_signal(State& s) {
+  return s.comm ? std::max(0, s.agreed_signal) : stop_signal();
+}
+
+// Sums of `values` over the ranks (nothing to do for one process).
+void sum_over_ranks(State& s, std::vector<double>& values, const char* what) {
+  if (!s.comm) return;
+  s.engine->collective([&](dist::Communicator& c) {
+    c.all_reduce_sum(values.data(), static_cast<int64_t>(values.size()), dist::DType::kFloat64,
+                     what)
+        ->wait();
+  });
+}
 
 // The model's config and tokenizer, from an HF folder or a GGUF file (weights come later,
 // straight into the parameter store).
@@ -315,9 +362,27 @@ void print_startup(State& s, uint64_t need_bytes) {
     std::fprintf(o, "  compute      GEMM peak unknown (%s): MFU not computed\n",
                  s.gemm_error.c_str());
   }
-  std::fprintf(o, "  batch        %lld rows x %lld tokens x %lld accumulation = %lld tokens/step\n",
-               (long long)r.batch_size, (long long)r.max_seq_len, (long long)r.grad_accum,
-               (long long)s.tokens_per_step);
+  if (s.comm) {
+    // The grads of every stage summed by a ring all-reduce: 2(N-1)/N of their fp32 bytes.
+    int64_t grad_elems = 0;
+    for (const pipeline::Stage& st : s.store->plan().stages) grad_elems += st.numel;
+    const double n = double(s.world());
+    std::fprintf(o,
+                 "  parallel     data parallel, %s, %s; grads all-reduced per stage: 2(N-1)/N x "
+                 "4 B x %.1f M = %.1f MB sent per rank per step\n",
+                 s.dist.describe().c_str(), s.comm->backend().c_str(), double(grad_elems) / 1e6,
+                 2 * (n - 1) / n * 4 * double(grad_elems) / 1e6);
+    std::fprintf(o,
+                 "  batch        %lld rows x %lld tokens x %lld accumulation x %d ranks = %lld "
+                 "tokens/step\n",
+                 (long long)r.batch_size, (long long)r.max_seq_len, (long long)r.grad_accum,
+                 s.world(), (long long)s.tokens_per_step);
+  } else {
+    std::fprintf(o,
+                 "  batch        %lld rows x %lld tokens x %lld accumulation = %lld tokens/step\n",
+                 (long long)r.batch_size, (long long)r.max_seq_len, (long long)r.grad_accum,
+                 (long long)s.tokens_per_step);
+  }
   std::fprintf(o,
                "  data         %s: %lld examples -> %zu train rows (%lld tokens, %lld trained), "
                "%zu val rows%s\n",
@@ -445,11 +510,28 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Recipe& recipe, FILE* log
   s->log = log;
   const Recipe& r = s->recipe;
   s->tty = r.progress == "bar" || (r.progress == "auto" && isatty(fileno(log)));
+  Result<dist::DistEnv> env = dist::dist_env_from(dist::environ_map());
+  if (!env.ok()) return Error{"data parallel: " + env.error().message};
+  s->dist = env.value();
+  if (!s->lead()) {
+    // Rank 0 speaks for the job; the others report only their errors (as return values).
+    s->quiet_log = std::fopen("/dev/null", "w");
+    if (s->quiet_log) s->log = s->quiet_log;
+    s->tty = false;
+  }
 
   if (r.device == "cuda" && !pipeline::cuda_device_available()) {
     return Error{"engine.device is cuda but no CUDA device is available"};
   }
   s->cuda = r.device == "cuda" || (r.device == "auto" && pipeline::cuda_device_available());
+  if (s->dist.distributed()) {
+    // One process per device: NCCL between GPUs, Gloo between CPU processes.
+    Result<std::unique_ptr<dist::Communicator>> c =
+        s->cuda ? dist::make_nccl_communicator(s->dist, s->dist.local_rank)
+                : dist::make_gloo_communicator(s->dist, {});
+    if (!c.ok()) return c.error();
+    s->comm = std::move(c).value();
+  }
 
   Status st = load_model_meta(*s);
   if (!st.ok()) return st.error();
@@ -470,6 +552,18 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Recipe& recipe, FILE* log
         pipeline::cached_gemm_rate(at::Device(at::kCPU), at::kFloat),
         pipeline::cached_gemm_rate(at::Device(at::kCPU), at::kBFloat16));
     s->compute.reason = "model.compute auto -> " + s->compute.reason;
+    if (s->comm) {
+      // The ranks must be replicas: bf16 only when every rank's probe chose it.
+      int64_t bf16_votes = s->compute.dtype == at::kBFloat16 ? 1 : 0;
+      try {
+        s->comm->all_reduce_sum(&bf16_votes, 1, dist::DType::kInt64, "compute dtype")->wait();
+      } catch (const std::exception& e) {
+        return Error{e.what()};
+      }
+      if (bf16_votes != s->world() && s->compute.dtype == at::kBFloat16) {
+        s->compute = {at::kFloat, "model.compute auto -> fp32 (not every rank's probe chose bf16)"};
+      }
+    }
   } else {
     const bool bf16 = r.model_compute == "bf16";
     s->compute = {bf16 ? at::kBFloat16 : at::kFloat,
@@ -525,7 +619,8 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Recipe& recipe, FILE* log
   try {
     pipeline::CpuDeviceOptions cpu;
     cpu.compute_dtype = s->compute.dtype;
-    s->device = s->cuda ? pipeline::make_cuda_device(0) : pipeline::make_cpu_device(cpu);
+    s->device =
+        s->cuda ? pipeline::make_cuda_device(s->dist.local_rank) : pipeline::make_cpu_device(cpu);
     s->store = std::make_unique<pipeline::ParamStore>(plan, s->cfg, so);
   } catch (const std::exception& e) {
     return Error{e.what()};
@@ -547,6 +642,7 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Recipe& recipe, FILE* log
   eo.adamw.beta2 = static_cast<float>(r.beta2);
   eo.adamw.eps = static_cast<float>(r.eps);
   eo.adamw.weight_decay = static_cast<float>(r.weight_decay);
+  eo.comm = s->comm.get();
   try {
     s->engine =
         std::make_unique<pipeline::Engine>(*s->device, *s->store, eo, r.batch_size, r.max_seq_len);
@@ -560,7 +656,7 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Recipe& recipe, FILE* log
   s->schedule.warmup_steps = r.warmup_steps;
   s->schedule.total_steps = r.max_steps;
   s->schedule.min_ratio = r.min_lr_ratio;
-  s->tokens_per_step = r.batch_size * r.max_seq_len * r.grad_accum;
+  s->tokens_per_step = r.batch_size * r.max_seq_len * r.grad_accum * s->world();
   // Model FLOPs per token (matmul weights, LM head included, input lookup not; attention; no
   // recompute) over the measured GEMM rate of the compute device in its compute dtype.
   s->flops_per_token = model::training_flops_per_token(s->cfg, r.max_seq_len);
@@ -580,10 +676,12 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Recipe& recipe, FILE* log
   std::error_code ec;
   std::filesystem::create_directories(r.output_dir, ec);
   if (ec) return Error{r.output_dir + ": cannot create: " + ec.message()};
-  st = checkpoint::write_file_atomic(r.output_dir + "/recipe.yaml", recipe_to_yaml(r));
-  if (!st.ok()) return st.error();
-  s->metrics = std::fopen((r.output_dir + "/metrics.jsonl").c_str(), "a");
-  if (!s->metrics) return Error{r.output_dir + "/metrics.jsonl: cannot open for appending"};
+  if (s->lead()) {  // one writer of the run's files
+    st = checkpoint::write_file_atomic(r.output_dir + "/recipe.yaml", recipe_to_yaml(r));
+    if (!st.ok()) return st.error();
+    s->metrics = std::fopen((r.output_dir + "/metrics.jsonl").c_str(), "a");
+    if (!s->metrics) return Error{r.output_dir + "/metrics.jsonl: cannot open for appending"};
+  }
   print_startup(*s, need);
   return std::unique_ptr<Trainer>(new Trainer(std::move(s)));
 }
@@ -641,8 +739,11 @@ EvalResult Trainer::evaluate(const std::string& label) {
   double loss_sum = 0;
   int64_t count = 0;
   const int64_t B = r.batch_size, T = r.max_seq_len;
-  for (int64_t first = 0; first + B <= nrows; first += B) {
-    if (stop_requested()) break;  // a partial result; train() then saves and stops
+  // Data parallel: rank r takes batches r, r + N, ... and the sums are added up at the end.
+  for (int64_t first = 0, batch = 0; first + B <= nrows; first += B, ++batch) {
+    // A partial result; train() then saves and stops. (Data parallel: train() decides, together.)
+    if (!s.comm && stop_requested()) break;
+    if (batch % s.world() != s.dist.rank) continue;
     at::Tensor ids = at::empty({B, T}, at::kLong), tg = at::empty({B, T}, at::kLong);
     at::Tensor pos = at::empty({B, T}, at::kLong);
     for (int64_t b = 0; b < B; ++b) {
@@ -659,11 +760,17 @@ EvalResult Trainer::evaluate(const std::string& label) {
     count += ce.num_targets;
     progress.report(first + B, nrows / B * B, "rows");
   }
+  {
+    std::vector<double> sums = {loss_sum, double(count)};
+    sum_over_ranks(s, sums, "validation loss");
+    loss_sum = sums[0];
+    count = static_cast<int64_t>(sums[1]);
+  }
   if (count > 0) {
     out.val_loss = loss_sum / double(count);
     out.val_tokens = count;
   }
-  if (!r.eval_accuracy || stop_requested()) return out;
+  if (!r.eval_accuracy || (!s.comm && stop_requested())) return out;
 
   // Exact match: greedy reply to each validation conversation minus its last assistant turn.
   std::vector<std::vector<int32_t>> prompts;
@@ -686,6 +793,19 @@ EvalResult Trainer::evaluate(const std::string& label) {
     shown.push_back(convo.back().content);
   }
   if (prompts.empty()) return out;
+  if (s.comm) {  // rank r answers prompts r, r + N, ...
+    std::vector<std::vector<int32_t>> p;
+    std::vector<std::string> e, sh;
+    for (size_t i = static_cast<size_t>(s.dist.rank); i < prompts.size();
+         i += static_cast<size_t>(s.world())) {
+      p.push_back(std::move(prompts[i]));
+      e.push_back(std::move(expected[i]));
+      sh.push_back(std::move(shown[i]));
+    }
+    prompts = std::move(p);
+    expected = std::move(e);
+    shown = std::move(sh);
+  }
   inference::GenerateOptions go;  // greedy
   go.max_new_tokens = r.max_new_tokens;
   if (s.tokenizer->eos_id() >= 0) go.stop_ids.push_back(s.tokenizer->eos_id());
@@ -731,7 +851,11 @@ EvalResult Trainer::evaluate(const std::string& label) {
     }
   }
   out.total = static_cast<int64_t>(gen.size());
-  out.accuracy = double(out.correct) / double(out.total);
+  std::vector<double> sums = {double(out.correct), double(out.total)};
+  sum_over_ranks(s, sums, "exact-match counts");
+  out.correct = static_cast<int64_t>(sums[0]);
+  out.total = static_cast<int64_t>(sums[1]);
+  out.accuracy = out.total > 0 ? double(out.correct) / double(out.total) : -1;
   return out;
 }
 
@@ -786,6 +910,15 @@ void log_eval(State& s, const char* when, int64_t step, const EvalResult& e) {
 }  // namespace
 
 Result<TrainSummary> Trainer::train() {
+  try {
+    return train_unguarded();
+  } catch (const dist::CommError& e) {
+    // Data parallel: another rank died or hangs. What was saved stays; this rank stops.
+    return Error{e.what()};
+  }
+}
+
+Result<TrainSummary> Trainer::train_unguarded() {
   State& s = *s_;
   const Recipe& r = s.recipe;
   TrainSummary sum;
@@ -794,11 +927,11 @@ Result<TrainSummary> Trainer::train() {
     return done;
   };
   // A signal during an evaluation cuts it short: the partial result is dropped.
-  auto evaluation_interrupted = [&sum](EvalResult& e) {
-    if (!stop_requested()) return false;
+  auto evaluation_interrupted = [&sum, &s](EvalResult& e) {
+    if (!agreed_stop(s)) return false;
     e = EvalResult{};
     sum.interrupted = true;
-    sum.stop_signal = stop_signal();
+    sum.stop_signal = agreed_signal(s);
     return true;
   };
   install_stop_handlers();
@@ -891,6 +1024,12 @@ Result<TrainSummary> Trainer::train() {
     Status st = finish_pending_save();
     if (!st.ok()) return st;
     s.engine->synchronize();
+    if (!s.lead()) {
+      // Data parallel: the ranks are replicas and rank 0 writes the one checkpoint, which any
+      // number of ranks can resume from.
+      sum.last_checkpoint = checkpoint::checkpoint_dir(r.output_dir, step);
+      return Ok{};
+    }
     const checkpoint::CheckpointOptions o = checkpoint_options(s);
     if (async) {
       s.writer->start(r.output_dir, step, trainer_json(s), s.config_hash, o);
@@ -909,11 +1048,18 @@ Result<TrainSummary> Trainer::train() {
   std::vector<at::Tensor> ids(static_cast<size_t>(r.grad_accum)), tgs(ids.size());
   std::vector<at::Tensor> pos(ids.size());
   while (step < r.max_steps) {
-    if (stop_requested()) break;
+    if (agreed_stop(s)) break;
     const auto t0 = std::chrono::steady_clock::now();
     const int64_t loaded0 = s.engine->weight_bytes_loaded();
-    for (size_t m = 0; m < ids.size(); ++m) {
+    const int64_t comm0 = s.comm ? s.comm->traffic().bytes_sent : 0;
+    // Every rank reads the whole global batch (world x grad_accum micro-batches, so the data
+    // cursor is global) and keeps micro-batches [rank x grad_accum, (rank + 1) x grad_accum).
+    int64_t global_targets = 0;
+    for (int64_t k = 0; k < r.grad_accum * s.world(); ++k) {
       data::Batch b = s.loader->next();
+      for (int64_t t : b.targets) global_targets += t != autograd::kIgnoreIndex ? 1 : 0;
+      if (k / r.grad_accum != s.dist.rank) continue;
+      const size_t m = static_cast<size_t>(k % r.grad_accum);
       ids[m] = at::from_blob(b.ids.data(), {b.batch, b.seq_len}, at::kLong).clone();
       tgs[m] = at::from_blob(b.targets.data(), {b.batch, b.seq_len}, at::kLong).clone();
       pos[m] = at::from_blob(b.positions.data(), {b.batch, b.seq_len}, at::kLong).clone();
@@ -923,7 +1069,7 @@ Result<TrainSummary> Trainer::train() {
     pipeline::StepResult st;
     double loss = 0;
     try {
-      st = s.engine->train_step(ids, tgs, pos);
+      st = s.engine->train_step(ids, tgs, pos, global_targets);
       loss = st.loss();  // the step's one read from the device
     } catch (const std::exception& e) {
       return Error{"step " + std::to_string(step + 1) + ": " + e.what()};
@@ -985,7 +1131,8 @@ Result<TrainSummary> Trainer::train() {
     const double tok_s = double(s.tokens_per_step) / secs;
     // Weight bytes copied host -> device (on the CPU backend: into the slots) per second.
     const double h2d_gbs = double(s.engine->weight_bytes_loaded() - loaded0) / secs / 1e9;
-    const double mfu = tok_s * s.flops_per_token / s.peak_flops;
+    // Per rank: the global tokens over every rank's device.
+    const double mfu = tok_s * s.flops_per_token / (s.peak_flops * double(s.world()));
     const double rss = host_rss_gib();
     if (step % r.log_every == 0 || step == r.max_steps) {
       const double gn = st.grad_norm();  // waits for this step's grads: only when logged
@@ -1000,6 +1147,10 @@ Result<TrainSummary> Trainer::train() {
                           {"h2d_gb_s", h2d_gbs},
                           {"epoch", s.loader->cursor().epoch}};
       if (s.cuda) j["gpu_mem_gib"] = double(s.engine->device_bytes()) / kGiB;
+      // Data parallel: bytes this rank put on its links since the step began (the step's
+      // collectives, some of them still running when the loss is read, and the stop flag).
+      const double comm_mb = s.comm ? double(s.comm->traffic().bytes_sent - comm0) / 1e6 : 0.0;
+      if (s.comm) j["comm_mb"] = comm_mb;
       s.metric(j);
       if (tty) {
         const int width = 30;
@@ -1019,6 +1170,7 @@ Result<TrainSummary> Trainer::train() {
                      progress_text(step, r.max_steps, elapsed, "", sum.first_step).c_str(), loss,
                      gn, lr, secs * 1e3, tok_s, 100 * mfu, rss, h2d_gbs);
         if (s.cuda) std::fprintf(s.log, " gpu %.2f GiB", double(s.engine->device_bytes()) / kGiB);
+        if (s.comm) std::fprintf(s.log, " comm %.1f MB", comm_mb);
         std::fprintf(s.log, "\n");
       }
       std::fflush(s.log);
@@ -1045,9 +1197,9 @@ Result<TrainSummary> Trainer::train() {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
   sum.tokens_per_s = total_s > 0 ? double(tokens_run) / total_s : 0;
 
-  if (stop_requested()) {
+  if (agreed_stop(s)) {
     sum.interrupted = true;
-    sum.stop_signal = stop_signal();
+    sum.stop_signal = agreed_signal(s);
     if (step > sum.first_step) {
       std::fprintf(s.log, "interrupted: saving step %lld before exiting\n", (long long)step);
       Status ss = save(/*async=*/false);
@@ -1084,9 +1236,9 @@ Result<TrainSummary> Trainer::train() {
             {"tokens_per_s", sum.tokens_per_s},
             {"first_loss", sum.first_loss},
             {"last_loss", sum.last_loss}});
-  if (stop_requested()) {  // during the end evaluation or the last save
+  if (agreed_stop(s)) {  // during the end evaluation or the last save
     sum.interrupted = true;
-    sum.stop_signal = stop_signal();
+    sum.stop_signal = agreed_signal(s);
   }
   clear_stop_request();
   return finish(sum);

@@ -106,6 +106,8 @@ class Trainer {
 
  private:
   explicit Trainer(std::unique_ptr<State> state);
+  // train() less the translation of a failed collective (dist::CommError) into its error.
+  Result<TrainSummary> train_unguarded();
   std::unique_ptr<State> s_;
 };
 

@@ -38,20 +38,23 @@ const char* openblas_core() {
 
 void apply_runtime_defaults(char** argv) {
   if (std::getenv(kMarker) != nullptr) return;
-  bool changed = false;
+  bool changed = false, threads = false;
   if (std::getenv("OMP_NUM_THREADS") == nullptr) {
     cpu_set_t mask;
     if (sched_getaffinity(0, sizeof mask, &mask) == 0) {
       char value[16];
       std::snprintf(value, sizeof value, "%d", CPU_COUNT(&mask));
-      changed |= setenv("OMP_NUM_THREADS", value, 1) == 0;
+      threads = setenv("OMP_NUM_THREADS", value, 1) == 0;
+      changed |= threads;
     }
   }
   if (std::getenv("OMP_WAIT_POLICY") == nullptr) {
     changed |= setenv("OMP_WAIT_POLICY", "passive", 1) == 0;
   }
   if (!changed) return;
-  setenv(kMarker, "1", 1);
+  // "threads": OMP_NUM_THREADS is ours, so a child process on fewer CPUs may set its own
+  // (dist/launch.cpp).
+  setenv(kMarker, threads ? "threads" : "1", 1);
   execv("/proc/self/exe", argv);
   // Still here: no /proc, or the binary is gone. Run on as started (the variables set above only
   // reach child processes).
