@@ -93,18 +93,32 @@ struct StoreViews {
   model::ModelParams part[3];
 };
 
+// A sharded store holds only its shard of m and v: their views are bound to the masters as
+// placeholders (same shapes) and never read or written; the full moments of one stage at a time
+// come from CheckpointOptions::gather_moments (save) or go through stage_moment_views (load).
 StoreViews store_views(ParamStore& store) {
   std::vector<at::Tensor> flats[3];
   for (int64_t s = 0; s < store.plan().num_stages(); ++s) {
     ParamStore::Region& r = store.region(s);
     flats[0].push_back(r.master);
-    flats[1].push_back(r.m);
-    flats[2].push_back(r.v);
+    flats[1].push_back(store.sharded() ? r.master : r.m);
+    flats[2].push_back(store.sharded() ? r.master : r.v);
   }
   StoreViews v;
   for (int k = 0; k < 3; ++k)
     v.part[k] = pipeline::bind_stage_params(flats[k], store.plan(), store.config());
   return v;
+}
+
+// ModelParams views of the masters, except that stage `stage` is bound to `flat` (a full
+// [numel] tensor of that stage, e.g. its gathered m): hf_param_view of the stage's names then
+// points into `flat`.
+model::ModelParams stage_moment_views(ParamStore& store, int64_t stage, const at::Tensor& flat) {
+  std::vector<at::Tensor> flats;
+  for (int64_t s = 0; s < store.plan().num_stages(); ++s) {
+    flats.push_back(s == stage ? flat : store.region(s).master);
+  }
+  return pipeline::bind_stage_params(flats, store.plan(), store.config());
 }
 
 struct FileRecord {
@@ -270,6 +284,11 @@ Status run_save(const SaveJob& job, ParamStore& store, CheckpointStats* stats) {
   }
   Result<std::vector<std::vector<std::string>>> by_stage = hf_names_by_stage(cfg, plan);
   if (!by_stage.ok()) return Error{target + ": " + by_stage.error().message};
+  if (store.sharded() && !job.opts.gather_moments) {
+    return Error{target +
+                 ": the store's optimizer state is sharded: the save needs "
+                 "CheckpointOptions::gather_moments"};
+  }
   StoreViews views = store_views(store);
 
   // HF weights in stage write order; the last weight of each stage triggers that stage's file.
@@ -300,9 +319,16 @@ Status run_save(const SaveJob& job, ParamStore& store, CheckpointStats* stats) {
                      " has non-finite weights (the run diverged)"};
       }
       std::vector<TensorSource> src;
+      model::ModelParams gathered[3];
+      if (store.sharded()) {
+        const std::pair<at::Tensor, at::Tensor> mv = job.opts.gather_moments(s);
+        gathered[1] = stage_moment_views(store, s, mv.first);
+        gathered[2] = stage_moment_views(store, s, mv.second);
+      }
       for (const std::string& name : by_stage.value()[static_cast<size_t>(s)]) {
         for (int k = 0; k < 3; ++k) {
-          Result<at::Tensor> view = model::hf_param_view(views.part[k], cfg, name);
+          model::ModelParams& part = store.sharded() && k > 0 ? gathered[k] : views.part[k];
+          Result<at::Tensor> view = model::hf_param_view(part, cfg, name);
           if (!view.ok()) return Error{target + ": " + view.error().message};
           at::Tensor t = view.value();
           if (!t.is_contiguous()) t = t.contiguous();
@@ -707,12 +733,26 @@ Result<TrainStateMeta> load_checkpoint(const std::string& path, ParamStore& stor
     r.m.zero_();
     r.v.zero_();
     const SafetensorsFile& f = files[static_cast<size_t>(s)];
+    // Sharded (resharding on load: any number of ranks reads any checkpoint): the whole stage's
+    // m and v are read, this rank's shard kept.
+    at::Tensor full[3];
+    model::ModelParams part[3] = {views.part[0], views.part[1], views.part[2]};
+    if (store.sharded()) {
+      for (int k = 1; k < 3; ++k) {
+        full[k] = at::zeros({plan.stages[static_cast<size_t>(s)].numel}, at::kFloat);
+        part[k] = stage_moment_views(store, s, full[k]);
+      }
+    }
     for (const std::string& name : by_stage.value()[static_cast<size_t>(s)]) {
       for (int k = 0; k < 3; ++k) {
-        at::Tensor dst = model::hf_param_view(views.part[k], cfg, name).value();
+        at::Tensor dst = model::hf_param_view(part[k], cfg, name).value();
         Status st = f.read_into(kKinds[k] + name, dst);
         if (!st.ok()) return Error{f.path() + ": " + st.error().message};
       }
+    }
+    if (store.sharded()) {
+      r.m.copy_(full[1].narrow(0, r.shard.begin, r.shard.numel));
+      r.v.copy_(full[2].narrow(0, r.shard.begin, r.shard.numel));
     }
     store.refresh_working_copy(s);
   }

@@ -38,8 +38,10 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -64,6 +66,12 @@ struct CheckpointOptions {
   // (so the next step's first updates wait least), stage order for save_checkpoint(). Two saves
   // of the same state with the same order produce identical files.
   std::vector<int64_t> stage_order;
+  // A store whose optimizer state is sharded over ranks (ParamStore::sharded(), synchronous
+  // saves only): called on the saving thread once per stage, in stage order, before that
+  // stage's trainer_state file is written; returns the stage's whole m and v ([numel] fp32,
+  // valid until the next call), e.g. gathered from every rank. The file format is that of an
+  // unsharded store, so any number of ranks resumes from it.
+  std::function<std::pair<at::Tensor, at::Tensor>(int64_t stage)> gather_moments;
 };
 
 // What the last save wrote and how long it took.

@@ -133,6 +133,34 @@ TEST_F(LaunchRun, SavedOnTwoRanksResumesOnOneAndOnThree) {
   }
 }
 
+// dist.shard_optimizer: the same losses as the replicated optimizer on the same ranks (bitwise),
+// and its checkpoint (written in the unsharded format) resumes on 3 sharded ranks and on one
+// process as the uninterrupted run continues.
+TEST_F(LaunchRun, ShardedOptimizerMatchesReplicatedAndResumesOnOtherRankCounts) {
+  const std::vector<std::string> lr = {"train.lr_schedule=constant", "train.warmup_steps=0"};
+  std::vector<std::string> sharded_lr = lr;
+  sharded_lr.push_back("dist.shard_optimizer=true");
+  const std::string full = scratch("sh_full"), whole = scratch("sh_whole"), two = scratch("sh_two");
+  CliRun ref = run_cli(tiny(full, 16, 6, lr), limits());
+  ASSERT_EQ(ref.exit_code, 0) << ref.describe();
+  CliRun replicated = run_cli(launched(2, tiny(whole, 8, 3, lr)), limits());
+  ASSERT_EQ(replicated.exit_code, 0) << replicated.describe();
+  CliRun first = run_cli(launched(2, tiny(two, 8, 3, sharded_lr)), limits());
+  ASSERT_EQ(first.exit_code, 0) << first.describe();
+  EXPECT_NE(first.out.find("optimizer state sharded (ZeRO-2)"), std::string::npos) << first.out;
+  EXPECT_EQ(losses(two), losses(whole));
+  for (int ranks : {3, 1}) {
+    const std::string cont = scratch("sh_resume" + std::to_string(ranks));
+    fs::copy(two, cont, fs::copy_options::recursive);
+    std::vector<std::string> args = tiny(cont, 16, 6 / ranks, sharded_lr);
+    CliRun r = run_cli(ranks == 1 ? args : launched(ranks, args), limits());
+    ASSERT_EQ(r.exit_code, 0) << r.describe();
+    EXPECT_NE(r.out.find("resumed from " + cont + "/step_000008"), std::string::npos) << r.out;
+    expect_close(losses(cont), losses(full), 1, 16, 1e-5);
+    fs::remove_all(cont);
+  }
+}
+
 std::string read_all(const std::string& path) {
   std::ifstream in(path);
   std::stringstream s;

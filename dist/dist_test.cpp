@@ -21,6 +21,7 @@
 #include "dist/env.h"
 #include "dist/gloo_communicator.h"
 #include "dist/launch.h"
+#include "kernels/reduce.h"
 #include "pipeline/engine_testing.h"
 
 extern char** environ;
@@ -272,6 +273,23 @@ EngineRun read_engine_run(const std::string& file, const pipeline::StagePlan& pl
 // differs by a few fp32 roundings (relative ~1e-7 of its terms); AdamW's first steps move each
 // weight by about lr * sign(m), so weights differ by ~lr * 1e-6 and losses by less than 1e-6
 // relative after a few steps. The bound below is 100x that.
+EngineRun run_engine_ranks(int n, int steps, bool clip, bool shard, const pipeline::StagePlan& plan,
+                           std::vector<EngineRun>* all = nullptr) {
+  const std::string out = scratch_prefix(std::to_string(n) + (shard ? "s" : "u"));
+  const Launched r = run_launch(
+      n, {"engine", out, std::to_string(steps), clip ? "1" : "0", shard ? "1" : "0"}, 60, 30);
+  EXPECT_EQ(r.status, 0) << r.log;
+  std::vector<EngineRun> runs;
+  for (int rank = 0; rank < n; ++rank) {
+    runs.push_back(read_engine_run(out + "." + std::to_string(rank), plan));
+    std::remove((out + "." + std::to_string(rank)).c_str());
+    EXPECT_EQ(runs.back().loss.size(), size_t(steps)) << "rank " << rank;
+    EXPECT_EQ(runs.back().masters.size(), plan.stages.size()) << "rank " << rank;
+  }
+  if (all) *all = runs;
+  return runs[0];
+}
+
 void check_data_parallel(int n, bool clip) {
   namespace at_testing = autograd::testing;
   at_testing::TinyOptions to;
@@ -280,17 +298,9 @@ void check_data_parallel(int n, bool clip) {
   const model::ModelParams init = at_testing::random_params(cfg, at::kFloat, 61);
   const pipeline::StagePlan plan = pipeline::plan_stages(cfg);
   const int steps = 4;
-  const std::string out = scratch_prefix(std::to_string(n));
-  const Launched r =
-      run_launch(n, {"engine", out, std::to_string(steps), clip ? "1" : "0"}, 60, 30);
-  ASSERT_EQ(r.status, 0) << r.log;
   std::vector<EngineRun> runs;
-  for (int rank = 0; rank < n; ++rank) {
-    runs.push_back(read_engine_run(out + "." + std::to_string(rank), plan));
-    std::remove((out + "." + std::to_string(rank)).c_str());
-    ASSERT_EQ(runs.back().loss.size(), size_t(steps)) << "rank " << rank;
-    ASSERT_EQ(runs.back().masters.size(), plan.stages.size()) << "rank " << rank;
-  }
+  run_engine_ranks(n, steps, clip, /*shard=*/false, plan, &runs);
+  ASSERT_FALSE(::testing::Test::HasFailure());
   // The ranks are replicas: the same bits everywhere.
   for (int rank = 1; rank < n; ++rank) {
     EXPECT_EQ(runs[size_t(rank)].loss, runs[0].loss);
@@ -340,6 +350,58 @@ TEST_F(GlooTest, DataParallelTwoRanksBitwiseEqualToTheSummedMicroBatches) {
 
 TEST_F(GlooTest, DataParallelThreeRanksWithinTheBoundOfOneProcess) {
   check_data_parallel(3, /*clip=*/false);
+}
+
+// ZeRO-2: each rank updates its shard from reduce-scattered grads and the shards are gathered;
+// the norm from every rank's block partials. Same bits as the replicated optimizer.
+TEST_F(GlooTest, ShardedOptimizerEqualsUnshardedBitwise) {
+  namespace at_testing = autograd::testing;
+  at_testing::TinyOptions to;
+  to.layers = 3;
+  const model::ModelConfig cfg = at_testing::tiny_config(to);
+  const pipeline::StagePlan plan = pipeline::plan_stages(cfg);
+  for (auto [n, clip] : {std::pair<int, bool>{2, true}, {3, false}, {3, true}}) {
+    std::vector<EngineRun> sharded;
+    const EngineRun whole = run_engine_ranks(n, 4, clip, false, plan);
+    run_engine_ranks(n, 4, clip, true, plan, &sharded);
+    ASSERT_FALSE(::testing::Test::HasFailure());
+    for (int rank = 0; rank < n; ++rank) {
+      const EngineRun& s = sharded[size_t(rank)];
+      EXPECT_EQ(s.loss, whole.loss) << n << " ranks, rank " << rank;
+      EXPECT_EQ(s.norm, whole.norm) << n << " ranks, rank " << rank;
+      for (size_t st = 0; st < plan.stages.size(); ++st) {
+        EXPECT_TRUE(pipeline::testing::same_bits(s.masters[st], whole.masters[st]))
+            << n << " ranks, rank " << rank << ", stage " << st;
+      }
+    }
+  }
+}
+
+TEST(ShardSpan, BlocksSplitEvenlyAndCoverTheStage) {
+  const int64_t b = kernels::kSumOfSquaresBlock;
+  for (int64_t numel : {int64_t{1}, b - 1, b, 5 * b + 7, 64 * b}) {
+    for (int count : {1, 2, 3, 4, 7}) {
+      int64_t covered = 0;
+      for (int r = 0; r < count; ++r) {
+        const pipeline::ShardSpan s = pipeline::shard_span(numel, r, count);
+        EXPECT_EQ(s.begin, std::min(numel, r * s.stride));
+        EXPECT_EQ(s.stride % b == 0 || count == 1, true);
+        EXPECT_LE(s.numel, s.stride);
+        covered += s.numel;
+      }
+      EXPECT_EQ(covered, numel) << numel << " over " << count;
+    }
+  }
+  // Bytes: 4 (the whole fp32 weights) + 12 / N per parameter, plus padding.
+  namespace at_testing = autograd::testing;
+  at_testing::TinyOptions to;
+  to.layers = 3;
+  const model::ModelConfig cfg = at_testing::tiny_config(to);
+  const pipeline::StagePlan plan = pipeline::plan_stages(cfg);
+  pipeline::ParamStoreOptions whole, half;
+  half.shard_count = 2;
+  EXPECT_LT(pipeline::ParamStore::bytes_needed(plan, half),
+            pipeline::ParamStore::bytes_needed(plan, whole));
 }
 
 }  // namespace

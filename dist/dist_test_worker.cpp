@@ -3,8 +3,9 @@
 //   dist_test_worker fault OUT MODE VICTIM    VICTIM exits (MODE exit), stops itself (stop) or
 //                                             sleeps outside the collectives (hang) at round 20;
 //                                             the others report the CommError they get
-//   dist_test_worker engine OUT STEPS CLIP    data-parallel Engine steps on a tiny model, one
-//                                             micro-batch of the global batch per rank
+//   dist_test_worker engine OUT STEPS CLIP SHARD   data-parallel Engine steps on a tiny model,
+//                                             one micro-batch of the global batch per rank;
+//                                             SHARD 1: the sharded optimizer
 // Each rank writes OUT.<rank> (text: "ok" or the error; engine: binary, see write_engine_result)
 // and exits 0, or 4 after a CommError, 1 on a wrong result.
 #include <csignal>
@@ -130,7 +131,7 @@ int fault(Communicator& c, const std::string& mode, int victim) {
 
 // OUT.<rank>: int64 steps, then steps doubles of loss, steps doubles of grad norm, then every
 // stage's fp32 master in stage order.
-int engine(Communicator& c, int steps, bool clip) {
+int engine(Communicator& c, int steps, bool clip, bool shard) {
   namespace at_testing = rs::autograd::testing;
   namespace pl = rs::pipeline;
   at_testing::TinyOptions to;
@@ -143,7 +144,12 @@ int engine(Communicator& c, int steps, bool clip) {
   o.max_grad_norm = clip ? 0.05 : 0.0;
   o.comm = &c;
   auto dev = pl::make_cpu_device(pl::CpuDeviceOptions::faults(true, 5 + c.rank(), 200));
-  pl::ParamStore store(pl::plan_stages(cfg), cfg, {});
+  pl::ParamStoreOptions so;
+  if (shard) {
+    so.shard_rank = c.rank();
+    so.shard_count = c.world_size();
+  }
+  pl::ParamStore store(pl::plan_stages(cfg), cfg, so);
   store.load(init);
   pl::Engine e(*dev, store, o, B, T);
   std::vector<double> losses, norms;
@@ -190,7 +196,9 @@ int main(int argc, char** argv) {
   try {
     if (scenario == "collectives") return collectives(c);
     if (scenario == "fault" && argc >= 5) return fault(c, argv[3], std::atoi(argv[4]));
-    if (scenario == "engine" && argc >= 5) return engine(c, std::atoi(argv[3]), argv[4][0] == '1');
+    if (scenario == "engine" && argc >= 6) {
+      return engine(c, std::atoi(argv[3]), argv[4][0] == '1', argv[5][0] == '1');
+    }
   } catch (const rs::dist::CommError& e) {
     write_text("fault " + std::to_string(e.rank_at_fault()) + " " + e.what());
     return 4;

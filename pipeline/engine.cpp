@@ -178,8 +178,31 @@ Engine::Engine(Device& device, ParamStore& store, const EngineOptions& options, 
   streamer_ = std::make_unique<StageStreamer>(
       dev_, store_, *h2d_, StageStreamerOptions{options_.num_slots, options_.resident_stages},
       [this](Stream& s, const char* what, int64_t stage) { mark(s, what, stage); });
+  const bool sharded = store_.sharded();
+  if (sharded) {
+    const ParamStoreOptions& so = store_.options();
+    TORCH_CHECK(data_parallel() && options_.comm->world_size() == so.shard_count &&
+                    options_.comm->rank() == so.shard_rank,
+                "Engine: a store sharded as rank ", so.shard_rank, " of ", so.shard_count,
+                " needs a communicator of that rank and world size");
+    TORCH_CHECK(dev_.kind() == DeviceKind::kCpu && !bf16_layout,
+                "Engine: the sharded optimizer runs on the CPU backend's fp32 layout only");
+  }
+  // Data parallel: every stage's grads are summed over a buffer padded to whole shards (see
+  // reduced_numel), sharded or not.
+  int64_t grad_numel = plan_.grad_numel, tied_numel = plan_.vocab * plan_.hidden, ring_numel = 0;
+  for (int64_t s = 0; s < plan_.num_stages(); ++s) {
+    const ShardSpan& span = store_.region(s).shard;
+    const int64_t padded = reduced_numel(s);
+    if (s == 0 && plan_.tied) {
+      tied_numel = std::max(tied_numel, padded);
+    } else {
+      grad_numel = std::max(grad_numel, padded);
+    }
+    ring_numel = std::max(ring_numel, sharded ? span.stride : plan_.slot_numel);
+  }
   for (int g = 0; g < 2; ++g) {
-    grad_buf_[g] = dev_.alloc(plan_.grad_numel, acc);
+    grad_buf_[g] = dev_.alloc(grad_numel, acc);
     grad_free_[g] = dev_.new_event();
     // On the CPU backend the grads are rounded straight into the store: no staging needed.
     if (bf16_layout && cuda) {
@@ -187,14 +210,19 @@ Engine::Engine(Device& device, ParamStore& store, const EngineOptions& options, 
       half_free_[g] = dev_.new_event();
     }
   }
-  if (plan_.tied) tied_grad_ = dev_.alloc(plan_.vocab * plan_.hidden, acc);
+  if (plan_.tied) tied_grad_ = dev_.alloc(tied_numel, acc);
   tied_free_ = dev_.new_event();
   grads_ready_ = dev_.new_event();
   for (int64_t s = 0; s < plan_.num_stages(); ++s) {
     grads_on_host_.push_back(dev_.new_event());
     update_done_.push_back(make_host_event());
-    // The previous step's update of a stage must be in the store before it is copied.
-    streamer_->set_gate(s, update_done_.back().get());
+    gathered_.push_back(make_host_event());
+    // The previous step's update of a stage must be in the store before it is copied; sharded,
+    // the updated shards of every rank must have been gathered.
+    streamer_->set_gate(s, sharded ? gathered_.back().get() : update_done_.back().get());
+    const ShardSpan& span = store_.region(s).shard;
+    partials_.emplace_back(
+        static_cast<size_t>(sharded ? kernels::sum_of_squares_blocks(span.stride) : 0), 0.0);
   }
   sum_sq_.assign(static_cast<size_t>(plan_.num_stages()), 0.0);
   host_grad_.assign(static_cast<size_t>(plan_.num_stages()), nullptr);
@@ -204,7 +232,7 @@ Engine::Engine(Device& device, ParamStore& store, const EngineOptions& options, 
               "ParamStore with grad_regions=true, or max_grad_norm=0");
   if (!grad_regions) {
     for (int r = 0; r < 2; ++r) {
-      grad_ring_.push_back(at::empty({plan_.slot_numel}, at::kFloat));
+      grad_ring_.push_back(at::empty({ring_numel}, at::kFloat));
       grad_ring_free_.push_back(make_host_event());
     }
   }
@@ -335,6 +363,18 @@ bool Engine::data_parallel() const {
   return options_.comm != nullptr && options_.comm->world_size() > 1;
 }
 
+int64_t Engine::reduced_numel(int64_t stage) const {
+  if (!data_parallel()) return 0;
+  const int world = options_.comm->world_size();
+  return shard_span(plan_.stages[static_cast<size_t>(stage)].numel, 0, world).stride * world;
+}
+
+int Engine::grad_buffer_index(const at::Tensor& grads) const {
+  if (grads.data_ptr() == grad_buf_[0].data_ptr()) return 0;
+  if (grads.data_ptr() == grad_buf_[1].data_ptr()) return 1;
+  return 2;  // the tied embedding's
+}
+
 void Engine::comm_task(std::function<void(dist::Communicator&)> fn) {
   std::shared_ptr<CommState> st = comm_state_;
   dist::Communicator* comm = options_.comm;
@@ -368,12 +408,10 @@ void Engine::collective(const std::function<void(dist::Communicator&)>& fn) {
 }
 
 Event& Engine::reduce_grads(int64_t stage, const at::Tensor& grads, std::function<void()> then) {
-  const int b = grads.data_ptr() == grad_buf_[0].data_ptr()   ? 0
-                : grads.data_ptr() == grad_buf_[1].data_ptr() ? 1
-                                                              : 2;
+  const int b = grad_buffer_index(grads);
   Event& ready = *comm_ready_[b];
   ready.record(*compute_);
-  const int64_t n = plan_.stages[static_cast<size_t>(stage)].numel;
+  const int64_t n = reduced_numel(stage);
   const std::string what =
       plan_.stages[static_cast<size_t>(stage)].name() + " grads, step " + std::to_string(step_);
   float* data = grads.data_ptr<float>();
@@ -678,7 +716,27 @@ void Engine::grads_to_host(int64_t stage, const at::Tensor& grads, Event& grads_
   }
   host_grad_[static_cast<size_t>(stage)] = dst.data_ptr();
   const bool dp = data_parallel();
-  if (dp && bf16 && dev_.kind() == DeviceKind::kCpu) {
+  if (store_.sharded()) {
+    // Reduce-scatter: this rank's shard of the sum over ranks lands in its host grad shard (the
+    // CPU backend's device memory is host memory: no copy after it).
+    if (ring_slot >= 0) comm_->wait(*grad_ring_free_[static_cast<size_t>(ring_slot)]);
+    Event& ready = *comm_ready_[grad_buffer_index(grads)];
+    ready.record(compute);
+    const int64_t stride = r.shard.stride;
+    const float* in = grads.data_ptr<float>();
+    float* out = static_cast<float*>(dst.data_ptr());
+    Event* ready_ptr = &ready;
+    const std::string what =
+        plan_.stages[static_cast<size_t>(stage)].name() + " grads, step " + std::to_string(step_);
+    mark(*comm_, "reduce_begin", stage);
+    comm_task([ready_ptr, in, out, stride, what](dist::Communicator& c) {
+      ready_ptr->synchronize();
+      c.reduce_scatter_sum(in, out, stride, dist::DType::kFloat32, what)->wait();
+    });
+    mark(*comm_, "reduce_end", stage);
+    grads_free.record(*comm_);
+    grads_on_host_[static_cast<size_t>(stage)]->record(*comm_);
+  } else if (dp && bf16 && dev_.kind() == DeviceKind::kCpu) {
     // Summed over the ranks in fp32, then rounded to bf16 once, both on the collective queue so
     // that the next stage's backward runs meanwhile.
     at::Tensor g = grads;
@@ -741,6 +799,18 @@ std::shared_ptr<Engine::LossSlot> Engine::next_loss_slot() {
 
 void Engine::schedule_sum_of_squares(int64_t stage) {
   const void* g = host_grad_[static_cast<size_t>(stage)];
+  if (store_.sharded()) {
+    // The partials of this rank's shard; the norm task adds every rank's up in block order.
+    optimizer_->host_task([this, stage, g] {
+      grads_on_host_[static_cast<size_t>(stage)]->synchronize();
+      std::vector<double>& p = partials_[static_cast<size_t>(stage)];
+      std::fill(p.begin(), p.end(), 0.0);
+      const int64_t n = store_.region(stage).shard.numel;
+      optimizer_arena_->execute(
+          [&] { kernels::sum_of_squares_partials(static_cast<const float*>(g), n, p.data()); });
+    });
+    return;
+  }
   optimizer_->host_task([this, stage, g] {
     grads_on_host_[static_cast<size_t>(stage)]->synchronize();
     const int64_t n = plan_.stages[static_cast<size_t>(stage)].numel;
@@ -768,8 +838,10 @@ void Engine::schedule_update(int64_t stage) {
       return;
     }
     ParamStore::Region& r = store_.region(stage);
-    const int64_t n = plan_.stages[static_cast<size_t>(stage)].numel;
-    float* p = r.master.data_ptr<float>();
+    // Sharded: this rank's shard only (the others arrive through the all-gather).
+    const int64_t n = r.shard.numel;
+    if (n == 0) return;
+    float* p = r.master.data_ptr<float>() + r.shard.begin;
     float* m = r.m.data_ptr<float>();
     float* v = r.v.data_ptr<float>();
     optimizer_arena_->execute([&] {
@@ -788,21 +860,67 @@ void Engine::schedule_update(int64_t stage) {
   update_done_[static_cast<size_t>(stage)]->record(*optimizer_);
 }
 
+void Engine::finish_norm(NormRecord& norm, double total) {
+  norm.norm = std::sqrt(total);
+  if (options_.max_grad_norm > 0) {
+    // torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), clamped to 1.
+    norm.clip_coef = static_cast<float>(std::min(1.0, options_.max_grad_norm / (norm.norm + 1e-6)));
+    norm.skip = options_.skip_nonfinite && !std::isfinite(norm.norm);
+    if (norm.skip) skipped_steps_.fetch_add(1);
+  }
+}
+
 void Engine::schedule_norm() {
   std::shared_ptr<NormRecord> norm = norm_;
-  optimizer_->host_task([this, norm] {
+  if (!store_.sharded()) {
+    optimizer_->host_task([this, norm] {
+      double total = 0;
+      for (double s : sum_sq_) total += s;  // stage order: deterministic
+      finish_norm(*norm, total);
+    });
+    norm->ready->record(*optimizer_);
+    return;
+  }
+  // Every rank's partials of every stage, gathered, then added in stage and block order: the
+  // same additions as one process summing whole stages, so the same bits.
+  std::unique_ptr<Event> partials_done = make_host_event();
+  partials_done->record(*optimizer_);
+  comm_->wait(*partials_done);
+  const std::string what = "grad-norm partials, step " + std::to_string(step_);
+  comm_task([this, norm, what](dist::Communicator& c) {
+    int64_t per_rank = 0;
+    for (const std::vector<double>& p : partials_) per_rank += static_cast<int64_t>(p.size());
+    std::vector<double> mine, all(static_cast<size_t>(per_rank * c.world_size()));
+    for (const std::vector<double>& p : partials_) mine.insert(mine.end(), p.begin(), p.end());
+    c.all_gather(mine.data(), all.data(), per_rank, dist::DType::kFloat64, what)->wait();
     double total = 0;
-    for (double s : sum_sq_) total += s;  // stage order: deterministic
-    norm->norm = std::sqrt(total);
-    if (options_.max_grad_norm > 0) {
-      // torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), clamped to 1.
-      norm->clip_coef =
-          static_cast<float>(std::min(1.0, options_.max_grad_norm / (norm->norm + 1e-6)));
-      norm->skip = options_.skip_nonfinite && !std::isfinite(norm->norm);
-      if (norm->skip) skipped_steps_.fetch_add(1);
+    int64_t offset = 0;  // of this stage's partials within one rank's part
+    for (const std::vector<double>& p : partials_) {
+      double stage_sum = 0;
+      for (int r = 0; r < c.world_size(); ++r) {
+        const double* q = all.data() + r * per_rank + offset;
+        for (size_t k = 0; k < p.size(); ++k) stage_sum += q[k];
+      }
+      total += stage_sum;
+      offset += static_cast<int64_t>(p.size());
     }
+    finish_norm(*norm, total);
   });
-  norm->ready->record(*optimizer_);
+  norm->ready->record(*comm_);
+}
+
+void Engine::schedule_gather(int64_t stage) {
+  ParamStore::Region& r = store_.region(stage);
+  comm_->wait(*update_done_[static_cast<size_t>(stage)]);
+  float* padded = r.master_padded.data_ptr<float>();
+  const int64_t stride = r.shard.stride;
+  const std::string what =
+      plan_.stages[static_cast<size_t>(stage)].name() + " weights, step " + std::to_string(step_);
+  comm_task([padded, stride, what](dist::Communicator& c) {
+    // In place: this rank's shard is already where the gather puts it.
+    c.all_gather(padded + c.rank() * stride, padded, stride, dist::DType::kFloat32, what)->wait();
+  });
+  gathered_[static_cast<size_t>(stage)]->record(*comm_);
 }
 
 void Engine::head(int slot_index, bool backward, double grad_scale, LossSlot& loss) {
@@ -959,7 +1077,12 @@ StepResult Engine::train_step(const std::vector<at::Tensor>& ids,
   schedule_norm();
   if (options_.max_grad_norm > 0) {
     // Exact clipping: every update waits for the norm; the next forward waits per stage.
+    if (store_.sharded()) optimizer_->wait(*norm_->ready);  // reached on the collective queue
     for (int64_t s = 0; s < plan_.num_stages(); ++s) schedule_update(s);
+  }
+  if (store_.sharded()) {
+    // Each stage's new weights from every rank's shard, in the order the updates finish.
+    for (int64_t s : update_order()) schedule_gather(s);
   }
   auto rec = std::make_shared<StepResult::Record>();
   rec->step = step_;

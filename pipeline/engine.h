@@ -243,6 +243,17 @@ class Engine {
   void schedule_sum_of_squares(int64_t stage);
   void schedule_norm();
   void schedule_update(int64_t stage);
+  // The norm, clip coefficient and skip flag from the step's sum of squares.
+  void finish_norm(NormRecord& norm, double total);
+  // Sharded: gathers a stage's updated shards from every rank into every rank's weights.
+  void schedule_gather(int64_t stage);
+  // Data parallel: elements of a stage's grads the collectives sum: padded to whole shards
+  // (pipeline::shard_span), sharded or not, so a reduce-scatter of the sharded optimizer runs the
+  // very all-reduce of the replicated one and sums every element in the same order; 0 without
+  // data parallel.
+  int64_t reduced_numel(int64_t stage) const;
+  // Which device grad buffer `grads` is: 0, 1 (the turns) or 2 (the tied embedding's).
+  int grad_buffer_index(const at::Tensor& grads) const;
 
   // Checkpoint of block l's input for micro-batch mb (device mode).
   at::Tensor& device_checkpoint(int64_t l, int64_t mb);
@@ -277,6 +288,10 @@ class Engine {
   std::unique_ptr<Event> grads_ready_;  // compute -> d2h, re-recorded per stage
   std::vector<std::unique_ptr<Event>> grads_on_host_, update_done_;
   std::vector<double> sum_sq_;  // per stage, written by the optimizer queue
+  // Sharded: per stage, the sum-of-squares partials of this rank's shard (optimizer queue), and
+  // the event reached once the stage's weights are gathered (the gate for its next load).
+  std::vector<std::vector<double>> partials_;
+  std::vector<std::unique_ptr<Event>> gathered_;
   // Host grad staging when the store has no grad regions: a ring the optimizer drains.
   std::vector<at::Tensor> grad_ring_;
   std::vector<std::unique_ptr<Event>> grad_ring_free_;  // recorded by the optimizer queue

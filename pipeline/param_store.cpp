@@ -1,8 +1,11 @@
 #include "pipeline/param_store.h"
 
+#include <algorithm>
 #include <stdexcept>
+#include <string>
 
 #include "kernels/bf16.h"
+#include "kernels/reduce.h"
 
 namespace ramstream::pipeline {
 
@@ -22,6 +25,16 @@ struct Part {
   at::Tensor ParamStore::Region::*member;
   at::ScalarType dtype;
 };
+
+// Elements of `part` for a stage of `numel` (see Region: sharded stores keep shards of m, v and
+// the grads, and a padded master).
+int64_t part_numel(const Part& part, int64_t numel, const ParamStoreOptions& opts) {
+  if (opts.shard_count <= 1) return numel;
+  const ShardSpan span = shard_span(numel, opts.shard_rank, opts.shard_count);
+  if (part.member == &ParamStore::Region::master) return span.stride * opts.shard_count;
+  if (part.member == &ParamStore::Region::grad) return span.stride;
+  return span.numel;  // m, v
+}
 std::vector<Part> region_parts(const ParamStoreOptions& opts) {
   std::vector<Part> parts = {{&ParamStore::Region::master, at::kFloat}};
   if (opts.optimizer_state) {
@@ -38,9 +51,26 @@ std::vector<Part> region_parts(const ParamStoreOptions& opts) {
 
 }  // namespace
 
+ShardSpan shard_span(int64_t stage_numel, int rank, int count) {
+  if (count <= 1) return {0, stage_numel, stage_numel};
+  const int64_t blocks = kernels::sum_of_squares_blocks(stage_numel);
+  const int64_t stride = (blocks + count - 1) / count * kernels::kSumOfSquaresBlock;
+  const int64_t begin = std::min(stage_numel, rank * stride);
+  return {begin, std::min(stage_numel, begin + stride) - begin, stride};
+}
+
 ParamStore::ParamStore(const StagePlan& plan, const model::ModelConfig& cfg,
                        const ParamStoreOptions& opts)
     : plan_(plan), cfg_(cfg), opts_(opts) {
+  if (opts.shard_count < 1 || opts.shard_rank < 0 || opts.shard_rank >= opts.shard_count) {
+    throw std::invalid_argument("ParamStore: shard " + std::to_string(opts.shard_rank) + " of " +
+                                std::to_string(opts.shard_count) + " does not exist");
+  }
+  if (opts.shard_count > 1 && (opts.working_copy_bf16 || !opts.optimizer_state)) {
+    throw std::invalid_argument(
+        "ParamStore: a sharded optimizer state needs the fp32 layout with optimizer state "
+        "(model.compute=fp32 on the CPU); the bf16 layout keeps it whole on every rank");
+  }
   persistent_bytes_ = bytes_needed(plan, opts);
   const std::vector<Part> parts = region_parts(opts);
   memory::ArenaOptions arena_opts;
@@ -49,7 +79,8 @@ ParamStore::ParamStore(const StagePlan& plan, const model::ModelConfig& cfg,
   for (int64_t offset = 0, k = 0; k < static_cast<int64_t>(parts.size()); ++k) {
     for (const Stage& st : plan.stages) {
       if (offset > 0) arena_opts.pin_split_points.push_back(static_cast<uint64_t>(offset));
-      offset += align_region(st.numel * static_cast<int64_t>(c10::elementSize(parts[k].dtype)));
+      offset += align_region(part_numel(parts[k], st.numel, opts) *
+                             static_cast<int64_t>(c10::elementSize(parts[k].dtype)));
     }
   }
   Result<memory::HostArena> arena = memory::HostArena::create(
@@ -71,11 +102,17 @@ ParamStore::ParamStore(const StagePlan& plan, const model::ModelConfig& cfg,
   regions_.resize(plan.stages.size());
   for (const Part& part : parts) {
     for (size_t i = 0; i < plan.stages.size(); ++i) {
-      const int64_t numel = plan.stages[i].numel;
+      const int64_t numel = part_numel(part, plan.stages[i].numel, opts);
       regions_[i].*part.member =
           at::from_blob(base + offset, {numel}, at::TensorOptions().dtype(part.dtype));
       offset += align_region(numel * static_cast<int64_t>(c10::elementSize(part.dtype)));
     }
+  }
+  for (size_t i = 0; i < plan.stages.size(); ++i) {
+    Region& r = regions_[i];
+    r.shard = shard_span(plan.stages[i].numel, opts.shard_rank, opts.shard_count);
+    r.master_padded = r.master;
+    r.master = r.master_padded.narrow(0, 0, plan.stages[i].numel);
   }
   model::ModelParams views = master_params();
   num_params_ = views.numel();
@@ -87,7 +124,8 @@ int64_t ParamStore::bytes_needed(const StagePlan& plan, const ParamStoreOptions&
   int64_t total = 0;
   for (const Part& part : region_parts(opts)) {
     for (const Stage& s : plan.stages) {
-      total += align_region(s.numel * static_cast<int64_t>(c10::elementSize(part.dtype)));
+      total += align_region(part_numel(part, s.numel, opts) *
+                            static_cast<int64_t>(c10::elementSize(part.dtype)));
     }
   }
   return total;

@@ -43,15 +43,33 @@ struct ParamStoreOptions {
   // pageable and every copy to or from it is synchronous).
   bool allow_pageable = false;
   int numa_node = -1;  // bind to this node (-1: no binding)
+  // Sharded optimizer state (ZeRO-2 over the ranks' host stores, fp32 layout only): this rank
+  // keeps m, v and the grads of its shard of every stage (ShardSpan), and the whole fp32 weights,
+  // padded for the collectives: 4 + 12/shard_count B/param.
+  int shard_rank = 0, shard_count = 1;
 };
+
+// The part of a stage's elements one rank owns when the optimizer state is sharded: blocks of
+// kernels::kSumOfSquaresBlock elements, ceil(blocks / count) per rank, so the ranks' sum-of-
+// squares partials add up in order to the whole stage's (the global norm stays bitwise that of
+// one process). `stride` is the padded per-rank count the collectives move (rank r's shard
+// starts at r * stride); the last ranks' shards may be short or empty.
+struct ShardSpan {
+  int64_t begin = 0, numel = 0, stride = 0;
+};
+ShardSpan shard_span(int64_t stage_numel, int rank, int count);
 
 class ParamStore {
  public:
   struct Region {
     at::Tensor master;   // fp32 [numel]
-    at::Tensor m, v;     // fp32 [numel]; undefined without optimizer_state
-    at::Tensor grad;     // fp32 [numel] (CPU backend with grad_regions) or undefined
+    at::Tensor m, v;     // fp32 [numel] ([shard.numel] sharded); undefined without optimizer_state
+    at::Tensor grad;     // fp32 [numel] ([shard.stride] sharded) (CPU backend with grad_regions)
     at::Tensor working;  // bf16 [numel] (CUDA backend) or undefined
+    ShardSpan shard;     // the whole stage when not sharded
+    // Sharded: master padded to shard.stride * shard_count elements, the all-gather's buffer
+    // (master is its first numel); else master itself.
+    at::Tensor master_padded;
   };
 
   // Throws std::runtime_error (naming the bytes needed and available) when host RAM is short.
@@ -63,6 +81,7 @@ class ParamStore {
   const model::ModelConfig& config() const { return cfg_; }
   Region& region(int64_t stage) { return regions_[static_cast<size_t>(stage)]; }
   const ParamStoreOptions& options() const { return opts_; }
+  bool sharded() const { return opts_.shard_count > 1; }
 
   // Copies `params` into the masters (any dtype), zeroes m and v, refreshes working copies.
   void load(const model::ModelParams& params);

@@ -83,6 +83,9 @@ struct Recipe {
   // CUDA: run on even if the parameter store cannot be page-locked (every copy synchronous).
   bool allow_pageable = false;
 
+  // dist (data parallel; the processes come from `ramstream launch` or another launcher)
+  bool shard_optimizer = false;
+
   // eval
   int64_t eval_every = 0;  // steps; 0: only before/after
   bool eval_before = true;

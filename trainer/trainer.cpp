@@ -192,6 +192,23 @@ int agreed_signal(State& s) {
   return s.comm ? std::max(0, s.agreed_signal) : stop_signal();
 }
 
+// Sharded optimizer: a stage's whole m and v from every rank's shard (a collective: every rank
+// calls it for the same stages in the same order). Transient: twice the stage, padded.
+std::pair<at::Tensor, at::Tensor> gather_moments(State& s, int64_t stage) {
+  const pipeline::ParamStore::Region& r = s.store->region(stage);
+  const int64_t stride = r.shard.stride, numel = s.store->plan().stages[size_t(stage)].numel;
+  at::Tensor mine = at::zeros({2, stride}, at::kFloat);
+  mine[0].narrow(0, 0, r.shard.numel).copy_(r.m);
+  mine[1].narrow(0, 0, r.shard.numel).copy_(r.v);
+  at::Tensor m = at::empty({s.world() * stride}, at::kFloat), v = at::empty_like(m);
+  const std::string what = s.store->plan().stages[size_t(stage)].name() + " moments (checkpoint)";
+  s.engine->collective([&](dist::Communicator& c) {
+    c.all_gather(mine[0].data_ptr(), m.data_ptr(), stride, dist::DType::kFloat32, what)->wait();
+    c.all_gather(mine[1].data_ptr(), v.data_ptr(), stride, dist::DType::kFloat32, what)->wait();
+  });
+  return {m.narrow(0, 0, numel), v.narrow(0, 0, numel)};
+}
+
 // Sums of `values` over the ranks (nothing to do for one process).
 void sum_over_ranks(State& s, std::vector<double>& values, const char* what) {
   if (!s.comm) return;
@@ -367,11 +384,22 @@ void print_startup(State& s, uint64_t need_bytes) {
     int64_t grad_elems = 0;
     for (const pipeline::Stage& st : s.store->plan().stages) grad_elems += st.numel;
     const double n = double(s.world());
-    std::fprintf(o,
-                 "  parallel     data parallel, %s, %s; grads all-reduced per stage: 2(N-1)/N x "
-                 "4 B x %.1f M = %.1f MB sent per rank per step\n",
-                 s.dist.describe().c_str(), s.comm->backend().c_str(), double(grad_elems) / 1e6,
-                 2 * (n - 1) / n * 4 * double(grad_elems) / 1e6);
+    if (s.store->sharded()) {
+      // Reduce-scatter (run as an all-reduce by c10d's Gloo: 2(N-1)/N) plus the all-gather of
+      // the updated weights ((N-1)/N).
+      std::fprintf(o,
+                   "  parallel     data parallel, %s, %s, optimizer state sharded (ZeRO-2): "
+                   "grads reduce-scattered and weights all-gathered per stage: 3(N-1)/N x 4 B x "
+                   "%.1f M = %.1f MB sent per rank per step\n",
+                   s.dist.describe().c_str(), s.comm->backend().c_str(), double(grad_elems) / 1e6,
+                   3 * (n - 1) / n * 4 * double(grad_elems) / 1e6);
+    } else {
+      std::fprintf(o,
+                   "  parallel     data parallel, %s, %s; grads all-reduced per stage: 2(N-1)/N "
+                   "x 4 B x %.1f M = %.1f MB sent per rank per step\n",
+                   s.dist.describe().c_str(), s.comm->backend().c_str(), double(grad_elems) / 1e6,
+                   2 * (n - 1) / n * 4 * double(grad_elems) / 1e6);
+    }
     std::fprintf(o,
                  "  batch        %lld rows x %lld tokens x %lld accumulation x %d ranks = %lld "
                  "tokens/step\n",
@@ -589,6 +617,18 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Recipe& recipe, FILE* log
   so.pin = s->cuda;
   so.allow_pageable = r.allow_pageable;
   so.grad_regions = !bf16_layout && r.max_grad_norm > 0;
+  if (r.shard_optimizer && s->comm) {
+    if (bf16_layout) {
+      return Error{
+          "dist.shard_optimizer needs the fp32 store layout (model.compute=fp32 on the "
+          "CPU); the bf16 layout (CUDA, or bf16 CPU compute) keeps the whole optimizer "
+          "state on every rank for now"};
+    }
+    so.shard_rank = s->dist.rank;
+    so.shard_count = s->world();
+  } else if (r.shard_optimizer) {
+    s->warnings.push_back("dist.shard_optimizer: one process, nothing to shard");
+  }
   s->binding = memory::plan_host_binding(memory::Topology::probe());
   so.numa_node = s->binding.store_node;
   const uint64_t need = static_cast<uint64_t>(pipeline::ParamStore::bytes_needed(plan, so));
@@ -1024,13 +1064,25 @@ Result<TrainSummary> Trainer::train_unguarded() {
     Status st = finish_pending_save();
     if (!st.ok()) return st;
     s.engine->synchronize();
+    const bool sharded = s.store->sharded();
     if (!s.lead()) {
-      // Data parallel: the ranks are replicas and rank 0 writes the one checkpoint, which any
-      // number of ranks can resume from.
+      // Data parallel: rank 0 writes the one checkpoint (the weights are the same everywhere),
+      // which any number of ranks can resume from; sharded, every rank hands over its shards of
+      // each stage's moments as rank 0 writes that stage.
+      if (sharded) {
+        for (int64_t stage = 0; stage < s.store->plan().num_stages(); ++stage) {
+          (void)gather_moments(s, stage);
+        }
+      }
       sum.last_checkpoint = checkpoint::checkpoint_dir(r.output_dir, step);
       return Ok{};
     }
-    const checkpoint::CheckpointOptions o = checkpoint_options(s);
+    checkpoint::CheckpointOptions o = checkpoint_options(s);
+    if (sharded) {
+      // Synchronous: the gathers are collectives of the launching thread.
+      async = false;
+      o.gather_moments = [&s](int64_t stage) { return gather_moments(s, stage); };
+    }
     if (async) {
       s.writer->start(r.output_dir, step, trainer_json(s), s.config_hash, o);
       pending_save = checkpoint::checkpoint_dir(r.output_dir, step);
