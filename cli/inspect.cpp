@@ -79,6 +79,21 @@ void print_model(const std::string& source, const rs::model::ModelConfig& cfg) {
       "host memory    full fine-tune: GPU or bf16 CPU compute %.2f GiB (14 B/param), fp32 CPU "
       "compute %.2f GiB with clipping (16 B/param), %.2f GiB without (12 B/param)\n",
       bytes(gpu) / kGiB, bytes(cpu_clip) / kGiB, bytes(cpu_noclip) / kGiB);
+  // Data parallel with dist.shard_optimizer: per rank the whole fp32 weights plus 1/N of m, v
+  // and the clipping grads (fp32 CPU layout).
+  std::string sharded;
+  for (int ranks : {2, 4, 8}) {
+    rs::pipeline::ParamStoreOptions o = cpu_clip;
+    o.shard_count = ranks;
+    char one[96];
+    std::snprintf(one, sizeof one, "%s%d ranks %.2f GiB", sharded.empty() ? "" : ", ", ranks,
+                  bytes(o) / kGiB);
+    sharded += one;
+  }
+  std::printf(
+      "               data parallel, dist.shard_optimizer (fp32 CPU, 4 + 12/N B/param) "
+      "per rank: %s\n",
+      sharded.c_str());
   std::printf("               inference: %.2f GiB (bf16 weights)\n", n.total() * 2.0 / kGiB);
   std::printf("device memory  %.3f GiB per streamed layer slot (bf16), 2 slots by default\n",
               double(plan.slot_numel) * 2.0 / kGiB);

@@ -371,7 +371,9 @@ int cli_main(int argc, char** argv, Context& context) {
       app.add_subcommand("launch",
                          "start N processes of a data-parallel job on this node (as torchrun): "
                          "ramstream launch --nproc 2 -- run RECIPE ...");
-  launch_cmd->add_option("--nproc", launch.nproc, "processes on this node (one per device)")
+  launch_cmd
+      ->add_option("--nproc", launch.nproc,
+                   "processes on this node; 0: one per GPU, else one per NUMA node")
       ->capture_default_str();
   launch_cmd->add_option("--nnodes", launch.nnodes, "nodes in the job")->capture_default_str();
   launch_cmd->add_option("--node-rank", launch.node_rank, "this node's index, 0 hosts the store")

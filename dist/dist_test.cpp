@@ -99,6 +99,19 @@ TEST(SingleCommunicator, CollectivesAreIdentities) {
   c->barrier("x");
 }
 
+TEST(Launch, SplitsTheCpusPerNumaNode) {
+  memory::Topology two;
+  two.nodes = {{0, {0, 1, 2, 3}, {}, 0}, {1, {4, 5, 6, 7}, {}, 0}};
+  EXPECT_EQ(child_cpus(two, 0, 2), (std::vector<int>{0, 1, 2, 3}));
+  EXPECT_EQ(child_cpus(two, 1, 2), (std::vector<int>{4, 5, 6, 7}));
+  EXPECT_EQ(child_cpus(two, 3, 4), (std::vector<int>{6, 7}));
+  EXPECT_EQ(child_cpus(two, 2, 3), (std::vector<int>{5, 6, 7}));  // not a multiple: all CPUs split
+  memory::Topology one;
+  one.nodes = {{0, {0, 1}, {}, 0}};
+  EXPECT_EQ(child_cpus(one, 1, 2), (std::vector<int>{1}));
+  EXPECT_TRUE(child_cpus(one, 0, 3).empty());  // fewer CPUs than processes: share them all
+}
+
 TEST(Launch, ChecksItsOptions) {
   LaunchOptions o;
   o.program = {"/bin/true"};

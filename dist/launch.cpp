@@ -1,17 +1,21 @@
 #include "dist/launch.h"
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cstring>
+#include <filesystem>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include <sched.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "dist/gloo_communicator.h"
+#include "memory/topology.h"
 
 namespace ramstream::dist {
 namespace {
@@ -43,17 +47,11 @@ struct Child {
   int rank = 0;
   bool running = false;
   int status = 0;
+  long peak_rss_kib = 0;  // from wait4's rusage
 };
 
-// CPU set i of n from this process's affinity mask; empty when there are fewer CPUs than sets.
-std::vector<int> cpu_share(int i, int n) {
-  cpu_set_t mask;
-  CPU_ZERO(&mask);
-  std::vector<int> cpus;
-  if (sched_getaffinity(0, sizeof mask, &mask) != 0) return cpus;
-  for (int c = 0; c < CPU_SETSIZE; ++c) {
-    if (CPU_ISSET(c, &mask)) cpus.push_back(c);
-  }
+// Share i of n of `cpus`, contiguous; empty when there are fewer CPUs than shares.
+std::vector<int> split(const std::vector<int>& cpus, int i, int n) {
   const int total = static_cast<int>(cpus.size());
   if (total < n) return {};
   return std::vector<int>(cpus.begin() + i * total / n, cpus.begin() + (i + 1) * total / n);
@@ -61,8 +59,35 @@ std::vector<int> cpu_share(int i, int n) {
 
 }  // namespace
 
+std::vector<int> child_cpus(const memory::Topology& topo, int i, int n) {
+  const int nodes = static_cast<int>(topo.nodes.size());
+  if (nodes >= 2 && n % nodes == 0) {
+    // n / nodes children per NUMA node, each on its node's CPUs (and so near its memory).
+    const int per_node = n / nodes;
+    return split(topo.nodes[static_cast<size_t>(i / per_node)].cpus, i % per_node, per_node);
+  }
+  std::vector<int> all;
+  for (const memory::NumaNode& node : topo.nodes)
+    all.insert(all.end(), node.cpus.begin(), node.cpus.end());
+  std::sort(all.begin(), all.end());
+  return split(all, i, n);
+}
+
+int default_nproc(const memory::Topology& topo) {
+  // One per GPU (the driver lists them without loading CUDA), else one per NUMA node.
+  int gpus = 0;
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it("/proc/driver/nvidia/gpus", ec), end;
+       !ec && it != end; it.increment(ec)) {
+    ++gpus;
+  }
+  return gpus > 0 ? gpus : std::max<int>(1, static_cast<int>(topo.nodes.size()));
+}
+
+namespace {}  // namespace
+
 std::string check_launch_options(const LaunchOptions& o) {
-  if (o.nproc < 1) return "--nproc must be at least 1";
+  if (o.nproc < 0) return "--nproc must be at least 1 (or 0: one per GPU, else per NUMA node)";
   if (o.nnodes < 1) return "--nnodes must be at least 1";
   if (o.node_rank < 0 || o.node_rank >= o.nnodes) {
     return "--node-rank " + std::to_string(o.node_rank) + " is not in [0, " +
@@ -77,12 +102,15 @@ std::string check_launch_options(const LaunchOptions& o) {
   return "";
 }
 
-int launch(const LaunchOptions& o, FILE* log) {
-  const std::string problem = check_launch_options(o);
+int launch(const LaunchOptions& options, FILE* log) {
+  const std::string problem = check_launch_options(options);
   if (!problem.empty()) {
     std::fprintf(log, "ramstream launch: %s\n", problem.c_str());
     return 2;
   }
+  const memory::Topology topo = memory::Topology::probe();
+  LaunchOptions o = options;
+  if (o.nproc == 0) o.nproc = default_nproc(topo);
   const int world = o.nproc * o.nnodes;
   std::unique_ptr<StoreServer> store;
   int port = o.master_port;
@@ -113,7 +141,7 @@ int launch(const LaunchOptions& o, FILE* log) {
   for (int i = 0; i < o.nproc; ++i) {
     Child& c = children[static_cast<size_t>(i)];
     c.rank = o.node_rank * o.nproc + i;
-    const std::vector<int> cpus = cpu_share(i, o.nproc);
+    const std::vector<int> cpus = child_cpus(topo, i, o.nproc);
     std::vector<std::pair<std::string, std::string>> env = {
         {"RANK", std::to_string(c.rank)},  {"WORLD_SIZE", std::to_string(world)},
         {"LOCAL_RANK", std::to_string(i)}, {"LOCAL_WORLD_SIZE", std::to_string(o.nproc)},
@@ -182,13 +210,15 @@ int launch(const LaunchOptions& o, FILE* log) {
       }
     }
     int status = 0;
-    const pid_t pid = waitpid(-1, &status, WNOHANG);
+    struct rusage usage {};
+    const pid_t pid = wait4(-1, &status, WNOHANG, &usage);
     if (pid > 0) {
       for (size_t i = 0; i < children.size(); ++i) {
         Child& c = children[i];
         if (c.pid != pid) continue;
         c.running = false;
         c.status = status;
+        c.peak_rss_kib = usage.ru_maxrss;
         const bool failed = !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
         if (failed && first_failure < 0 && !terminated) {
           first_failure = static_cast<int>(i);
@@ -225,6 +255,14 @@ int launch(const LaunchOptions& o, FILE* log) {
   }
   sigaction(SIGINT, &old_int, nullptr);
   sigaction(SIGTERM, &old_term, nullptr);
+  std::string rss;
+  for (const Child& c : children) {
+    char one[64];
+    std::snprintf(one, sizeof one, "%s%d %.2f", rss.empty() ? "" : ", ", c.rank,
+                  double(c.peak_rss_kib) / (1 << 20));
+    rss += one;
+  }
+  std::fprintf(log, "ramstream launch: peak RSS per rank (GiB): %s\n", rss.c_str());
 
   if (first_failure >= 0) return exit_code_of(children[static_cast<size_t>(first_failure)].status);
   for (const Child& c : children) {

@@ -1099,11 +1099,11 @@ Result<TrainSummary> Trainer::train_unguarded() {
   bool prev_unchecked = false;
   std::vector<at::Tensor> ids(static_cast<size_t>(r.grad_accum)), tgs(ids.size());
   std::vector<at::Tensor> pos(ids.size());
+  int64_t comm_logged = s.comm ? s.comm->traffic().bytes_sent : 0, step_logged = step;
   while (step < r.max_steps) {
     if (agreed_stop(s)) break;
     const auto t0 = std::chrono::steady_clock::now();
     const int64_t loaded0 = s.engine->weight_bytes_loaded();
-    const int64_t comm0 = s.comm ? s.comm->traffic().bytes_sent : 0;
     // Every rank reads the whole global batch (world x grad_accum micro-batches, so the data
     // cursor is global) and keeps micro-batches [rank x grad_accum, (rank + 1) x grad_accum).
     int64_t global_targets = 0;
@@ -1199,10 +1199,17 @@ Result<TrainSummary> Trainer::train_unguarded() {
                           {"h2d_gb_s", h2d_gbs},
                           {"epoch", s.loader->cursor().epoch}};
       if (s.cuda) j["gpu_mem_gib"] = double(s.engine->device_bytes()) / kGiB;
-      // Data parallel: bytes this rank put on its links since the step began (the step's
-      // collectives, some of them still running when the loss is read, and the stop flag).
-      const double comm_mb = s.comm ? double(s.comm->traffic().bytes_sent - comm0) / 1e6 : 0.0;
-      if (s.comm) j["comm_mb"] = comm_mb;
+      // Data parallel: bytes this rank put on its links per step since the last log line (a
+      // step's last collectives finish after its loss is read, so a window of its own would miss
+      // them).
+      double comm_mb = 0;
+      if (s.comm) {
+        const int64_t sent = s.comm->traffic().bytes_sent;
+        comm_mb = double(sent - comm_logged) / 1e6 / double(step - step_logged);
+        comm_logged = sent;
+        step_logged = step;
+        j["comm_mb"] = comm_mb;
+      }
       s.metric(j);
       if (tty) {
         const int width = 30;
