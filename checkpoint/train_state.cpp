@@ -93,16 +93,34 @@ struct StoreViews {
   model::ModelParams part[3];
 };
 
-// A sharded store holds only its shard of m and v: their views are bound to the masters as
-// placeholders (same shapes) and never read or written; the full moments of one stage at a time
-// come from CheckpointOptions::gather_moments (save) or go through stage_moment_views (load).
-StoreViews store_views(ParamStore& store) {
+// Whole [numel] tensors of every stage's masters: the store's own, those given (a sharded bf16
+// store's, gathered), or shape-only placeholders (meta tensors) where the store has only shards.
+std::vector<at::Tensor> whole_masters(ParamStore& store, const std::vector<at::Tensor>& given) {
+  std::vector<at::Tensor> flats;
+  for (int64_t s = 0; s < store.plan().num_stages(); ++s) {
+    const int64_t numel = store.plan().stages[static_cast<size_t>(s)].numel;
+    if (!given.empty()) {
+      flats.push_back(given[static_cast<size_t>(s)]);
+    } else if (store.masters_sharded()) {
+      flats.push_back(at::empty({numel}, at::TensorOptions().dtype(at::kFloat).device(at::kMeta)));
+    } else {
+      flats.push_back(store.region(s).master);
+    }
+  }
+  return flats;
+}
+
+// A sharded store holds only its shard of m and v (and, bf16 layout, of the masters): their views
+// are bound to whole placeholders (same shapes) and never read or written; the whole state of one
+// stage at a time comes from CheckpointOptions::gather_moments and whole_masters (save) or goes
+// through stage_views (load).
+StoreViews store_views(ParamStore& store, const std::vector<at::Tensor>& given_masters = {}) {
   std::vector<at::Tensor> flats[3];
+  flats[0] = whole_masters(store, given_masters);
   for (int64_t s = 0; s < store.plan().num_stages(); ++s) {
     ParamStore::Region& r = store.region(s);
-    flats[0].push_back(r.master);
-    flats[1].push_back(store.sharded() ? r.master : r.m);
-    flats[2].push_back(store.sharded() ? r.master : r.v);
+    flats[1].push_back(store.sharded() ? flats[0][static_cast<size_t>(s)] : r.m);
+    flats[2].push_back(store.sharded() ? flats[0][static_cast<size_t>(s)] : r.v);
   }
   StoreViews v;
   for (int k = 0; k < 3; ++k)
@@ -110,14 +128,12 @@ StoreViews store_views(ParamStore& store) {
   return v;
 }
 
-// ModelParams views of the masters, except that stage `stage` is bound to `flat` (a full
+// ModelParams views of whole placeholders, except that stage `stage` is bound to `flat` (a whole
 // [numel] tensor of that stage, e.g. its gathered m): hf_param_view of the stage's names then
 // points into `flat`.
-model::ModelParams stage_moment_views(ParamStore& store, int64_t stage, const at::Tensor& flat) {
-  std::vector<at::Tensor> flats;
-  for (int64_t s = 0; s < store.plan().num_stages(); ++s) {
-    flats.push_back(s == stage ? flat : store.region(s).master);
-  }
+model::ModelParams stage_views(ParamStore& store, int64_t stage, const at::Tensor& flat) {
+  std::vector<at::Tensor> flats = whole_masters(store, {});
+  flats[static_cast<size_t>(stage)] = flat;
   return pipeline::bind_stage_params(flats, store.plan(), store.config());
 }
 
@@ -289,7 +305,13 @@ Status run_save(const SaveJob& job, ParamStore& store, CheckpointStats* stats) {
                  ": the store's optimizer state is sharded: the save needs "
                  "CheckpointOptions::gather_moments"};
   }
-  StoreViews views = store_views(store);
+  if (store.masters_sharded() && job.opts.whole_masters.size() != size_t(plan.num_stages())) {
+    return Error{target +
+                 ": the store's masters are sharded: the save needs "
+                 "CheckpointOptions::whole_masters"};
+  }
+  StoreViews views = store_views(store, job.opts.whole_masters);
+  const std::vector<at::Tensor> masters_of = whole_masters(store, job.opts.whole_masters);
 
   // HF weights in stage write order; the last weight of each stage triggers that stage's file.
   HfSaveOptions hf = job.opts.hf;
@@ -314,7 +336,7 @@ Status run_save(const SaveJob& job, ParamStore& store, CheckpointStats* stats) {
     for (; written <= last && written < job.order.size(); ++written) {
       const int64_t s = job.order[written];
       // Never a checkpoint of broken weights (a diverged run): resuming from it could not recover.
-      if (!at::isfinite(store.region(s).master).all().item<bool>()) {
+      if (!at::isfinite(masters_of[static_cast<size_t>(s)]).all().item<bool>()) {
         return Error{target + ": not saved: stage " + plan.stages[static_cast<size_t>(s)].name() +
                      " has non-finite weights (the run diverged)"};
       }
@@ -322,8 +344,8 @@ Status run_save(const SaveJob& job, ParamStore& store, CheckpointStats* stats) {
       model::ModelParams gathered[3];
       if (store.sharded()) {
         const std::pair<at::Tensor, at::Tensor> mv = job.opts.gather_moments(s);
-        gathered[1] = stage_moment_views(store, s, mv.first);
-        gathered[2] = stage_moment_views(store, s, mv.second);
+        gathered[1] = stage_views(store, s, mv.first);
+        gathered[2] = stage_views(store, s, mv.second);
       }
       for (const std::string& name : by_stage.value()[static_cast<size_t>(s)]) {
         for (int k = 0; k < 3; ++k) {
@@ -737,11 +759,9 @@ Result<TrainStateMeta> load_checkpoint(const std::string& path, ParamStore& stor
     // m and v are read, this rank's shard kept.
     at::Tensor full[3];
     model::ModelParams part[3] = {views.part[0], views.part[1], views.part[2]};
-    if (store.sharded()) {
-      for (int k = 1; k < 3; ++k) {
-        full[k] = at::zeros({plan.stages[static_cast<size_t>(s)].numel}, at::kFloat);
-        part[k] = stage_moment_views(store, s, full[k]);
-      }
+    for (int k = store.masters_sharded() ? 0 : 1; store.sharded() && k < 3; ++k) {
+      full[k] = at::zeros({plan.stages[static_cast<size_t>(s)].numel}, at::kFloat);
+      part[k] = stage_views(store, s, full[k]);
     }
     for (const std::string& name : by_stage.value()[static_cast<size_t>(s)]) {
       for (int k = 0; k < 3; ++k) {
@@ -754,7 +774,11 @@ Result<TrainStateMeta> load_checkpoint(const std::string& path, ParamStore& stor
       r.m.copy_(full[1].narrow(0, r.shard.begin, r.shard.numel));
       r.v.copy_(full[2].narrow(0, r.shard.begin, r.shard.numel));
     }
-    store.refresh_working_copy(s);
+    if (store.masters_sharded()) {
+      store.load_stage_whole(s, full[0]);  // the master shard and the whole working copy
+    } else {
+      store.refresh_working_copy(s);
+    }
   }
   return meta;
 }

@@ -72,6 +72,9 @@ struct CheckpointOptions {
   // valid until the next call), e.g. gathered from every rank. The file format is that of an
   // unsharded store, so any number of ranks resumes from it.
   std::function<std::pair<at::Tensor, at::Tensor>(int64_t stage)> gather_moments;
+  // A store whose masters are sharded too (ParamStore::masters_sharded(): the bf16 layout): every
+  // stage's whole fp32 masters, gathered before the save (the HF folder is written from them).
+  std::vector<at::Tensor> whole_masters;
 };
 
 // What the last save wrote and how long it took.

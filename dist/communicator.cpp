@@ -11,6 +11,8 @@ int64_t dtype_size(DType t) {
     case DType::kFloat64:
     case DType::kInt64:
       return 8;
+    case DType::kBFloat16:
+      return 2;
   }
   return 0;
 }

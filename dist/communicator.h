@@ -24,7 +24,9 @@
 
 namespace ramstream::dist {
 
-enum class DType { kFloat32, kFloat64, kInt64 };
+// kBFloat16 moves bytes only (all-gather, broadcast): its sums are not offered (Gloo in
+// libtorch 1.13 has no bf16 arithmetic).
+enum class DType { kFloat32, kFloat64, kInt64, kBFloat16 };
 int64_t dtype_size(DType t);
 
 // A collective failed or timed out. `rank_at_fault` is -1 when no single rank could be named.

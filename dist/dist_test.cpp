@@ -254,7 +254,7 @@ TEST_F(GlooTest, AStoppedRankIsNamedWithoutALauncher) {
 
 struct EngineRun {
   std::vector<double> loss, norm;
-  std::vector<at::Tensor> masters;
+  std::vector<at::Tensor> masters, working;  // per stage; working empty in the fp32 layout
 };
 
 EngineRun read_engine_run(const std::string& file, const pipeline::StagePlan& plan) {
@@ -270,12 +270,18 @@ EngineRun read_engine_run(const std::string& file, const pipeline::StagePlan& pl
   off += static_cast<size_t>(steps) * 8;
   std::memcpy(r.norm.data(), b.data() + off, static_cast<size_t>(steps) * 8);
   off += static_cast<size_t>(steps) * 8;
-  for (const pipeline::Stage& s : plan.stages) {
-    at::Tensor t = at::empty({s.numel}, at::kFloat);
-    if (off + t.nbytes() > b.size()) return {};
-    std::memcpy(t.data_ptr(), b.data() + off, t.nbytes());
-    off += t.nbytes();
-    r.masters.push_back(t);
+  for (size_t s = 0; s < plan.stages.size(); ++s) {
+    for (const at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+      int64_t numel = 0;
+      if (off + 8 > b.size()) return {};
+      std::memcpy(&numel, b.data() + off, 8);
+      off += 8;
+      at::Tensor t = at::empty({numel}, dtype);
+      if (off + t.nbytes() > b.size()) return {};
+      std::memcpy(t.data_ptr(), b.data() + off, t.nbytes());
+      off += t.nbytes();
+      (dtype == at::kFloat ? r.masters : r.working).push_back(t);
+    }
   }
   return r;
 }
@@ -287,10 +293,12 @@ EngineRun read_engine_run(const std::string& file, const pipeline::StagePlan& pl
 // weight by about lr * sign(m), so weights differ by ~lr * 1e-6 and losses by less than 1e-6
 // relative after a few steps. The bound below is 100x that.
 EngineRun run_engine_ranks(int n, int steps, bool clip, bool shard, const pipeline::StagePlan& plan,
-                           std::vector<EngineRun>* all = nullptr) {
+                           std::vector<EngineRun>* all = nullptr, bool bf16 = false) {
   const std::string out = scratch_prefix(std::to_string(n) + (shard ? "s" : "u"));
   const Launched r = run_launch(
-      n, {"engine", out, std::to_string(steps), clip ? "1" : "0", shard ? "1" : "0"}, 60, 30);
+      n,
+      {"engine", out, std::to_string(steps), clip ? "1" : "0", shard ? "1" : "0", bf16 ? "1" : "0"},
+      60, 30);
   EXPECT_EQ(r.status, 0) << r.log;
   std::vector<EngineRun> runs;
   for (int rank = 0; rank < n; ++rank) {
@@ -366,8 +374,10 @@ TEST_F(GlooTest, DataParallelThreeRanksWithinTheBoundOfOneProcess) {
 }
 
 // ZeRO-2: each rank updates its shard from reduce-scattered grads and the shards are gathered;
-// the norm from every rank's block partials. Same bits as the replicated optimizer.
-TEST_F(GlooTest, ShardedOptimizerEqualsUnshardedBitwise) {
+// the norm from every rank's block partials. Same bits as the replicated optimizer, in both store
+// layouts (bf16: each rank's master shard equals that part of the replicated master, and the
+// gathered bf16 working copy equals the replicated one).
+void check_sharded_equals_unsharded(bool bf16) {
   namespace at_testing = autograd::testing;
   at_testing::TinyOptions to;
   to.layers = 3;
@@ -375,19 +385,34 @@ TEST_F(GlooTest, ShardedOptimizerEqualsUnshardedBitwise) {
   const pipeline::StagePlan plan = pipeline::plan_stages(cfg);
   for (auto [n, clip] : {std::pair<int, bool>{2, true}, {3, false}, {3, true}}) {
     std::vector<EngineRun> sharded;
-    const EngineRun whole = run_engine_ranks(n, 4, clip, false, plan);
-    run_engine_ranks(n, 4, clip, true, plan, &sharded);
+    const EngineRun whole = run_engine_ranks(n, 4, clip, false, plan, nullptr, bf16);
+    run_engine_ranks(n, 4, clip, true, plan, &sharded, bf16);
     ASSERT_FALSE(::testing::Test::HasFailure());
     for (int rank = 0; rank < n; ++rank) {
       const EngineRun& s = sharded[size_t(rank)];
       EXPECT_EQ(s.loss, whole.loss) << n << " ranks, rank " << rank;
       EXPECT_EQ(s.norm, whole.norm) << n << " ranks, rank " << rank;
       for (size_t st = 0; st < plan.stages.size(); ++st) {
-        EXPECT_TRUE(pipeline::testing::same_bits(s.masters[st], whole.masters[st]))
+        const pipeline::ShardSpan span = pipeline::shard_span(plan.stages[st].numel, rank, n);
+        const at::Tensor want =
+            bf16 ? whole.masters[st].narrow(0, span.begin, span.numel) : whole.masters[st];
+        EXPECT_TRUE(pipeline::testing::same_bits(s.masters[st], want))
             << n << " ranks, rank " << rank << ", stage " << st;
+        if (bf16) {
+          EXPECT_TRUE(pipeline::testing::same_bits(s.working[st], whole.working[st]))
+              << n << " ranks, rank " << rank << ", stage " << st << " (working copy)";
+        }
       }
     }
   }
+}
+
+TEST_F(GlooTest, ShardedOptimizerEqualsUnshardedBitwise) {
+  check_sharded_equals_unsharded(false);
+}
+
+TEST_F(GlooTest, ShardedBf16LayoutEqualsUnshardedBitwise) {
+  check_sharded_equals_unsharded(true);
 }
 
 TEST(ShardSpan, BlocksSplitEvenlyAndCoverTheStage) {

@@ -3,9 +3,10 @@
 //   dist_test_worker fault OUT MODE VICTIM    VICTIM exits (MODE exit), stops itself (stop) or
 //                                             sleeps outside the collectives (hang) at round 20;
 //                                             the others report the CommError they get
-//   dist_test_worker engine OUT STEPS CLIP SHARD   data-parallel Engine steps on a tiny model,
-//                                             one micro-batch of the global batch per rank;
-//                                             SHARD 1: the sharded optimizer
+//   dist_test_worker engine OUT STEPS CLIP SHARD BF16   data-parallel Engine steps on a tiny
+//                                             model, one micro-batch of the global batch per
+//                                             rank; SHARD 1: the sharded optimizer; BF16 1: the
+//                                             bf16 layout (bf16 compute)
 // Each rank writes OUT.<rank> (text: "ok" or the error; engine: binary, see write_engine_result)
 // and exits 0, or 4 after a CommError, 1 on a wrong result.
 #include <csignal>
@@ -131,7 +132,7 @@ int fault(Communicator& c, const std::string& mode, int victim) {
 
 // OUT.<rank>: int64 steps, then steps doubles of loss, steps doubles of grad norm, then every
 // stage's fp32 master in stage order.
-int engine(Communicator& c, int steps, bool clip, bool shard) {
+int engine(Communicator& c, int steps, bool clip, bool shard, bool bf16) {
   namespace at_testing = rs::autograd::testing;
   namespace pl = rs::pipeline;
   at_testing::TinyOptions to;
@@ -143,8 +144,11 @@ int engine(Communicator& c, int steps, bool clip, bool shard) {
   o.adamw.lr = 1e-2f;
   o.max_grad_norm = clip ? 0.05 : 0.0;
   o.comm = &c;
-  auto dev = pl::make_cpu_device(pl::CpuDeviceOptions::faults(true, 5 + c.rank(), 200));
+  pl::CpuDeviceOptions dopt = pl::CpuDeviceOptions::faults(true, 5 + c.rank(), 200);
+  if (bf16) dopt.compute_dtype = at::kBFloat16;
+  auto dev = pl::make_cpu_device(dopt);
   pl::ParamStoreOptions so;
+  so.working_copy_bf16 = bf16;
   if (shard) {
     so.shard_rank = c.rank();
     so.shard_count = c.world_size();
@@ -169,9 +173,16 @@ int engine(Communicator& c, int steps, bool clip, bool shard) {
   f.write(reinterpret_cast<const char*>(&n), sizeof n);
   f.write(reinterpret_cast<const char*>(losses.data()), static_cast<std::streamsize>(n * 8));
   f.write(reinterpret_cast<const char*>(norms.data()), static_cast<std::streamsize>(n * 8));
+  // Per stage: the master (this rank's shard when sharded in the bf16 layout), then the bf16
+  // working copy (bf16 layout), each after its element count.
   for (int64_t s = 0; s < store.plan().num_stages(); ++s) {
-    const at::Tensor& m = store.region(s).master;
-    f.write(static_cast<const char*>(m.data_ptr()), static_cast<std::streamsize>(m.nbytes()));
+    for (const at::Tensor& t : {store.region(s).master, store.region(s).working}) {
+      const int64_t numel = t.defined() ? t.numel() : 0;
+      f.write(reinterpret_cast<const char*>(&numel), sizeof numel);
+      if (numel > 0) {
+        f.write(static_cast<const char*>(t.data_ptr()), static_cast<std::streamsize>(t.nbytes()));
+      }
+    }
   }
   return 0;
 }
@@ -196,8 +207,8 @@ int main(int argc, char** argv) {
   try {
     if (scenario == "collectives") return collectives(c);
     if (scenario == "fault" && argc >= 5) return fault(c, argv[3], std::atoi(argv[4]));
-    if (scenario == "engine" && argc >= 6) {
-      return engine(c, std::atoi(argv[3]), argv[4][0] == '1', argv[5][0] == '1');
+    if (scenario == "engine" && argc >= 7) {
+      return engine(c, std::atoi(argv[3]), argv[4][0] == '1', argv[5][0] == '1', argv[6][0] == '1');
     }
   } catch (const rs::dist::CommError& e) {
     write_text("fault " + std::to_string(e.rank_at_fault()) + " " + e.what());

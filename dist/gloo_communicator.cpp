@@ -67,8 +67,16 @@ at::ScalarType to_aten(DType t) {
       return at::kDouble;
     case DType::kInt64:
       return at::kLong;
+    case DType::kBFloat16:
+      return at::kHalf;  // the same two bytes, moved as they are (no arithmetic on them)
   }
   return at::kFloat;
+}
+
+void check_summable(DType t, const std::string& what) {
+  if (t == DType::kBFloat16) {
+    throw std::invalid_argument("Gloo: a sum of bf16 values (" + what + ") is not supported");
+  }
 }
 
 at::Tensor view(const void* p, int64_t count, DType t) {
@@ -139,6 +147,7 @@ class GlooCommunicator final : public Communicator {
 
   std::unique_ptr<Work> all_reduce_sum(void* buf, int64_t count, DType dtype,
                                        const std::string& what) override {
+    check_summable(dtype, what);
     const int64_t n = env_.world_size;
     count_traffic(2 * (n - 1) * count * dtype_size(dtype) / n);
     return issue(what, [&] {
@@ -149,6 +158,7 @@ class GlooCommunicator final : public Communicator {
 
   std::unique_ptr<Work> reduce_scatter_sum(const void* in, void* out, int64_t count, DType dtype,
                                            const std::string& what) override {
+    check_summable(dtype, what);
     const int64_t n = env_.world_size;
     count_traffic(2 * (n - 1) * count * dtype_size(dtype));
     at::Tensor scratch = view(in, n * count, dtype).clone();

@@ -27,6 +27,8 @@ ncclDataType_t to_nccl(DType t) {
       return ncclFloat64;
     case DType::kInt64:
       return ncclInt64;
+    case DType::kBFloat16:
+      return ncclBfloat16;
   }
   return ncclFloat32;
 }

@@ -185,8 +185,8 @@ Engine::Engine(Device& device, ParamStore& store, const EngineOptions& options, 
                     options_.comm->rank() == so.shard_rank,
                 "Engine: a store sharded as rank ", so.shard_rank, " of ", so.shard_count,
                 " needs a communicator of that rank and world size");
-    TORCH_CHECK(dev_.kind() == DeviceKind::kCpu && !bf16_layout,
-                "Engine: the sharded optimizer runs on the CPU backend's fp32 layout only");
+    TORCH_CHECK(dev_.kind() == DeviceKind::kCpu,
+                "Engine: the sharded optimizer runs on the CPU backend only (CUDA: not yet)");
   }
   // Data parallel: every stage's grads are summed over a buffer padded to whole shards (see
   // reduced_numel), sharded or not.
@@ -201,6 +201,9 @@ Engine::Engine(Device& device, ParamStore& store, const EngineOptions& options, 
     }
     ring_numel = std::max(ring_numel, sharded ? span.stride : plan_.slot_numel);
   }
+  // Sharded bf16 layout: the fp32 sum of a shard lands here before its one rounding into the
+  // working copy (one at a time, on the collective queue).
+  if (sharded && bf16_layout) shard_sum_ = at::empty({ring_numel}, at::kFloat);
   for (int g = 0; g < 2; ++g) {
     grad_buf_[g] = dev_.alloc(grad_numel, acc);
     grad_free_[g] = dev_.new_event();
@@ -722,16 +725,25 @@ void Engine::grads_to_host(int64_t stage, const at::Tensor& grads, Event& grads_
     if (ring_slot >= 0) comm_->wait(*grad_ring_free_[static_cast<size_t>(ring_slot)]);
     Event& ready = *comm_ready_[grad_buffer_index(grads)];
     ready.record(compute);
-    const int64_t stride = r.shard.stride;
+    const int64_t stride = r.shard.stride, shard_numel = r.shard.numel;
     const float* in = grads.data_ptr<float>();
+    // bf16 layout: summed in fp32, then rounded once into this rank's part of the working copy
+    // (dead until the update), where the unsharded layout puts the whole stage's.
+    kernels::bf16* rounded = nullptr;
     float* out = static_cast<float*>(dst.data_ptr());
+    if (bf16) {
+      rounded = reinterpret_cast<kernels::bf16*>(r.working.data_ptr()) + r.shard.begin;
+      host_grad_[static_cast<size_t>(stage)] = rounded;
+      out = shard_sum_.data_ptr<float>();
+    }
     Event* ready_ptr = &ready;
     const std::string what =
         plan_.stages[static_cast<size_t>(stage)].name() + " grads, step " + std::to_string(step_);
     mark(*comm_, "reduce_begin", stage);
-    comm_task([ready_ptr, in, out, stride, what](dist::Communicator& c) {
+    comm_task([ready_ptr, in, out, stride, rounded, shard_numel, what](dist::Communicator& c) {
       ready_ptr->synchronize();
       c.reduce_scatter_sum(in, out, stride, dist::DType::kFloat32, what)->wait();
+      if (rounded) kernels::fp32_to_bf16(out, rounded, shard_numel);
     });
     mark(*comm_, "reduce_end", stage);
     grads_free.record(*comm_);
@@ -806,8 +818,13 @@ void Engine::schedule_sum_of_squares(int64_t stage) {
       std::vector<double>& p = partials_[static_cast<size_t>(stage)];
       std::fill(p.begin(), p.end(), 0.0);
       const int64_t n = store_.region(stage).shard.numel;
-      optimizer_arena_->execute(
-          [&] { kernels::sum_of_squares_partials(static_cast<const float*>(g), n, p.data()); });
+      optimizer_arena_->execute([&] {
+        if (store_.options().working_copy_bf16) {
+          kernels::sum_of_squares_partials(static_cast<const kernels::bf16*>(g), n, p.data());
+        } else {
+          kernels::sum_of_squares_partials(static_cast<const float*>(g), n, p.data());
+        }
+      });
     });
     return;
   }
@@ -841,7 +858,8 @@ void Engine::schedule_update(int64_t stage) {
     // Sharded: this rank's shard only (the others arrive through the all-gather).
     const int64_t n = r.shard.numel;
     if (n == 0) return;
-    float* p = r.master.data_ptr<float>() + r.shard.begin;
+    // The bf16 layout's sharded master is the shard itself.
+    float* p = r.master.data_ptr<float>() + (store_.masters_sharded() ? 0 : r.shard.begin);
     float* m = r.m.data_ptr<float>();
     float* v = r.v.data_ptr<float>();
     optimizer_arena_->execute([&] {
@@ -851,7 +869,7 @@ void Engine::schedule_update(int64_t stage) {
       } else {
         // Grads arrived in the working region; each grad is read before its new weight is
         // written.
-        auto* w = reinterpret_cast<kernels::bf16*>(r.working.data_ptr());
+        auto* w = reinterpret_cast<kernels::bf16*>(r.working.data_ptr()) + r.shard.begin;
         kernels::adamw_update(p, m, v, w, n, cfg, step, norm->clip_coef, w);
       }
     });
@@ -912,13 +930,17 @@ void Engine::schedule_norm() {
 void Engine::schedule_gather(int64_t stage) {
   ParamStore::Region& r = store_.region(stage);
   comm_->wait(*update_done_[static_cast<size_t>(stage)]);
-  float* padded = r.master_padded.data_ptr<float>();
+  // The weights the slots load: the fp32 masters, or the bf16 working copy.
+  char* padded = static_cast<char*>(r.gathered.data_ptr());
   const int64_t stride = r.shard.stride;
+  const int64_t bytes = stride * static_cast<int64_t>(r.gathered.element_size());
+  const dist::DType dtype =
+      store_.options().working_copy_bf16 ? dist::DType::kBFloat16 : dist::DType::kFloat32;
   const std::string what =
       plan_.stages[static_cast<size_t>(stage)].name() + " weights, step " + std::to_string(step_);
-  comm_task([padded, stride, what](dist::Communicator& c) {
+  comm_task([padded, bytes, stride, dtype, what](dist::Communicator& c) {
     // In place: this rank's shard is already where the gather puts it.
-    c.all_gather(padded + c.rank() * stride, padded, stride, dist::DType::kFloat32, what)->wait();
+    c.all_gather(padded + c.rank() * bytes, padded, stride, dtype, what)->wait();
   });
   gathered_[static_cast<size_t>(stage)]->record(*comm_);
 }

@@ -292,6 +292,7 @@ class Engine {
   // the event reached once the stage's weights are gathered (the gate for its next load).
   std::vector<std::vector<double>> partials_;
   std::vector<std::unique_ptr<Event>> gathered_;
+  at::Tensor shard_sum_;  // sharded bf16 layout: a shard's fp32 sum before its rounding
   // Host grad staging when the store has no grad regions: a ring the optimizer drains.
   std::vector<at::Tensor> grad_ring_;
   std::vector<std::unique_ptr<Event>> grad_ring_free_;  // recorded by the optimizer queue

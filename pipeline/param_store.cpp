@@ -31,9 +31,11 @@ struct Part {
 int64_t part_numel(const Part& part, int64_t numel, const ParamStoreOptions& opts) {
   if (opts.shard_count <= 1) return numel;
   const ShardSpan span = shard_span(numel, opts.shard_rank, opts.shard_count);
-  if (part.member == &ParamStore::Region::master) return span.stride * opts.shard_count;
+  const bool gathered = opts.working_copy_bf16 ? part.member == &ParamStore::Region::working
+                                               : part.member == &ParamStore::Region::master;
+  if (gathered) return span.stride * opts.shard_count;
   if (part.member == &ParamStore::Region::grad) return span.stride;
-  return span.numel;  // m, v
+  return span.numel;  // m, v, and the bf16 layout's master
 }
 std::vector<Part> region_parts(const ParamStoreOptions& opts) {
   std::vector<Part> parts = {{&ParamStore::Region::master, at::kFloat}};
@@ -66,10 +68,8 @@ ParamStore::ParamStore(const StagePlan& plan, const model::ModelConfig& cfg,
     throw std::invalid_argument("ParamStore: shard " + std::to_string(opts.shard_rank) + " of " +
                                 std::to_string(opts.shard_count) + " does not exist");
   }
-  if (opts.shard_count > 1 && (opts.working_copy_bf16 || !opts.optimizer_state)) {
-    throw std::invalid_argument(
-        "ParamStore: a sharded optimizer state needs the fp32 layout with optimizer state "
-        "(model.compute=fp32 on the CPU); the bf16 layout keeps it whole on every rank");
+  if (opts.shard_count > 1 && !opts.optimizer_state) {
+    throw std::invalid_argument("ParamStore: nothing to shard without optimizer state");
   }
   persistent_bytes_ = bytes_needed(plan, opts);
   const std::vector<Part> parts = region_parts(opts);
@@ -110,12 +110,19 @@ ParamStore::ParamStore(const StagePlan& plan, const model::ModelConfig& cfg,
   }
   for (size_t i = 0; i < plan.stages.size(); ++i) {
     Region& r = regions_[i];
-    r.shard = shard_span(plan.stages[i].numel, opts.shard_rank, opts.shard_count);
-    r.master_padded = r.master;
-    r.master = r.master_padded.narrow(0, 0, plan.stages[i].numel);
+    const int64_t numel = plan.stages[i].numel;
+    r.shard = shard_span(numel, opts.shard_rank, opts.shard_count);
+    at::Tensor& whole = opts.working_copy_bf16 ? r.working : r.master;
+    r.gathered = whole;
+    whole = r.gathered.narrow(0, 0, numel);
   }
-  model::ModelParams views = master_params();
-  num_params_ = views.numel();
+  // Counted on shape-only tensors: a sharded bf16 store has no whole masters to bind.
+  std::vector<at::Tensor> shapes;
+  for (const Stage& st : plan.stages) {
+    shapes.push_back(
+        at::empty({st.numel}, at::TensorOptions().dtype(at::kFloat).device(at::kMeta)));
+  }
+  num_params_ = bind_stage_params(shapes, plan, cfg).numel();
 }
 
 int64_t ParamStore::bytes_needed(const StagePlan& plan, const ParamStoreOptions& opts) {
@@ -132,13 +139,25 @@ int64_t ParamStore::bytes_needed(const StagePlan& plan, const ParamStoreOptions&
 }
 
 model::ModelParams ParamStore::master_params() {
+  if (masters_sharded()) {
+    throw std::logic_error(
+        "ParamStore::master_params: the masters of a sharded bf16 store are spread over the "
+        "ranks (load whole parameters with load())");
+  }
   std::vector<at::Tensor> masters;
   for (const Region& r : regions_) masters.push_back(r.master);
   return bind_stage_params(masters, plan_, cfg_);
 }
 
 void ParamStore::load(const model::ModelParams& params) {
-  model::ModelParams dst = master_params();
+  // A sharded bf16 store goes through whole fp32 stages (transient, the size of the model):
+  // each keeps its master shard and rounds the whole stage into its working copy.
+  std::vector<at::Tensor> whole;
+  if (masters_sharded()) {
+    for (const Stage& st : plan_.stages) whole.push_back(at::zeros({st.numel}, at::kFloat));
+  }
+  model::ModelParams dst =
+      masters_sharded() ? bind_stage_params(whole, plan_, cfg_) : master_params();
   model::ModelParams& src = const_cast<model::ModelParams&>(params);
   std::vector<at::Tensor> from;
   model::for_each_param(src, [&](const std::string&, at::Tensor& t) { from.push_back(t); });
@@ -153,7 +172,25 @@ void ParamStore::load(const model::ModelParams& params) {
     if (r.m.defined()) r.m.zero_();
     if (r.v.defined()) r.v.zero_();
   }
-  refresh_working_copies();
+  if (!masters_sharded()) {
+    refresh_working_copies();
+    return;
+  }
+  for (int64_t s = 0; s < plan_.num_stages(); ++s)
+    load_stage_whole(s, whole[static_cast<size_t>(s)]);
+}
+
+void ParamStore::load_stage_whole(int64_t stage, const at::Tensor& whole) {
+  Region& r = region(stage);
+  if (!masters_sharded()) {
+    r.master.copy_(whole);
+    refresh_working_copy(stage);
+    return;
+  }
+  r.master.copy_(whole.narrow(0, r.shard.begin, r.shard.numel));
+  const at::Tensor w = whole.contiguous();
+  kernels::fp32_to_bf16(w.data_ptr<float>(), reinterpret_cast<kernels::bf16*>(r.working.data_ptr()),
+                        w.numel());
 }
 
 void ParamStore::refresh_working_copies() {
@@ -164,9 +201,11 @@ void ParamStore::refresh_working_copy(int64_t stage) {
   Region& r = region(stage);
   if (!r.working.defined()) return;
   // The optimizer's rounding (kernels/bf16.h), so a refreshed copy equals an updated one bit for
-  // bit, NaN included.
+  // bit, NaN included. Sharded: this rank's part of the working copy (the rest is gathered).
   kernels::fp32_to_bf16(r.master.data_ptr<float>(),
-                        reinterpret_cast<kernels::bf16*>(r.working.data_ptr()), r.master.numel());
+                        reinterpret_cast<kernels::bf16*>(r.working.data_ptr()) +
+                            (masters_sharded() ? r.shard.begin : 0),
+                        r.master.numel());
 }
 
 }  // namespace ramstream::pipeline

@@ -43,9 +43,11 @@ struct ParamStoreOptions {
   // pageable and every copy to or from it is synchronous).
   bool allow_pageable = false;
   int numa_node = -1;  // bind to this node (-1: no binding)
-  // Sharded optimizer state (ZeRO-2 over the ranks' host stores, fp32 layout only): this rank
-  // keeps m, v and the grads of its shard of every stage (ShardSpan), and the whole fp32 weights,
-  // padded for the collectives: 4 + 12/shard_count B/param.
+  // Sharded optimizer state (ZeRO-2 over the ranks' host stores): this rank keeps m, v and the
+  // grads of its shard of every stage (ShardSpan) and the whole weights the slots load, padded
+  // for the collectives. fp32 layout: the whole fp32 masters, 4 + 12/shard_count B/param. bf16
+  // layout: the master shard and the whole bf16 working copy (which the grads of the shard pass
+  // through, as unsharded), 2 + 12/shard_count B/param.
   int shard_rank = 0, shard_count = 1;
 };
 
@@ -62,14 +64,16 @@ ShardSpan shard_span(int64_t stage_numel, int rank, int count);
 class ParamStore {
  public:
   struct Region {
-    at::Tensor master;   // fp32 [numel]
+    // fp32 [numel]; bf16 layout sharded: [shard.numel], this rank's shard (from shard.begin).
+    at::Tensor master;
     at::Tensor m, v;     // fp32 [numel] ([shard.numel] sharded); undefined without optimizer_state
     at::Tensor grad;     // fp32 [numel] ([shard.stride] sharded) (CPU backend with grad_regions)
     at::Tensor working;  // bf16 [numel] (CUDA backend) or undefined
     ShardSpan shard;     // the whole stage when not sharded
-    // Sharded: master padded to shard.stride * shard_count elements, the all-gather's buffer
-    // (master is its first numel); else master itself.
-    at::Tensor master_padded;
+    // Sharded: the weights the all-gather fills, padded to shard.stride * shard_count elements
+    // (fp32 layout: the master, bf16 layout: the working copy; master / working is their first
+    // numel); else the master or the working copy itself.
+    at::Tensor gathered;
   };
 
   // Throws std::runtime_error (naming the bytes needed and available) when host RAM is short.
@@ -85,10 +89,18 @@ class ParamStore {
 
   // Copies `params` into the masters (any dtype), zeroes m and v, refreshes working copies.
   void load(const model::ModelParams& params);
-  // Views of the masters as ModelParams (tied embeddings stay tied).
+  // Views of the masters as ModelParams (tied embeddings stay tied). A sharded bf16-layout store
+  // has no whole masters: std::logic_error (load() takes whole parameters instead).
   model::ModelParams master_params();
-  // master -> bf16 working copy of one stage (no-op without working copies).
+  // Sharded bf16 layout: the master shards live here and the whole weights only in the bf16
+  // working copy.
+  bool masters_sharded() const { return sharded() && opts_.working_copy_bf16; }
+  // master -> bf16 working copy of one stage (no-op without working copies; a sharded bf16
+  // store refreshes its shard's part).
   void refresh_working_copy(int64_t stage);
+  // One stage's whole fp32 values ([numel]) into its master (its shard when masters_sharded())
+  // and working copy; m and v untouched. For loaders of sharded stores.
+  void load_stage_whole(int64_t stage, const at::Tensor& whole);
   // The same for every stage: after weights were loaded straight into master_params() (e.g.
   // checkpoint::load_hf_weights(dir, cfg, masters)), which needs no second copy of the model.
   // m and v are zero in a new store.

@@ -263,7 +263,8 @@ const std::vector<KeySpec>& schema() {
                          "synchronous)."));
     k.push_back(bool_key("dist.shard_optimizer", &R::shard_optimizer,
                          "Data parallel (ramstream launch): each rank keeps Adam m, v and the "
-                         "grads of 1/N of every stage (ZeRO-2; fp32 layout): 4 + 12/N B/param."));
+                         "grads of 1/N of every stage (ZeRO-2, CPU backend): 4 + 12/N B/param "
+                         "(fp32 compute), 2 + 12/N (bf16)."));
     k.push_back(int_key("eval.every", &R::eval_every, 0, kMaxSteps,
                         "Evaluate every N steps; 0: only before and after training."));
     k.push_back(bool_key("eval.before", &R::eval_before, "Evaluate before the first step."));

@@ -209,6 +209,25 @@ std::pair<at::Tensor, at::Tensor> gather_moments(State& s, int64_t stage) {
   return {m.narrow(0, 0, numel), v.narrow(0, 0, numel)};
 }
 
+// Sharded bf16 layout: every stage's whole fp32 masters from every rank's shard (a collective),
+// for a checkpoint (transient: 4 B/param).
+std::vector<at::Tensor> gather_masters(State& s) {
+  std::vector<at::Tensor> whole;
+  for (int64_t stage = 0; stage < s.store->plan().num_stages(); ++stage) {
+    const pipeline::ParamStore::Region& r = s.store->region(stage);
+    const int64_t stride = r.shard.stride, numel = s.store->plan().stages[size_t(stage)].numel;
+    at::Tensor mine = at::zeros({stride}, at::kFloat);
+    mine.narrow(0, 0, r.shard.numel).copy_(r.master);
+    at::Tensor all = at::empty({s.world() * stride}, at::kFloat);
+    const std::string what = s.store->plan().stages[size_t(stage)].name() + " masters (checkpoint)";
+    s.engine->collective([&](dist::Communicator& c) {
+      c.all_gather(mine.data_ptr(), all.data_ptr(), stride, dist::DType::kFloat32, what)->wait();
+    });
+    whole.push_back(all.narrow(0, 0, numel));
+  }
+  return whole;
+}
+
 // Sums of `values` over the ranks (nothing to do for one process).
 void sum_over_ranks(State& s, std::vector<double>& values, const char* what) {
   if (!s.comm) return;
@@ -246,6 +265,14 @@ Status load_model_meta(State& s) {
 
 // Weights straight into the store's fp32 masters, dequantised or converted on the way.
 Status load_weights(State& s) {
+  if (s.store->masters_sharded()) {
+    // Whole weights pass through a temporary copy (4 B/param while loading).
+    model::ModelParams whole = model::allocate_model_params(s.cfg, at::kFloat);
+    const Status st = inference::load_model_weights(s.recipe.model_path, s.cfg, whole);
+    if (!st.ok()) return st;
+    s.store->load(whole);
+    return Ok{};
+  }
   model::ModelParams masters = s.store->master_params();
   const Status st = inference::load_model_weights(s.recipe.model_path, s.cfg, masters);
   if (!st.ok()) return st;
@@ -385,14 +412,16 @@ void print_startup(State& s, uint64_t need_bytes) {
     for (const pipeline::Stage& st : s.store->plan().stages) grad_elems += st.numel;
     const double n = double(s.world());
     if (s.store->sharded()) {
-      // Reduce-scatter (run as an all-reduce by c10d's Gloo: 2(N-1)/N) plus the all-gather of
-      // the updated weights ((N-1)/N).
+      // Reduce-scatter of fp32 grads (run as an all-reduce by c10d's Gloo: 2(N-1)/N x 4 B) plus
+      // the all-gather of the updated weights ((N-1)/N x 4 B fp32 masters, x 2 B bf16 copy).
+      const double gather_bytes = s.store->options().working_copy_bf16 ? 2 : 4;
       std::fprintf(o,
                    "  parallel     data parallel, %s, %s, optimizer state sharded (ZeRO-2): "
-                   "grads reduce-scattered and weights all-gathered per stage: 3(N-1)/N x 4 B x "
-                   "%.1f M = %.1f MB sent per rank per step\n",
-                   s.dist.describe().c_str(), s.comm->backend().c_str(), double(grad_elems) / 1e6,
-                   3 * (n - 1) / n * 4 * double(grad_elems) / 1e6);
+                   "grads reduce-scattered and weights all-gathered per stage: (N-1)/N x %.0f B "
+                   "x %.1f M = %.1f MB sent per rank per step\n",
+                   s.dist.describe().c_str(), s.comm->backend().c_str(), 8 + gather_bytes,
+                   double(grad_elems) / 1e6,
+                   (n - 1) / n * (8 + gather_bytes) * double(grad_elems) / 1e6);
     } else {
       std::fprintf(o,
                    "  parallel     data parallel, %s, %s; grads all-reduced per stage: 2(N-1)/N "
@@ -618,11 +647,10 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Recipe& recipe, FILE* log
   so.allow_pageable = r.allow_pageable;
   so.grad_regions = !bf16_layout && r.max_grad_norm > 0;
   if (r.shard_optimizer && s->comm) {
-    if (bf16_layout) {
+    if (s->cuda) {
       return Error{
-          "dist.shard_optimizer needs the fp32 store layout (model.compute=fp32 on the "
-          "CPU); the bf16 layout (CUDA, or bf16 CPU compute) keeps the whole optimizer "
-          "state on every rank for now"};
+          "dist.shard_optimizer runs on the CPU backend only for now; on CUDA each rank "
+          "keeps the whole optimizer state (set dist.shard_optimizer=false)"};
     }
     so.shard_rank = s->dist.rank;
     so.shard_count = s->world();
@@ -1069,6 +1097,7 @@ Result<TrainSummary> Trainer::train_unguarded() {
       // Data parallel: rank 0 writes the one checkpoint (the weights are the same everywhere),
       // which any number of ranks can resume from; sharded, every rank hands over its shards of
       // each stage's moments as rank 0 writes that stage.
+      if (s.store->masters_sharded()) (void)gather_masters(s);
       if (sharded) {
         for (int64_t stage = 0; stage < s.store->plan().num_stages(); ++stage) {
           (void)gather_moments(s, stage);
@@ -1082,6 +1111,7 @@ Result<TrainSummary> Trainer::train_unguarded() {
       // Synchronous: the gathers are collectives of the launching thread.
       async = false;
       o.gather_moments = [&s](int64_t stage) { return gather_moments(s, stage); };
+      if (s.store->masters_sharded()) o.whole_masters = gather_masters(s);
     }
     if (async) {
       s.writer->start(r.output_dir, step, trainer_json(s), s.config_hash, o);

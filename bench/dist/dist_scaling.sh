@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Data parallel on this machine: the default recipe (SmolLM2-135M-Instruct, fp32) for a few steps
+# Data parallel on this machine: the default recipe (SmolLM2-135M-Instruct) for a few steps
 # at one global batch (4 rows x 256 tokens) on 1, 2 and 4 processes, replicated and sharded
 # optimizer, each run alone. Prints per configuration: median step time, peak RSS per rank
 # (the launcher's wait4 figure; the single process from /usr/bin/time), the store's B/param,
@@ -7,6 +7,8 @@
 # interface (/proc/net/dev, all ranks and the store's heartbeats together, divided by ranks and
 # steps), and the analytic count the start-up table prints.
 #   bash bench/dist/dist_scaling.sh [STEPS]        (default 5; the first step is not timed)
+#   CONFIGS="2 sharded bf16;4 sharded bf16" bash bench/dist/dist_scaling.sh   (a subset)
+# A configuration is "PROCESSES replicated|sharded fp32|bf16" (model.compute).
 # Needs build/bin/ramstream and the default model (scripts/fetch_default_model.sh).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -20,12 +22,14 @@ lo_bytes() { awk '$1 == "lo:" { print $10 }' /proc/net/dev; }
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) CPUs"
 printf '%-22s %8s %10s %12s %8s %12s %12s %12s\n' config ranks ms/step "peak RSS GiB" B/param \
   "counted MB" "loopback MB" "analytic MB"
-for cfg in "1 replicated" "2 replicated" "2 sharded" "4 replicated" "4 sharded"; do
-  read -r n mode <<<"$cfg"
+CONFIGS=${CONFIGS:-"1 replicated fp32;2 replicated fp32;2 sharded fp32;4 replicated fp32;4 sharded fp32;1 replicated bf16;2 replicated bf16;2 sharded bf16;4 sharded bf16"}
+IFS=';' read -r -a configs <<<"$CONFIGS"
+for cfg in "${configs[@]}"; do
+  read -r n mode compute <<<"$cfg"
   accum=$((4 / n))
-  dir=$OUT/$n-$mode
+  dir=$OUT/$n-$mode-$compute
   args=(run smollm2-135m-full-sft "model.path=$MODEL" "output_dir=$dir" checkpoint.resume=never
-    model.compute=fp32 train.batch_size=1 "train.grad_accum=$accum" "train.max_steps=$STEPS"
+    "model.compute=$compute" train.batch_size=1 "train.grad_accum=$accum" "train.max_steps=$STEPS"
     eval.before=false eval.at_end=false checkpoint.at_end=false log.every=1 log.progress=lines)
   [[ $mode == sharded ]] && args+=(dist.shard_optimizer=true)
   before=$(lo_bytes)
@@ -38,7 +42,7 @@ for cfg in "1 replicated" "2 replicated" "2 sharded" "4 replicated" "4 sharded";
       awk '{ m = 0; for (i = 2; i <= NF; i += 2) if ($i > m) m = $i; printf "%.2f", m }')
   fi
   after=$(lo_bytes)
-  python3 - "$dir" "$n" "$mode" "$rss" "$before" "$after" "$STEPS" <<'PY'
+  python3 - "$dir" "$n" "$mode $compute" "$rss" "$before" "$after" "$STEPS" <<'PY'
 import json, re, statistics, sys
 d, n, mode, rss, before, after, steps = sys.argv[1:]
 n, steps = int(n), int(steps)

@@ -15,15 +15,11 @@ versions.
 import argparse
 import json
 import os
+import sys
 import time
 
-
-def vm_hwm_mib():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return -1.0
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "peer_cpu_train"))
+from hf_step import vm_hwm_mib  # noqa: E402  (peak RSS of this process)
 
 
 def worker(rank, a, port, queue):
