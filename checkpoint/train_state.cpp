@@ -94,7 +94,7 @@ struct StoreViews {
 };
 
 // Whole [numel] tensors of every stage's masters: the store's own, those given (a sharded bf16
-// store's, gathered), or shape-only placeholders (meta tensors) where the store has only shards.
+// store's, gathered), or shape-only stand-ins (meta tensors) where the store has only shards.
 std::vector<at::Tensor> whole_masters(ParamStore& store, const std::vector<at::Tensor>& given) {
   std::vector<at::Tensor> flats;
   for (int64_t s = 0; s < store.plan().num_stages(); ++s) {
@@ -111,7 +111,7 @@ std::vector<at::Tensor> whole_masters(ParamStore& store, const std::vector<at::T
 }
 
 // A sharded store holds only its shard of m and v (and, bf16 layout, of the masters): their views
-// are bound to whole placeholders (same shapes) and never read or written; the whole state of one
+// are bound to whole stand-ins (same shapes) and never read or written; the whole state of one
 // stage at a time comes from CheckpointOptions::gather_moments and whole_masters (save) or goes
 // through stage_views (load).
 StoreViews store_views(ParamStore& store, const std::vector<at::Tensor>& given_masters = {}) {
@@ -128,7 +128,7 @@ StoreViews store_views(ParamStore& store, const std::vector<at::Tensor>& given_m
   return v;
 }
 
-// ModelParams views of whole placeholders, except that stage `stage` is bound to `flat` (a whole
+// ModelParams views of whole stand-ins, except that stage `stage` is bound to `flat` (a whole
 // [numel] tensor of that stage, e.g. its gathered m): hf_param_view of the stage's names then
 // points into `flat`.
 model::ModelParams stage_views(ParamStore& store, int64_t stage, const at::Tensor& flat) {

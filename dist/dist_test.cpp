@@ -18,6 +18,7 @@
 
 #include "autograd/test_util.h"
 #include "dist/communicator.h"
+#include "dist/dp_testing.h"
 #include "dist/env.h"
 #include "dist/gloo_communicator.h"
 #include "dist/launch.h"
@@ -122,6 +123,9 @@ TEST(Launch, ChecksItsOptions) {
   o.node_rank = 2;
   EXPECT_EQ(check_launch_options(o), "--node-rank 2 is not in [0, 2)");
   o.node_rank = 0;
+  o.timeout_s = 0;
+  EXPECT_EQ(check_launch_options(o), "--timeout must be in [1, 86400] seconds");
+  o.timeout_s = 300;
   o.program.clear();
   EXPECT_NE(check_launch_options(o).find("after `--`"), std::string::npos);
 }
@@ -205,7 +209,7 @@ TEST_F(GlooTest, ARankThatExitsIsNamedByTheOthersAndByTheLauncher) {
 
 TEST_F(GlooTest, ARankThatHangsOutsideTheCollectivesIsNamedAfterTheTimeout) {
   const std::string out = scratch_prefix("hang");
-  const Launched r = run_launch(3, {"fault", out, "hang", "2"}, 4, 3);
+  const Launched r = run_launch(3, {"fault", out, "hang", "2"}, 6, 3);
   // The launcher stops the hung rank after the others failed (SIGTERM ends its sleep).
   EXPECT_NE(r.status, 0) << r.log;
   EXPECT_LT(r.seconds, 40.0) << r.log;
@@ -226,7 +230,7 @@ TEST_F(GlooTest, AStoppedRankIsNamedWithoutALauncher) {
     for (const std::string& kv :
          {"RANK=" + std::to_string(rank), std::string("WORLD_SIZE=2"),
           std::string("MASTER_ADDR=127.0.0.1"), "MASTER_PORT=" + std::to_string(port),
-          std::string("RAMSTREAM_DIST_TIMEOUT_S=4")}) {
+          std::string("RAMSTREAM_DIST_TIMEOUT_S=6")}) {
       env_strings.push_back(kv);
     }
     std::vector<char*> envp;
@@ -440,6 +444,59 @@ TEST(ShardSpan, BlocksSplitEvenlyAndCoverTheStage) {
   half.shard_count = 2;
   EXPECT_LT(pipeline::ParamStore::bytes_needed(plan, half),
             pipeline::ParamStore::bytes_needed(plan, whole));
+}
+
+// The same data-parallel engine with the ranks as threads of one process (what the GPU check runs
+// on one GPU): the ranks agree bitwise, the sharded optimizer equals the replicated one bitwise in
+// both layouts, and two ranks equal the one-process sum of their two shards.
+TEST(ThreadRanks, EngineDataParallelAgreesWithTheProcessRanks) {
+  auto cpu = [](bool bf16) {
+    return [bf16](int) {
+      pipeline::CpuDeviceOptions o = pipeline::CpuDeviceOptions::faults(true, 5, 200);
+      if (bf16) o.compute_dtype = at::kBFloat16;
+      return pipeline::make_cpu_device(o);
+    };
+  };
+  for (bool bf16 : {false, true}) {
+    testing::DpOptions o;
+    o.clip = true;
+    o.bf16 = bf16;
+    const std::vector<testing::DpRun> whole = testing::run_thread_ranks(2, o, cpu(bf16));
+    o.shard = true;
+    const std::vector<testing::DpRun> sharded = testing::run_thread_ranks(2, o, cpu(bf16));
+    for (int r = 0; r < 2; ++r) {
+      ASSERT_EQ(whole[size_t(r)].error, "");
+      ASSERT_EQ(sharded[size_t(r)].error, "");
+      EXPECT_EQ(whole[size_t(r)].loss, whole[0].loss);
+      EXPECT_EQ(sharded[size_t(r)].loss, whole[0].loss) << "bf16 " << bf16;
+      EXPECT_EQ(sharded[size_t(r)].norm, whole[0].norm) << "bf16 " << bf16;
+      for (size_t st = 0; st < whole[0].masters.size(); ++st) {
+        const pipeline::ShardSpan span = pipeline::shard_span(whole[0].masters[st].numel(), r, 2);
+        const at::Tensor want =
+            bf16 ? whole[0].masters[st].narrow(0, span.begin, span.numel) : whole[0].masters[st];
+        EXPECT_TRUE(pipeline::testing::same_bits(sharded[size_t(r)].masters[st], want))
+            << "bf16 " << bf16 << " rank " << r << " stage " << st;
+        if (bf16) {
+          EXPECT_TRUE(
+              pipeline::testing::same_bits(sharded[size_t(r)].working[st], whole[0].working[st]));
+        }
+      }
+    }
+    if (!bf16) {
+      // The processes' run: two Gloo ranks gave the reference's bits (DataParallelTwoRanks...).
+      pipeline::EngineOptions eo;
+      eo.adamw.lr = 1e-2f;
+      eo.max_grad_norm = 0.05;
+      const model::ModelConfig cfg = testing::dp_test_config();
+      pipeline::testing::ReferenceTrainer ref(
+          cfg, autograd::testing::random_params(cfg, at::kFloat, 61), eo, 2, 7);
+      ref.set_separate_micro_batch_grads(true);
+      for (int step = 0; step < 4; ++step) {
+        const double loss = ref.step(pipeline::testing::make_batches(cfg, 2, 2, 7, 100 + step));
+        EXPECT_EQ(whole[0].loss[size_t(step)], loss) << "step " << step;
+      }
+    }
+  }
 }
 
 }  // namespace

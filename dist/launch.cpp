@@ -98,6 +98,8 @@ std::string check_launch_options(const LaunchOptions& o) {
            "store there)";
   }
   if (o.master_port < 0 || o.master_port > 65535) return "the master port must be in [1, 65535]";
+  if (!(o.timeout_s >= 1 && o.timeout_s <= 86400)) return "--timeout must be in [1, 86400] seconds";
+  if (!(o.grace_s >= 0 && o.grace_s <= 86400)) return "--grace must be in [0, 86400] seconds";
   if (o.program.empty()) return "nothing to launch: give the command after `--`";
   return "";
 }

@@ -1,5 +1,6 @@
 #include "dist/nccl_communicator.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <string>
@@ -39,6 +40,11 @@ std::string nccl_text(ncclResult_t r) {
 
 class NcclCommunicator;
 
+class DoneWork final : public Work {
+ public:
+  void wait() override {}
+};
+
 class NcclWork final : public Work {
  public:
   NcclWork(NcclCommunicator& owner, cudaEvent_t done, std::string what)
@@ -64,6 +70,9 @@ class NcclCommunicator final : public Communicator {
       }
     }
     if (barrier_buf_ != nullptr) cudaFree(barrier_buf_);
+    for (void* p : scratch_) {
+      if (p != nullptr) cudaFree(p);
+    }
     if (stream_ != nullptr) cudaStreamDestroy(stream_);
   }
 
@@ -94,30 +103,40 @@ class NcclCommunicator final : public Communicator {
   std::unique_ptr<Work> all_reduce_sum(void* buf, int64_t count, DType dtype,
                                        const std::string& what) override {
     const int64_t n = env_.world_size;
+    const size_t bytes = static_cast<size_t>(count * dtype_size(dtype));
     count_traffic(2 * (n - 1) * count * dtype_size(dtype) / n);
-    return issue(what, ncclAllReduce(buf, buf, static_cast<size_t>(count), to_nccl(dtype), ncclSum,
-                                     comm_, stream_));
+    return run(what, buf, bytes, buf, bytes, [&](const void* in, void* out) {
+      return ncclAllReduce(in, out, static_cast<size_t>(count), to_nccl(dtype), ncclSum, comm_,
+                           stream_);
+    });
   }
   std::unique_ptr<Work> reduce_scatter_sum(const void* in, void* out, int64_t count, DType dtype,
                                            const std::string& what) override {
     const int64_t n = env_.world_size;
+    const size_t bytes = static_cast<size_t>(count * dtype_size(dtype));
     count_traffic((n - 1) * count * dtype_size(dtype));
-    return issue(what, ncclReduceScatter(in, out, static_cast<size_t>(count), to_nccl(dtype),
-                                         ncclSum, comm_, stream_));
+    return run(what, in, bytes * static_cast<size_t>(n), out, bytes, [&](const void* i, void* o) {
+      return ncclReduceScatter(i, o, static_cast<size_t>(count), to_nccl(dtype), ncclSum, comm_,
+                               stream_);
+    });
   }
   std::unique_ptr<Work> all_gather(const void* in, void* out, int64_t count, DType dtype,
                                    const std::string& what) override {
     const int64_t n = env_.world_size;
+    const size_t bytes = static_cast<size_t>(count * dtype_size(dtype));
     count_traffic((n - 1) * count * dtype_size(dtype));
-    return issue(
-        what, ncclAllGather(in, out, static_cast<size_t>(count), to_nccl(dtype), comm_, stream_));
+    return run(what, in, bytes, out, bytes * static_cast<size_t>(n), [&](const void* i, void* o) {
+      return ncclAllGather(i, o, static_cast<size_t>(count), to_nccl(dtype), comm_, stream_);
+    });
   }
   std::unique_ptr<Work> broadcast(void* buf, int64_t count, DType dtype, int root,
                                   const std::string& what) override {
     const int64_t n = env_.world_size;
+    const size_t bytes = static_cast<size_t>(count * dtype_size(dtype));
     count_traffic(env_.rank == root ? (n - 1) * count * dtype_size(dtype) : 0);
-    return issue(what, ncclBroadcast(buf, buf, static_cast<size_t>(count), to_nccl(dtype), root,
-                                     comm_, stream_));
+    return run(what, buf, bytes, buf, bytes, [&](const void* i, void* o) {
+      return ncclBroadcast(i, o, static_cast<size_t>(count), to_nccl(dtype), root, comm_, stream_);
+    });
   }
   void barrier(const std::string& what) override {
     // NCCL has no barrier: a one-element all-reduce of scratch device memory.
@@ -153,6 +172,50 @@ class NcclCommunicator final : public Communicator {
   }
 
  private:
+  static bool on_device(const void* p) {
+    cudaPointerAttributes a{};
+    if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+      cudaGetLastError();  // an unregistered host pointer on older runtimes
+      return false;
+    }
+    return a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged;
+  }
+
+  // A device scratch of at least `bytes` (grown as needed; collectives run one at a time).
+  void* scratch(int which, size_t bytes) {
+    if (scratch_bytes_[which] < bytes) {
+      if (scratch_[which] != nullptr) cudaFree(scratch_[which]);
+      scratch_[which] = nullptr;
+      check_cuda(cudaMalloc(&scratch_[which], bytes), "cudaMalloc");
+      scratch_bytes_[which] = bytes;
+    }
+    return scratch_[which];
+  }
+
+  // Issues `op` on device buffers. Host buffers (the trainer's flags and sums, the engine's host
+  // shards, checkpoint gathers) pass through device scratch: copied in, the collective run and
+  // waited for, copied out, so the returned Work is already done. In place stays in place.
+  template <class Op>
+  std::unique_ptr<Work> run(const std::string& what, const void* in, size_t in_bytes, void* out,
+                            size_t out_bytes, Op&& op) {
+    const bool host_in = !on_device(in), host_out = !on_device(out);
+    if (!host_in && !host_out) return issue(what, op(in, out));
+    const bool in_place = in == out;
+    void* dout = host_out ? scratch(1, std::max(out_bytes, in_place ? in_bytes : 0)) : out;
+    const void* din = in;
+    if (host_in) {
+      void* d = in_place ? dout : scratch(0, in_bytes);
+      check_cuda(cudaMemcpyAsync(d, in, in_bytes, cudaMemcpyHostToDevice, stream_), "H2D");
+      din = d;
+    }
+    issue(what, op(din, dout))->wait();
+    if (host_out) {
+      check_cuda(cudaMemcpyAsync(out, dout, out_bytes, cudaMemcpyDeviceToHost, stream_), "D2H");
+      check_cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+    }
+    return std::make_unique<DoneWork>();
+  }
+
   std::unique_ptr<Work> issue(const std::string& what, ncclResult_t r) {
     if (r != ncclSuccess) fail(what, nccl_text(r));
     cudaEvent_t done = nullptr;
@@ -174,6 +237,8 @@ class NcclCommunicator final : public Communicator {
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
   void* barrier_buf_ = nullptr;
+  void* scratch_[2] = {nullptr, nullptr};
+  size_t scratch_bytes_[2] = {0, 0};
   bool aborted_ = false;
 };
 

@@ -3,7 +3,9 @@
 // store; one CUDA stream per communicator, on which every collective runs in issue order.
 // Work::wait() polls that stream and, past the timeout, aborts the communicator
 // (ncclCommAbort) and throws CommError, so a dead peer cannot hang the job; NCCL's asynchronous
-// errors (ncclCommGetAsyncError) are reported the same way.
+// errors (ncclCommGetAsyncError) are reported the same way. Host buffers are accepted too (the
+// trainer's flags and sums, host shards): they pass through device scratch and the call returns
+// once done.
 //
 //   Result<std::unique_ptr<Communicator>> c = make_nccl_communicator(env, /*device=*/0);
 //   c.value()->all_reduce_sum(dev_grads, n, DType::kFloat32, "grads")->wait();

@@ -185,8 +185,6 @@ Engine::Engine(Device& device, ParamStore& store, const EngineOptions& options, 
                     options_.comm->rank() == so.shard_rank,
                 "Engine: a store sharded as rank ", so.shard_rank, " of ", so.shard_count,
                 " needs a communicator of that rank and world size");
-    TORCH_CHECK(dev_.kind() == DeviceKind::kCpu,
-                "Engine: the sharded optimizer runs on the CPU backend only (CUDA: not yet)");
   }
   // Data parallel: every stage's grads are summed over a buffer padded to whole shards (see
   // reduced_numel), sharded or not.
@@ -203,7 +201,7 @@ Engine::Engine(Device& device, ParamStore& store, const EngineOptions& options, 
   }
   // Sharded bf16 layout: the fp32 sum of a shard lands here before its one rounding into the
   // working copy (one at a time, on the collective queue).
-  if (sharded && bf16_layout) shard_sum_ = at::empty({ring_numel}, at::kFloat);
+  if (sharded && bf16_layout) shard_sum_ = dev_.alloc_host(ring_numel, at::kFloat);
   for (int g = 0; g < 2; ++g) {
     grad_buf_[g] = dev_.alloc(grad_numel, acc);
     grad_free_[g] = dev_.new_event();
@@ -721,7 +719,8 @@ void Engine::grads_to_host(int64_t stage, const at::Tensor& grads, Event& grads_
   const bool dp = data_parallel();
   if (store_.sharded()) {
     // Reduce-scatter: this rank's shard of the sum over ranks lands in its host grad shard (the
-    // CPU backend's device memory is host memory: no copy after it).
+    // CPU backend's device memory is host memory; on CUDA the NCCL communicator copies the shard
+    // out of its device scratch).
     if (ring_slot >= 0) comm_->wait(*grad_ring_free_[static_cast<size_t>(ring_slot)]);
     Event& ready = *comm_ready_[grad_buffer_index(grads)];
     ready.record(compute);
@@ -746,8 +745,17 @@ void Engine::grads_to_host(int64_t stage, const at::Tensor& grads, Event& grads_
       if (rounded) kernels::fp32_to_bf16(out, rounded, shard_numel);
     });
     mark(*comm_, "reduce_end", stage);
-    grads_free.record(*comm_);
-    grads_on_host_[static_cast<size_t>(stage)]->record(*comm_);
+    if (dev_.kind() == DeviceKind::kCpu) {
+      grads_free.record(*comm_);
+      grads_on_host_[static_cast<size_t>(stage)]->record(*comm_);
+    } else {
+      // Device events are recorded on a device stream, once the collective queue is past.
+      Event& done = *comm_reduced_[grad_buffer_index(grads)];
+      done.record(*comm_);
+      d2h_->wait(done);
+      grads_free.record(*d2h_);
+      grads_on_host_[static_cast<size_t>(stage)]->record(*d2h_);
+    }
   } else if (dp && bf16 && dev_.kind() == DeviceKind::kCpu) {
     // Summed over the ranks in fp32, then rounded to bf16 once, both on the collective queue so
     // that the next stage's backward runs meanwhile.

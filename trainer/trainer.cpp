@@ -647,11 +647,6 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Recipe& recipe, FILE* log
   so.allow_pageable = r.allow_pageable;
   so.grad_regions = !bf16_layout && r.max_grad_norm > 0;
   if (r.shard_optimizer && s->comm) {
-    if (s->cuda) {
-      return Error{
-          "dist.shard_optimizer runs on the CPU backend only for now; on CUDA each rank "
-          "keeps the whole optimizer state (set dist.shard_optimizer=false)"};
-    }
     so.shard_rank = s->dist.rank;
     so.shard_count = s->world();
   } else if (r.shard_optimizer) {
