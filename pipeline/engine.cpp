@@ -169,10 +169,7 @@ Engine::Engine(Device& device, ParamStore& store, const EngineOptions& options, 
   comm_state_ = std::make_shared<CommState>();
   if (data_parallel()) {
     comm_ = make_host_worker("comm", {});
-    for (int b = 0; b < 3; ++b) {
-      comm_ready_[b] = dev_.new_event();
-      comm_reduced_[b] = make_host_event();
-    }
+    for (int b = 0; b < 3; ++b) comm_reduced_[b] = make_host_event();
   }
   optimizer_arena_ = std::make_unique<memory::ArenaBinding>(options_.optimizer_cpus);
   streamer_ = std::make_unique<StageStreamer>(
@@ -370,6 +367,15 @@ int64_t Engine::reduced_numel(int64_t stage) const {
   return shard_span(plan_.stages[static_cast<size_t>(stage)].numel, 0, world).stride * world;
 }
 
+std::shared_ptr<Event> Engine::compute_point() {
+  // A new event each time: the collective queue waits for exactly this point. A reused one could
+  // be recorded again further on before the queue reaches its wait, and on CUDA that later point
+  // may itself wait for this reduction (the next use of the same grad buffer).
+  std::shared_ptr<Event> e = dev_.new_event();
+  e->record(*compute_);
+  return e;
+}
+
 int Engine::grad_buffer_index(const at::Tensor& grads) const {
   if (grads.data_ptr() == grad_buf_[0].data_ptr()) return 0;
   if (grads.data_ptr() == grad_buf_[1].data_ptr()) return 1;
@@ -410,16 +416,14 @@ void Engine::collective(const std::function<void(dist::Communicator&)>& fn) {
 
 Event& Engine::reduce_grads(int64_t stage, const at::Tensor& grads, std::function<void()> then) {
   const int b = grad_buffer_index(grads);
-  Event& ready = *comm_ready_[b];
-  ready.record(*compute_);
+  std::shared_ptr<Event> ready = compute_point();
   const int64_t n = reduced_numel(stage);
   const std::string what =
       plan_.stages[static_cast<size_t>(stage)].name() + " grads, step " + std::to_string(step_);
   float* data = grads.data_ptr<float>();
-  Event* ready_ptr = &ready;
   mark(*comm_, "reduce_begin", stage);
-  comm_task([ready_ptr, data, n, what](dist::Communicator& c) {
-    ready_ptr->synchronize();
+  comm_task([ready, data, n, what](dist::Communicator& c) {
+    ready->synchronize();
     c.all_reduce_sum(data, n, dist::DType::kFloat32, what)->wait();
   });
   // `then` runs even after a failure: it only moves bytes, and what waits for it must go on.
@@ -431,7 +435,7 @@ Event& Engine::reduce_grads(int64_t stage, const at::Tensor& grads, std::functio
 
 void Engine::reduce_loss(LossSlot& loss) {
   loss.summed = true;
-  Event* ready = loss.ready.get();
+  std::shared_ptr<Event> ready = compute_point();  // the loss's copy to the host is before it
   double* value = loss.host.data_ptr<double>();
   const std::string what = "loss, step " + std::to_string(step_);
   comm_task([ready, value, what](dist::Communicator& c) {
@@ -722,8 +726,7 @@ void Engine::grads_to_host(int64_t stage, const at::Tensor& grads, Event& grads_
     // CPU backend's device memory is host memory; on CUDA the NCCL communicator copies the shard
     // out of its device scratch).
     if (ring_slot >= 0) comm_->wait(*grad_ring_free_[static_cast<size_t>(ring_slot)]);
-    Event& ready = *comm_ready_[grad_buffer_index(grads)];
-    ready.record(compute);
+    std::shared_ptr<Event> ready = compute_point();
     const int64_t stride = r.shard.stride, shard_numel = r.shard.numel;
     const float* in = grads.data_ptr<float>();
     // bf16 layout: summed in fp32, then rounded once into this rank's part of the working copy
@@ -735,12 +738,11 @@ void Engine::grads_to_host(int64_t stage, const at::Tensor& grads, Event& grads_
       host_grad_[static_cast<size_t>(stage)] = rounded;
       out = shard_sum_.data_ptr<float>();
     }
-    Event* ready_ptr = &ready;
     const std::string what =
         plan_.stages[static_cast<size_t>(stage)].name() + " grads, step " + std::to_string(step_);
     mark(*comm_, "reduce_begin", stage);
-    comm_task([ready_ptr, in, out, stride, rounded, shard_numel, what](dist::Communicator& c) {
-      ready_ptr->synchronize();
+    comm_task([ready, in, out, stride, rounded, shard_numel, what](dist::Communicator& c) {
+      ready->synchronize();
       c.reduce_scatter_sum(in, out, stride, dist::DType::kFloat32, what)->wait();
       if (rounded) kernels::fp32_to_bf16(out, rounded, shard_numel);
     });

@@ -252,6 +252,8 @@ class Engine {
   // very all-reduce of the replicated one and sums every element in the same order; 0 without
   // data parallel.
   int64_t reduced_numel(int64_t stage) const;
+  // An event at the compute stream's current point, for one collective task to wait for.
+  std::shared_ptr<Event> compute_point();
   // Which device grad buffer `grads` is: 0, 1 (the turns) or 2 (the tied embedding's).
   int grad_buffer_index(const at::Tensor& grads) const;
 
@@ -269,9 +271,9 @@ class Engine {
   std::unique_ptr<Stream> compute_, h2d_, d2h_, optimizer_;
   std::unique_ptr<Stream> comm_;  // the collective queue (data parallel only)
   std::shared_ptr<CommState> comm_state_;
-  // Per device grad buffer (the two turns, the tied embedding's): its grads are on the device /
-  // summed over the ranks.
-  std::unique_ptr<Event> comm_ready_[3], comm_reduced_[3];
+  // Per device grad buffer (the two turns, the tied embedding's): its grads are summed over the
+  // ranks.
+  std::unique_ptr<Event> comm_reduced_[3];
   std::unique_ptr<memory::ArenaBinding> optimizer_arena_;  // the optimizer's kernels run in it
   std::unique_ptr<StageStreamer> streamer_;
   // Device grads, always fp32 (the acc dtype): two stage-sized buffers taking turns, and for tied
