@@ -152,7 +152,10 @@ struct Trainer::State {
   int world() const { return dist.world_size; }
 
   ~State() {
-    engine.reset();  // before the communicator it uses
+    // The engine before the communicator it uses (declared later, so destroyed first), and the
+    // checkpoint writer, which uses the engine, before it.
+    writer.reset();
+    engine.reset();
     if (metrics) std::fclose(metrics);
     if (quiet_log) std::fclose(quiet_log);
   }
