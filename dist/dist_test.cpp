@@ -317,9 +317,7 @@ EngineRun run_engine_ranks(int n, int steps, bool clip, bool shard, const pipeli
 
 void check_data_parallel(int n, bool clip) {
   namespace at_testing = autograd::testing;
-  at_testing::TinyOptions to;
-  to.layers = 3;
-  const model::ModelConfig cfg = at_testing::tiny_config(to);
+  const model::ModelConfig cfg = testing::dp_test_config();
   const model::ModelParams init = at_testing::random_params(cfg, at::kFloat, 61);
   const pipeline::StagePlan plan = pipeline::plan_stages(cfg);
   const int steps = 4;
@@ -382,10 +380,7 @@ TEST_F(GlooTest, DataParallelThreeRanksWithinTheBoundOfOneProcess) {
 // layouts (bf16: each rank's master shard equals that part of the replicated master, and the
 // gathered bf16 working copy equals the replicated one).
 void check_sharded_equals_unsharded(bool bf16) {
-  namespace at_testing = autograd::testing;
-  at_testing::TinyOptions to;
-  to.layers = 3;
-  const model::ModelConfig cfg = at_testing::tiny_config(to);
+  const model::ModelConfig cfg = testing::dp_test_config();
   const pipeline::StagePlan plan = pipeline::plan_stages(cfg);
   for (auto [n, clip] : {std::pair<int, bool>{2, true}, {3, false}, {3, true}}) {
     std::vector<EngineRun> sharded;
@@ -435,10 +430,7 @@ TEST(ShardSpan, BlocksSplitEvenlyAndCoverTheStage) {
     }
   }
   // Bytes: 4 (the whole fp32 weights) + 12 / N per parameter, plus padding.
-  namespace at_testing = autograd::testing;
-  at_testing::TinyOptions to;
-  to.layers = 3;
-  const model::ModelConfig cfg = at_testing::tiny_config(to);
+  const model::ModelConfig cfg = testing::dp_test_config();
   const pipeline::StagePlan plan = pipeline::plan_stages(cfg);
   pipeline::ParamStoreOptions whole, half;
   half.shard_count = 2;

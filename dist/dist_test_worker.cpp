@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "autograd/test_util.h"
+#include "dist/dp_testing.h"
 #include "dist/gloo_communicator.h"
 #include "pipeline/engine.h"
 #include "pipeline/engine_testing.h"
@@ -130,32 +131,25 @@ int fault(Communicator& c, const std::string& mode, int victim) {
   return fail("no fault seen");
 }
 
-// OUT.<rank>: int64 steps, then steps doubles of loss, steps doubles of grad norm, then every
-// stage's fp32 master in stage order.
+// OUT.<rank>: int64 steps, then steps doubles of loss, steps doubles of grad norm, then per stage
+// its master and working copy, each after its element count (see below).
 int engine(Communicator& c, int steps, bool clip, bool shard, bool bf16) {
   namespace at_testing = rs::autograd::testing;
   namespace pl = rs::pipeline;
-  at_testing::TinyOptions to;
-  to.layers = 3;
-  const rs::model::ModelConfig cfg = at_testing::tiny_config(to);
+  const rs::model::ModelConfig cfg = rs::dist::testing::dp_test_config();
   const rs::model::ModelParams init = at_testing::random_params(cfg, at::kFloat, 61);
   const int64_t B = 2, T = 7;
-  pl::EngineOptions o;
-  o.adamw.lr = 1e-2f;
-  o.max_grad_norm = clip ? 0.05 : 0.0;
-  o.comm = &c;
+  rs::dist::testing::DpOptions o;
+  o.clip = clip;
+  o.shard = shard;
+  o.bf16 = bf16;
   pl::CpuDeviceOptions dopt = pl::CpuDeviceOptions::faults(true, 5 + c.rank(), 200);
   if (bf16) dopt.compute_dtype = at::kBFloat16;
   auto dev = pl::make_cpu_device(dopt);
-  pl::ParamStoreOptions so;
-  so.working_copy_bf16 = bf16;
-  if (shard) {
-    so.shard_rank = c.rank();
-    so.shard_count = c.world_size();
-  }
-  pl::ParamStore store(pl::plan_stages(cfg), cfg, so);
+  pl::ParamStore store(pl::plan_stages(cfg), cfg,
+                       rs::dist::testing::dp_store_options(o, c.rank(), c.world_size()));
   store.load(init);
-  pl::Engine e(*dev, store, o, B, T);
+  pl::Engine e(*dev, store, rs::dist::testing::dp_engine_options(o, &c), B, T);
   std::vector<double> losses, norms;
   for (int step = 0; step < steps; ++step) {
     const pl::testing::Batches b = pl::testing::make_batches(cfg, c.world_size(), B, T, 100 + step);

@@ -42,15 +42,10 @@ TEST(DataParallelCuda, TwoThreadRanksOnOneGpu) {
   const model::ModelConfig cfg = testing::dp_test_config();
   const model::ModelParams init = autograd::testing::random_params(cfg, at::kFloat, 61);
   auto dev = pipeline::make_cuda_device(0);
-  pipeline::ParamStoreOptions so;
-  so.working_copy_bf16 = true;
-  so.pin = true;
-  pipeline::ParamStore store(pipeline::plan_stages(cfg), cfg, so);
+  o.shard = false;
+  pipeline::ParamStore store(pipeline::plan_stages(cfg), cfg, testing::dp_store_options(o, 0, 1));
   store.load(init);
-  pipeline::EngineOptions eo;
-  eo.adamw.lr = 1e-2f;
-  eo.max_grad_norm = 0.05;
-  pipeline::Engine e(*dev, store, eo, 2, 7);
+  pipeline::Engine e(*dev, store, testing::dp_engine_options(o, nullptr), 2, 7);
   for (int step = 0; step < o.steps; ++step) {
     const pipeline::testing::Batches b = pipeline::testing::make_batches(cfg, 2, 2, 7, 100 + step);
     const double loss = e.train_step(b.ids, b.targets).loss();

@@ -38,6 +38,26 @@ inline model::ModelConfig dp_test_config() {
   return autograd::testing::tiny_config(to);
 }
 
+// The store and engine settings every data-parallel test uses (rank `rank` of `world`).
+inline pipeline::ParamStoreOptions dp_store_options(const DpOptions& o, int rank, int world) {
+  pipeline::ParamStoreOptions so;
+  so.working_copy_bf16 = o.bf16;
+  so.pin = o.pin;
+  if (o.shard) {
+    so.shard_rank = rank;
+    so.shard_count = world;
+  }
+  return so;
+}
+
+inline pipeline::EngineOptions dp_engine_options(const DpOptions& o, Communicator* comm) {
+  pipeline::EngineOptions eo;
+  eo.adamw.lr = 1e-2f;
+  eo.max_grad_norm = o.clip ? 0.05 : 0.0;
+  eo.comm = comm;
+  return eo;
+}
+
 inline std::vector<DpRun> run_thread_ranks(
     int world, const DpOptions& o,
     const std::function<std::unique_ptr<pipeline::Device>(int rank)>& make_device,
@@ -59,20 +79,10 @@ inline std::vector<DpRun> run_thread_ranks(
       try {
         std::unique_ptr<Communicator> comm = group.communicator(rank);
         std::unique_ptr<pipeline::Device> dev = make_device(rank);
-        pipeline::ParamStoreOptions so;
-        so.working_copy_bf16 = o.bf16;
-        so.pin = o.pin;
-        if (o.shard) {
-          so.shard_rank = rank;
-          so.shard_count = world;
-        }
-        pipeline::ParamStore store(pipeline::plan_stages(cfg), cfg, so);
+        pipeline::ParamStore store(pipeline::plan_stages(cfg), cfg,
+                                   dp_store_options(o, rank, world));
         store.load(init);
-        pipeline::EngineOptions eo;
-        eo.adamw.lr = 1e-2f;
-        eo.max_grad_norm = o.clip ? 0.05 : 0.0;
-        eo.comm = comm.get();
-        pipeline::Engine e(*dev, store, eo, B, T);
+        pipeline::Engine e(*dev, store, dp_engine_options(o, comm.get()), B, T);
         for (const pipeline::testing::Batches& b : batches) {
           int64_t global = 0;
           for (const at::Tensor& t : b.targets) global += autograd::count_targets(t);
