@@ -100,6 +100,9 @@ std::string check_launch_options(const LaunchOptions& o) {
   if (o.master_port < 0 || o.master_port > 65535) return "the master port must be in [1, 65535]";
   if (!(o.timeout_s >= 1 && o.timeout_s <= 86400)) return "--timeout must be in [1, 86400] seconds";
   if (!(o.grace_s >= 0 && o.grace_s <= 86400)) return "--grace must be in [0, 86400] seconds";
+  if (o.master_addr.empty() || o.master_addr.size() > 253) {
+    return "the master host must be a host name or address of 1 to 253 characters";
+  }
   if (o.program.empty()) return "nothing to launch: give the command after `--`";
   return "";
 }
