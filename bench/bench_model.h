@@ -1,6 +1,7 @@
-// The 49.7M-parameter Llama-style model the CPU training benchmarks share (train_step_bench,
-// save_overlap_bench), so their figures describe the same model: vocab 16384 (tied), hidden 512,
-// 14 layers, 8/4 heads of 64, MLP 1408.
+// The model shapes the CPU benchmarks share, so their figures describe the same models: a
+// 49.7M-parameter Llama-style model (train_step_bench, save_overlap_bench, planner_accuracy):
+// vocab 16384 (tied), hidden 512, 14 layers, 8/4 heads of 64, MLP 1408 (SmolLM2-135M's shape is
+// model/shapes.h).
 //
 //   const ramstream::model::ModelConfig cfg = ramstream::bench::model_50m_config();
 #pragma once

@@ -34,6 +34,10 @@ struct InferenceArgs {
   double kv_memory_gib = 0;  // cap on the KV pages; 0 = what host RAM allows
   int64_t batch_size = 32;   // sequences (or eval windows) run together
   bool json = false;         // the last stdout line is one JSON object with the figures
+  // none | auto | time | energy | balanced: the planner picks the decode micro-batch for the
+  // batch and predicts the run's time next to the measured one (planner/planner.h).
+  std::string plan = "none";
+  std::string plan_hardware = "auto";
 };
 struct SamplingArgs {
   int64_t max_new_tokens = 256;
@@ -66,5 +70,29 @@ struct EvalArgs {
   int64_t context = 512, stride = 0, max_windows = 0, max_examples = 0, max_new_tokens = 32;
 };
 int eval_command(const EvalArgs& args);
+
+// `ramstream plan --model M --mode train|infer --hardware auto|FILE --objective time|energy|
+// balanced [--tokens-per-step N] [--json]`: the planner's Pareto front and chosen plan
+// (planner/planner.h).
+struct PlanArgs {
+  std::string model;
+  std::string mode = "train";
+  std::string hardware = "auto";  // probe this machine, or a profile file / bundled name
+  std::string objective = "time";
+  std::string device = "auto";  // auto: the GPU when the profile has one
+  std::string search = "auto";  // auto | exhaustive | pgsam
+  uint64_t seed = 1;
+  std::string save_hardware;  // write the profile used here as YAML
+  bool json = false;
+  // train
+  int64_t seq_len = 256, tokens_per_step = 512;
+  std::string compute = "auto";  // CPU: auto | fp32 | bf16
+  bool clip = true;
+  // infer
+  int64_t batch = 1, prompt_tokens = 128, new_tokens = 128;
+  std::string kv_cache = "bf16";  // a kind, a comma list, or auto
+  int kv_group = 32, kv_residual = 128;
+};
+int plan_command(const PlanArgs& args);
 
 }  // namespace ramstream::cli

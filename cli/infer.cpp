@@ -18,6 +18,7 @@
 #include "cli/commands.h"
 #include "inference/evaluate.h"
 #include "inference/session.h"
+#include "planner/planner.h"
 #include "util/json_read.h"
 #include "util/user_file.h"
 
@@ -49,6 +50,66 @@ std::unique_ptr<Session> open(const InferenceArgs& a, const char* command) {
   if (!s.ok()) throw std::runtime_error(s.error().message);
   std::fprintf(stderr, "%s: %s\n", command, s.value()->describe().c_str());
   return std::move(s).value();
+}
+
+// --plan: the planner's decode micro-batch for this batch, set on the session's generator, and
+// its prediction of the run, printed next to the measured figures. The session fixes the rest
+// (the cache kind, and on CUDA the resident stages: all that fit, which is also what the planner
+// picks for time).
+struct RunPrediction {
+  bool has = false;
+  planner::Prediction predicted;
+};
+
+RunPrediction plan_inference(const InferenceArgs& a, Session& s, int64_t batch,
+                             int64_t prompt_tokens, int64_t new_tokens, const char* command) {
+  RunPrediction out;
+  if (a.plan == "none") return out;
+  planner::Objective objective = planner::Objective::kTime;
+  if (a.plan != "auto" && !planner::parse_objective(a.plan, &objective)) {
+    throw std::invalid_argument("--plan '" + a.plan +
+                                "': expected none, auto, time, energy or balanced");
+  }
+  Result<planner::HardwareProfile> hw = planner::hardware_profile_for(a.plan_hardware, {});
+  if (!hw.ok())
+    throw std::runtime_error("--plan-hardware " + a.plan_hardware + ": " + hw.error().message);
+  planner::InferWorkload w;
+  w.model = s.config();
+  w.batch = std::max<int64_t>(1, batch);
+  w.prompt_tokens = std::max<int64_t>(1, prompt_tokens);
+  w.new_tokens = new_tokens;
+  w.use_gpu = s.device().kind() == pipeline::DeviceKind::kCuda;
+  const inference::KvCacheConfig& kv = s.generator().options().kv;
+  planner::InferSettings base;
+  base.kv = kv.bits == 4   ? planner::KvKind::kKivi4
+            : kv.bits == 2 ? planner::KvKind::kKivi2
+                           : planner::KvKind::kFull;
+  base.kv_group = kv.group;
+  base.kv_residual = kv.residual;
+  Result<planner::InferPlan> plan = planner::plan_infer(hw.value(), w, objective, {base.kv}, base);
+  if (!plan.ok()) throw std::runtime_error("--plan " + a.plan + ": " + plan.error().message);
+  const planner::InferCandidate& c = plan.value().chosen;
+  s.generator().set_micro_batch(c.settings.micro_batch);
+  std::fprintf(stderr,
+               "%s: plan %s (%s) on %s: %s; predicted %.2f s (prefill %.2f, decode %.2f), "
+               "%.1f new tokens/s, %.1f J (modelled)%s\n",
+               command, a.plan.c_str(), planner::objective_name(objective), hw.value().name.c_str(),
+               planner::describe(c.settings, w.use_gpu).c_str(), c.predicted.step_s,
+               c.predicted.prefill_s, c.predicted.decode_s, c.predicted.tokens_per_s(),
+               c.predicted.energy_j,
+               kv.h2o ? "; h2o eviction is not modelled (an upper bound)" : "");
+  out.has = true;
+  out.predicted = c.predicted;
+  return out;
+}
+
+void add_prediction(nlohmann::json& j, const RunPrediction& p) {
+  if (!p.has) return;
+  j["predicted_s"] = p.predicted.step_s;
+  j["predicted_prefill_s"] = p.predicted.prefill_s;
+  j["predicted_decode_s"] = p.predicted.decode_s;
+  j["predicted_energy_j"] = p.predicted.energy_j;
+  j["predicted_tokens_per_s"] = p.predicted.tokens_per_s();
 }
 
 GenerateOptions generate_options(const SamplingArgs& a, const Session& s) {
@@ -242,6 +303,12 @@ int generate_command(const GenerateArgs& a) {
           " tokens: no room left in the model's context of " + std::to_string(ctx));
     }
   }
+  int64_t prompt_tokens = 0;
+  for (const Prompt& p : prompts) prompt_tokens += int64_t(p.ids.size());
+  const int64_t first_batch = std::min<int64_t>(a.inf.batch_size, int64_t(prompts.size()));
+  const RunPrediction predicted =
+      plan_inference(a.inf, *s, first_batch, prompt_tokens / std::max<size_t>(1, prompts.size()),
+                     a.sampling.max_new_tokens, "ramstream generate");
   const bool stream = a.batch_file.empty() && a.output.empty();
   std::FILE* results = stdout;
   std::unique_ptr<std::FILE, int (*)(std::FILE*)> out_file(nullptr, std::fclose);
@@ -298,6 +365,17 @@ int generate_command(const GenerateArgs& a) {
   }
   nlohmann::json sum = run_summary(total, a.inf, n);
   sum["kv_page_bytes"] = s->generator().kv_pool().page_bytes();
+  if (predicted.has) {
+    // The planner predicts one batch of max_new_tokens per prompt: compare per batch.
+    const double batches = std::ceil(double(n) / double(std::max<int64_t>(1, first_batch)));
+    std::fprintf(stderr,
+                 "ramstream generate: measured %.2f s per batch (prefill %.2f, decode %.2f), "
+                 "predicted %.2f s (prefill %.2f, decode %.2f)\n",
+                 (total.prefill_s + total.decode_s) / batches, total.prefill_s / batches,
+                 total.decode_s / batches, predicted.predicted.step_s,
+                 predicted.predicted.prefill_s, predicted.predicted.decode_s);
+    add_prediction(sum, predicted);
+  }
   std::fprintf(stderr, "ramstream generate: %s\n", s->generator().kv_pool().describe().c_str());
   std::fprintf(stderr,
                "ramstream generate: %lld new tokens, prefill %.2f s (%.1f tokens/s), "
@@ -457,6 +535,9 @@ int eval_command(const EvalArgs& a) {
     po.stride = a.stride;
     po.max_windows = a.max_windows;
     po.batch = a.inf.batch_size;
+    const int64_t stride = a.stride > 0 ? a.stride : a.context / 2;
+    const RunPrediction predicted =
+        plan_inference(a.inf, *s, a.inf.batch_size, a.context - stride, stride, "ramstream eval");
     auto last = std::chrono::steady_clock::now();
     po.progress = [&](int64_t done, int64_t total) {
       const auto now = std::chrono::steady_clock::now();
@@ -482,6 +563,20 @@ int eval_command(const EvalArgs& a) {
                 {"kv_bytes_per_token", r.kv_bytes_per_token},
                 {"tokens_per_s", tps},
                 {"seconds", r.seconds}});
+    if (predicted.has) {
+      // One prediction per batch of windows (prefill context - stride, decode stride).
+      const double batches =
+          std::ceil(double(r.windows) / double(std::max<int64_t>(1, a.inf.batch_size)));
+      const double predicted_s = batches * predicted.predicted.step_s;
+      std::fprintf(stderr,
+                   "ramstream eval: measured %.2f s (%.1f tokens/s), predicted %.2f s (%.1f "
+                   "tokens/s)\n",
+                   r.seconds, tps, predicted_s,
+                   predicted_s > 0 ? double(r.tokens) / predicted_s : 0.0);
+      add_prediction(out, predicted);
+      out["predicted_s"] = predicted_s;
+      out["predicted_tokens_per_s"] = predicted_s > 0 ? double(r.tokens) / predicted_s : 0.0;
+    }
   } else {
     std::vector<std::vector<int32_t>> prompts;
     std::vector<std::string> expected;

@@ -297,6 +297,14 @@ int cli_main(int argc, char** argv, Context& context) {
                   "KIVI group size G (tokens per key group, channels "
                   "per value group; a multiple of 32)")
         ->capture_default_str();
+    c->add_option("--plan", a.plan,
+                  "none, or auto | time | energy | balanced: the planner picks the decode "
+                  "micro-batch and predicts the run's time and energy next to the measured ones")
+        ->capture_default_str();
+    c->add_option("--plan-hardware", a.plan_hardware,
+                  "the planner's hardware profile: auto (probe, cached), a YAML file or a bundled "
+                  "name")
+        ->capture_default_str();
     c->add_option("--kv-residual", a.kv_residual, "KIVI full-precision window R (a multiple of G)")
         ->capture_default_str();
     c->add_option("--kv-sink", a.kv_sink,
@@ -364,6 +372,59 @@ int cli_main(int argc, char** argv, Context& context) {
   eval_cmd->add_option("--max-new-tokens", ev.max_new_tokens, "tokens per task answer")
       ->capture_default_str();
   eval_cmd->get_option("--batch-size")->description("windows or tasks run together");
+
+  rs::cli::PlanArgs plan;
+  CLI::App* plan_cmd = app.add_subcommand(
+      "plan",
+      "choose the engine's settings (micro-batch, accumulation, slots, resident layers, "
+      "checkpoints, optimizer threads; for inference batch split and KV cache): the Pareto front "
+      "of predicted time, energy and memory, and the plan of the objective");
+  plan_cmd
+      ->add_option("--model", plan.model, "a Hugging Face folder, a .gguf file or a config.json")
+      ->required();
+  plan_cmd->add_option("--mode", plan.mode, "train or infer")->capture_default_str();
+  plan_cmd
+      ->add_option("--hardware", plan.hardware,
+                   "auto (probe this machine, cached), a profile YAML file, or a bundled "
+                   "profile name")
+      ->capture_default_str();
+  plan_cmd->add_option("--objective", plan.objective, "time, energy or balanced")
+      ->capture_default_str();
+  plan_cmd
+      ->add_option("--device", plan.device, "auto (the GPU when the profile has one), cpu, cuda")
+      ->capture_default_str();
+  plan_cmd
+      ->add_option("--search", plan.search,
+                   "auto (exhaustive up to 4096 plans, else PGSAM), exhaustive or pgsam")
+      ->capture_default_str();
+  plan_cmd->add_option("--seed", plan.seed, "PGSAM's seed (same seed, same plan)")
+      ->capture_default_str();
+  plan_cmd->add_option("--save-hardware", plan.save_hardware,
+                       "write the hardware profile used (e.g. the probe's) to this YAML file");
+  plan_cmd->add_flag("--json", plan.json, "the last stdout line is one JSON object");
+  plan_cmd->add_option("--seq-len", plan.seq_len, "train: tokens per row")->capture_default_str();
+  plan_cmd
+      ->add_option("--tokens-per-step", plan.tokens_per_step,
+                   "train: tokens per optimizer step (a multiple of --seq-len)")
+      ->capture_default_str();
+  plan_cmd->add_option("--compute", plan.compute, "train on the CPU: auto, fp32 or bf16")
+      ->capture_default_str();
+  plan_cmd->add_flag("!--no-clip", plan.clip, "train: without global-norm clipping");
+  plan_cmd->add_option("--batch", plan.batch, "infer: prompts decoded together")
+      ->capture_default_str();
+  plan_cmd->add_option("--prompt-tokens", plan.prompt_tokens, "infer: tokens per prompt")
+      ->capture_default_str();
+  plan_cmd->add_option("--new-tokens", plan.new_tokens, "infer: tokens generated per prompt")
+      ->capture_default_str();
+  plan_cmd
+      ->add_option("--kv-cache", plan.kv_cache,
+                   "infer: bf16, kivi4, kivi2, a comma list to choose from, or auto "
+                   "(bf16,kivi4)")
+      ->capture_default_str();
+  plan_cmd->add_option("--kv-group", plan.kv_group, "infer: KIVI group size")
+      ->capture_default_str();
+  plan_cmd->add_option("--kv-residual", plan.kv_residual, "infer: KIVI full-precision window")
+      ->capture_default_str();
 
   rs::dist::LaunchOptions launch;
   std::string master;
@@ -451,6 +512,7 @@ int cli_main(int argc, char** argv, Context& context) {
   if (*generate_cmd) context.file = gen.inf.model;
   if (*chat_cmd) context.file = chat.inf.model;
   if (*eval_cmd) context.file = ev.inf.model;
+  if (*plan_cmd) context.file = plan.model;
 
   if (*run_cmd) return run(recipe, overrides);
   if (*ls_cmd) return list_recipes();
@@ -462,6 +524,7 @@ int cli_main(int argc, char** argv, Context& context) {
   if (*generate_cmd) return rs::cli::generate_command(gen);
   if (*chat_cmd) return rs::cli::chat_command(chat);
   if (*eval_cmd) return rs::cli::eval_command(ev);
+  if (*plan_cmd) return rs::cli::plan_command(plan);
   return 0;
 }
 

@@ -130,6 +130,8 @@ class Generator {
                              const GenerateOptions& options);
 
   const GeneratorOptions& options() const { return options_; }
+  // Decode rows per stage application from the next step on (the planner's choice; >= 1).
+  void set_micro_batch(int64_t rows) { options_.micro_batch = rows < 1 ? 1 : rows; }
   int64_t weight_bytes_loaded() const { return streamer_->weight_bytes_loaded(); }
   const KvPagePool& kv_pool() const { return *kv_pool_; }
   std::string describe() const;

@@ -53,6 +53,7 @@
 #include "memory/block_pool.h"
 #include "memory/host_binding.h"
 #include "pipeline/device.h"
+#include "pipeline/engine_memory.h"
 #include "pipeline/param_store.h"
 #include "pipeline/stage_streamer.h"
 #include "pipeline/stages.h"
@@ -125,14 +126,6 @@ class StepResult {
  private:
   std::shared_ptr<Record> rec_;
 };
-
-// Bytes of fp32 logits per cross-entropy chunk when EngineOptions::ce_chunk_rows is 0. The head's
-// weight-grad GEMM has the chunk's rows as its depth: a GPU needs hundreds of rows, and on the
-// CPU 8 MiB (42 rows of a 49k vocabulary) ran that GEMM at a fraction of the rate that 64 MiB
-// (340 rows) reaches.
-constexpr int64_t default_ce_chunk_bytes(bool cuda) {
-  return cuda ? int64_t{256} << 20 : int64_t{64} << 20;
-}
 
 class Engine {
  public:

@@ -35,9 +35,12 @@
 #   (c) h2d_bench --json    (d) llama_step_bench --json
 #   (e) main job: ramstream run smollm2-135m-full-sft engine.device=cuda on the default model;
 #       its held-out accuracy lines go into summary.txt
+#   (f) planner: planner_accuracy --device cuda --json (probes the machine afresh: predicted vs
+#       measured step time, predicted vs NVML GPU joules), then `ramstream plan` for the default
+#       recipe on that probe, and the probed profile (YAML) at the end of the same log
 # A step whose binary was not built is "missing" (not counted as a failure: the build rows say
 # why). $OUT gets summary.txt, build.log, ctest.log, layout_test.log, h2d_bench.log,
-# llama_step_bench.log and main_job.log. Exit status: 1 when any step failed (FAIL, or not run
+# llama_step_bench.log, main_job.log and planner.log (8 files, the device tool's limit). Exit status: 1 when any step failed (FAIL, or not run
 # for lack of time), else 0. The whole run keeps inside GPU_CHECK_BUDGET_S (default 570 s) so
 # that it ends, summary written, within the device tool's 10-minute command.
 # Environment: OUT, RAMSTREAM_CUDA_ARCH (default 90), GPU_CHECK_BUDGET_S (default 570).
@@ -48,13 +51,13 @@ ROOT=$PWD
 
 # The targets this check builds and runs (only these are built, to keep the build short).
 GPU_TARGETS=(ramstream pipeline_cuda_test pipeline_gpu_layout_test cuda_model_test h2d_bench
-  llama_step_bench)
+  llama_step_bench planner_accuracy)
 
 BUILD_DIR=build-gpu
 CUDA_ARCH=${RAMSTREAM_CUDA_ARCH:-90}
 BUDGET_S=${GPU_CHECK_BUDGET_S:-570}
 # Per-step time caps in seconds (each also bounded by what is left of the budget).
-CAP_CTEST=240 CAP_LAYOUT=120 CAP_BENCH=120 CAP_MAIN=420
+CAP_CTEST=240 CAP_LAYOUT=120 CAP_BENCH=120 CAP_MAIN=420 CAP_PLANNER=180
 DEPS=$ROOT/.gpu-deps
 PREFIX=$DEPS/prefix
 MODEL_DIR=$ROOT/.gpu-model
@@ -453,6 +456,35 @@ step_main() {
   fi
 }
 
+step_planner() {
+  local step="(f) planner accuracy (GPU)" log=$OUT/planner.log exe plan_exe last profile
+  exe=$(binary planner_accuracy)
+  [[ -n "$exe" ]] || {
+    missing_row "$step" planner_accuracy
+    return
+  }
+  run_logged "$step" "$log" "$CAP_PLANNER" "$exe" --device cuda --json || return
+  last=$(grep -E '^mean \|' "$log" | tr '\n' ' ' | cut -c1-240)
+  local rc=$RC
+  plan_exe=$(binary ramstream)
+  if [[ -n "$plan_exe" && -n "$MODEL_PATH" ]]; then
+    profile=$(mktemp /tmp/ramstream-hardware.XXXXXX.yaml)
+    {
+      echo "== ramstream plan --mode train (default recipe's workload) on the probe just taken"
+      timeout 60 "$plan_exe" plan --model "$MODEL_PATH" --mode train --hardware auto \
+        --objective time --save-hardware "$profile" 2>&1
+      echo "== the probed profile"
+      cat "$profile"
+    } >> "$log"
+    rm -f "$profile"
+  fi
+  if ((rc != 0)); then
+    row "$step" FAIL "$SECS" "exit status $rc: $(grep -v '^== ' "$log" | tail -n1 | cut -c1-200)"
+  else
+    row "$step" pass "$SECS" "${last:-no summary line}"
+  fi
+}
+
 # --- main ---------------------------------------------------------------------------------------
 # nvcc where the CUDA toolkit lives when it is not on PATH.
 if ! command -v nvcc > /dev/null && [[ -x /usr/local/cuda/bin/nvcc ]]; then
@@ -482,6 +514,7 @@ if [[ "$mode" == all ]]; then
   step_bench "(c) h2d_bench --json" h2d_bench
   step_bench "(d) llama_step_bench --json" llama_step_bench
   step_main
+  step_planner
 fi
 
 write_summary

@@ -17,6 +17,7 @@
 #include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
+#include "util/text.h"
 #include "util/user_file.h"
 
 namespace ramstream::trainer {
@@ -186,6 +187,15 @@ const std::vector<KeySpec>& schema() {
     std::vector<KeySpec> k;
     k.push_back(text_key("output_dir", &R::output_dir, "a folder",
                          "Where checkpoints, metrics.jsonl, recipe.yaml and the model go."));
+    k.push_back(choice_key("plan", &R::plan, {"none", "auto", "time", "energy", "balanced"},
+                           "Let the planner choose train.batch_size and grad_accum (same rows "
+                           "per step), the engine's slots, activations, checkpoints, resident "
+                           "layers and optimizer threads for this objective (auto: time); none "
+                           "runs the recipe's settings. Either way the log shows the predicted "
+                           "step time next to the measured one."));
+    k.push_back(text_key("plan_hardware", &R::plan_hardware, "auto, a file or a bundled profile",
+                         "The hardware profile the planner predicts with: auto probes this "
+                         "machine (cached), else a profile YAML or a bundled profile name."));
     k.push_back(text_key("model.path", &R::model_path, "a folder or a .gguf file",
                          "The model: a Hugging Face folder (config.json, safetensors, tokenizer) "
                          "or a llama.cpp .gguf file."));
@@ -317,19 +327,6 @@ constexpr size_t kColumnsPrefixSize = 13;
 
 bool is_columns_key(const std::string& key) {
   return key.size() > kColumnsPrefixSize && key.compare(0, kColumnsPrefixSize, kColumnsPrefix) == 0;
-}
-
-size_t edit_distance(const std::string& a, const std::string& b) {
-  std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    cur[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j) {
-      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1])});
-    }
-    std::swap(prev, cur);
-  }
-  return prev[b.size()];
 }
 
 std::string unknown_key_message(const std::string& key) {

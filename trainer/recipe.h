@@ -41,6 +41,8 @@ namespace ramstream::trainer {
 struct Recipe {
   std::string source;  // file or bundled name it came from
   std::string output_dir = "out/run";
+  std::string plan = "none";           // none | auto | time | energy | balanced (planner/)
+  std::string plan_hardware = "auto";  // auto (probe) | a profile file | a bundled profile
 
   // model
   std::string model_path;              // HF folder or .gguf file; "~" expands to $HOME

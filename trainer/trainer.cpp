@@ -38,6 +38,8 @@
 #include "pipeline/gemm_probe.h"
 #include "pipeline/param_store.h"
 #include "pipeline/stages.h"
+#include "planner/energy_meter.h"
+#include "planner/planner.h"
 #include "trainer/lr_schedule.h"
 #include "trainer/progress.h"
 #include "util/runtime_defaults.h"
@@ -147,6 +149,14 @@ struct Trainer::State {
   std::unique_ptr<dist::Communicator> comm;
   FILE* quiet_log = nullptr;
   int agreed_signal = -1;
+  // The planner (planner/planner.h): its predicted step for the settings that run, what it chose
+  // (or why there is no prediction), and the energy counters that measure what a step costs.
+  planner::Prediction predicted;
+  bool has_prediction = false;
+  std::string plan_line;
+  int64_t resident_stages = 0;
+  int optimizer_threads = 0;
+  std::unique_ptr<planner::EnergyMeter> energy;
 
   bool lead() const { return dist.rank == 0; }
   int world() const { return dist.world_size; }
@@ -460,6 +470,8 @@ void print_startup(State& s, uint64_t need_bytes) {
   std::fprintf(o, "  schedule     %lld steps, lr %.3g (%s, warmup %lld), clip %.3g, seed %llu\n",
                (long long)r.max_steps, r.lr, r.lr_schedule.c_str(), (long long)r.warmup_steps,
                r.max_grad_norm, (unsigned long long)r.seed);
+  if (!s.plan_line.empty()) std::fprintf(o, "  plan         %s\n", s.plan_line.c_str());
+  if (s.energy) std::fprintf(o, "  %s\n", s.energy->describe().c_str());
   std::fprintf(o, "  output       %s\n", r.output_dir.c_str());
   std::fflush(o);
 }
@@ -468,42 +480,14 @@ void print_startup(State& s, uint64_t need_bytes) {
 
 EngineMemory estimate_engine_memory(const model::ModelConfig& c, const Recipe& r,
                                     int64_t element_bytes, bool cuda) {
-  // Mirrors the buffers of pipeline/engine.cpp and autograd/block.cpp; in double, as hostile
-  // sizes overflow int64.
-  const pipeline::StagePlan plan = pipeline::plan_stages(c);
-  const double E = double(element_bytes), A = 4;  // compute and accumulation dtype bytes
-  const double B = double(r.batch_size), T = double(r.max_seq_len), M = double(r.grad_accum);
-  const double N = B * T, L = double(c.num_layers), C = double(c.hidden_size);
-  const double F = double(c.intermediate_size), Q = double(c.q_dim()), KV = double(c.kv_dim());
-  const double H = double(c.num_heads), slot = double(plan.slot_numel);
-  EngineMemory m;
-  // Weight slots; fp32 grad buffers (and on CUDA their bf16 halves in the bf16 layout); the tied
-  // grad.
-  m.device_bytes = double(std::max<int64_t>(2, r.num_slots)) * slot * E +
-                   2 * double(plan.grad_numel) * A +
-                   (element_bytes == 2 && cuda ? 2 * slot * E : 0.0);
-  if (c.tie_word_embeddings) m.device_bytes += double(c.vocab_size) * C * A;
-  // One block's activations and scratch, the head's buffers.
-  const double acts = N * (4 * C + 2 * Q + 2 * KV + 2 * F) * E + N * (2 + H) * A;
-  const double scratch = N * (Q + 2 * KV + 2 * C + 4 * F + 2 * Q + 2 * KV) * E;
-  m.device_bytes += acts + scratch + 3 * N * C * E + N * A;
-  // Per micro-batch: residual grads, ids, target rows, positions and document bounds on the
-  // device, staging on the host.
-  m.device_bytes += M * (N * C * E + 4 * N * 8 + (N + 1) * 4);
-  m.host_bytes += 2 * M * (4 * N * 8 + (N + 1) * 4);
-  // Block-input checkpoints of every layer and micro-batch (layer-major: all kept at once).
-  if (r.host_checkpoints) {
-    m.host_bytes += L * M * N * C * E;
-    m.device_bytes += 2 * M * N * C * E;
-  } else {
-    m.device_bytes += (L + 1) * M * N * C * E;
-  }
-  if (r.activations == "keep") m.device_bytes += L * M * acts;
-  // Attention probabilities of one row, T x T per head, forward and backward.
-  m.device_bytes += 2 * H * T * T * E;
-  // Cross-entropy chunks of logits and their grads.
-  m.device_bytes += 2 * double(pipeline::default_ce_chunk_bytes(cuda));
-  return m;
+  pipeline::EngineShape shape;
+  shape.batch = r.batch_size;
+  shape.seq_len = r.max_seq_len;
+  shape.micro_batches = r.grad_accum;
+  shape.num_slots = r.num_slots;
+  shape.keep_activations = r.activations == "keep";
+  shape.host_checkpoints = r.host_checkpoints;
+  return pipeline::estimate_engine_memory(c, shape, element_bytes, cuda);
 }
 
 std::string summary_text(const TrainSummary& s) {
@@ -563,6 +547,80 @@ const model::ModelConfig& Trainer::model_config() const {
 const data::Dataset& Trainer::dataset() const {
   return s_->dataset;
 }
+
+namespace {
+
+planner::TrainSettings recipe_settings(const Recipe& r) {
+  planner::TrainSettings t;
+  t.micro_batch = r.batch_size;
+  t.grad_accum = r.grad_accum;
+  t.num_slots = int(r.num_slots);
+  t.keep_activations = r.activations == "keep";
+  t.host_checkpoints = r.host_checkpoints;
+  return t;
+}
+
+// The planner's prediction for the recipe's own settings (plan: none), or its chosen settings
+// for the recipe's rows per step applied to the recipe (plan: auto | time | energy | balanced).
+// Without a hardware profile there is no prediction (a warning), unless a plan was asked for.
+Status plan_run(State& s, bool bf16) {
+  Recipe& r = s.recipe;
+  Result<planner::HardwareProfile> hw = planner::hardware_profile_for(r.plan_hardware, {});
+  if (!hw.ok()) {
+    const std::string why = "plan_hardware " + r.plan_hardware + ": " + hw.error().message;
+    if (r.plan != "none") return Error{why};
+    s.warnings.push_back("no step-time prediction: " + why);
+    return Ok{};
+  }
+  planner::TrainWorkload w;
+  w.model = s.cfg;
+  w.seq_len = r.max_seq_len;
+  w.rows_per_step = r.batch_size * r.grad_accum;
+  w.clip = r.max_grad_norm > 0;
+  w.use_gpu = s.cuda;
+  w.bf16 = bf16;
+  if (s.cuda && !hw.value().gpu.present) {
+    const std::string why = "the hardware profile '" + hw.value().name + "' has no GPU";
+    if (r.plan != "none") return Error{"plan " + r.plan + ": " + why};
+    s.warnings.push_back("no step-time prediction: " + why);
+    return Ok{};
+  }
+  const planner::TrainSettings own = recipe_settings(r);
+  const planner::Prediction own_prediction = planner::predict_train(hw.value(), w, own);
+  char buf[512];
+  if (r.plan == "none") {
+    s.predicted = own_prediction;
+    std::snprintf(buf, sizeof buf, "none (the recipe's settings); predicted %.0f ms/step on %s",
+                  own_prediction.step_s * 1e3, hw.value().name.c_str());
+  } else {
+    planner::Objective objective = planner::Objective::kTime;
+    if (r.plan != "auto") planner::parse_objective(r.plan, &objective);
+    Result<planner::TrainPlan> plan = planner::plan_train(hw.value(), w, objective);
+    if (!plan.ok()) return Error{"plan " + r.plan + ": " + plan.error().message};
+    const planner::TrainCandidate& c = plan.value().chosen;
+    s.predicted = c.predicted;
+    const bool same = planner::describe(c.settings, s.cuda) == planner::describe(own, s.cuda);
+    std::snprintf(
+        buf, sizeof buf, "%s (%s): %s, predicted %.0f ms/step on %s; the recipe's %s: %s%.0f ms",
+        r.plan.c_str(), planner::objective_name(objective),
+        planner::describe(c.settings, s.cuda).c_str(), c.predicted.step_s * 1e3,
+        hw.value().name.c_str(), same ? "are the same" : "settings",
+        same ? "" : (planner::describe(own, s.cuda) + ", ").c_str(), own_prediction.step_s * 1e3);
+    r.batch_size = c.settings.micro_batch;
+    r.grad_accum = c.settings.grad_accum;
+    r.num_slots = c.settings.num_slots;
+    r.activations = c.settings.keep_activations ? "keep" : "recompute";
+    r.host_checkpoints = c.settings.host_checkpoints;
+    s.resident_stages = c.settings.resident_stages;
+    s.optimizer_threads = c.settings.optimizer_threads;
+  }
+  s.plan_line = buf;
+  s.has_prediction = true;
+  s.energy = std::make_unique<planner::EnergyMeter>(planner::EnergyMeter::open());
+  return Ok{};
+}
+
+}  // namespace
 
 Result<std::unique_ptr<Trainer>> Trainer::create(const Recipe& recipe, FILE* log) {
   auto s = std::make_unique<State>();
@@ -630,6 +688,14 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Recipe& recipe, FILE* log
                   std::string(bf16 ? "bf16" : "fp32") + " (set by model.compute)"};
   }
   const bool bf16_layout = s->compute.dtype == at::kBFloat16;
+  {
+    const int64_t batch_before = r.batch_size;
+    st = plan_run(*s, bf16_layout);
+    if (!st.ok()) return st.error();
+    if (r.batch_size != batch_before) {
+      s->loader = std::make_unique<data::DataLoader>(s->dataset.train_rows, r.batch_size, r.seed);
+    }
+  }
   if (!s->cuda && !bf16_layout) {
     const std::string blas = openblas_core_warning();
     if (!blas.empty()) s->warnings.push_back(blas);
@@ -701,6 +767,11 @@ Result<std::unique_ptr<Trainer>> Trainer::create(const Recipe& recipe, FILE* log
   eo.host_checkpoints = r.host_checkpoints;
   eo.allow_pageable = r.allow_pageable;
   if (!s->binding.shared) eo.optimizer_cpus = s->binding.optimizer_cpus;
+  // The plan's optimizer threads: the first of the optimizer's CPUs (unbound: all cores).
+  if (s->optimizer_threads > 0 && eo.optimizer_cpus.size() > size_t(s->optimizer_threads)) {
+    eo.optimizer_cpus.resize(size_t(s->optimizer_threads));
+  }
+  for (int64_t i = 0; i < s->resident_stages; ++i) eo.resident_stages.push_back(i);
   eo.max_grad_norm = r.max_grad_norm;
   eo.skip_nonfinite = r.nan_policy == "skip";
   eo.adamw.lr = static_cast<float>(r.lr);
@@ -1131,6 +1202,9 @@ Result<TrainSummary> Trainer::train_unguarded() {
   while (step < r.max_steps) {
     if (agreed_stop(s)) break;
     const auto t0 = std::chrono::steady_clock::now();
+    const bool metered = s.energy && s.energy->available();
+    const planner::EnergyMeter::Reading energy0 =
+        metered ? s.energy->read() : planner::EnergyMeter::Reading{};
     const int64_t loaded0 = s.engine->weight_bytes_loaded();
     // Every rank reads the whole global batch (world x grad_accum micro-batches, so the data
     // cursor is global) and keeps micro-batches [rank x grad_accum, (rank + 1) x grad_accum).
@@ -1226,6 +1300,15 @@ Result<TrainSummary> Trainer::train_unguarded() {
                           {"mfu", mfu},
                           {"h2d_gb_s", h2d_gbs},
                           {"epoch", s.loader->cursor().epoch}};
+      if (s.has_prediction) {
+        j["predicted_ms"] = s.predicted.step_s * 1e3;
+        j["predicted_energy_j"] = s.predicted.energy_j;
+      }
+      double joules = std::numeric_limits<double>::quiet_NaN();
+      if (metered) {
+        joules = s.energy->joules_between(energy0, s.energy->read());
+        if (std::isfinite(joules)) j["energy_j"] = joules;
+      }
       if (s.cuda) j["gpu_mem_gib"] = double(s.engine->device_bytes()) / kGiB;
       // Data parallel: bytes this rank put on its links per step since the last log line (a
       // step's last collectives finish after its loss is read, so a window of its own would miss
@@ -1258,6 +1341,12 @@ Result<TrainSummary> Trainer::train_unguarded() {
                      gn, lr, secs * 1e3, tok_s, 100 * mfu, rss, h2d_gbs);
         if (s.cuda) std::fprintf(s.log, " gpu %.2f GiB", double(s.engine->device_bytes()) / kGiB);
         if (s.comm) std::fprintf(s.log, " comm %.1f MB", comm_mb);
+        if (s.has_prediction) {
+          std::fprintf(s.log, " (predicted %.0f ms, %.1f J", s.predicted.step_s * 1e3,
+                       s.predicted.energy_j);
+          if (std::isfinite(joules)) std::fprintf(s.log, "; measured %.1f J", joules);
+          std::fprintf(s.log, ")");
+        }
         std::fprintf(s.log, "\n");
       }
       std::fflush(s.log);
@@ -1321,6 +1410,7 @@ Result<TrainSummary> Trainer::train_unguarded() {
   s.metric({{"event", "done"},
             {"step", step},
             {"tokens_per_s", sum.tokens_per_s},
+            {"predicted_tokens_per_s", s.has_prediction ? s.predicted.tokens_per_s() : 0.0},
             {"first_loss", sum.first_loss},
             {"last_loss", sum.last_loss}});
   if (agreed_stop(s)) {  // during the end evaluation or the last save

@@ -34,6 +34,7 @@
 #include "data/tokenizer.h"
 #include "model/config.h"
 #include "pipeline/engine.h"
+#include "pipeline/engine_memory.h"
 #include "trainer/recipe.h"
 #include "util/result.h"
 
@@ -71,13 +72,11 @@ struct TrainSummary {
 // wall 12.3s", then held-out accuracy and the checkpoint when there are some.
 std::string summary_text(const TrainSummary& summary);
 
-// Device and host bytes the Engine allocates for `recipe`'s batch on `cfg` (slots, grads,
-// activations and their checkpoints, attention scores of one row, loss chunks), from the sizes
-// its buffers take; `element_bytes` is the compute dtype's size. On the CPU backend both live in
-// host memory. An estimate to refuse impossible batches up front, not an exact count.
-struct EngineMemory {
-  double device_bytes = 0, host_bytes = 0;
-};
+// Device and host bytes the Engine allocates for `recipe`'s batch on `cfg`
+// (pipeline::estimate_engine_memory of the recipe's shape); `element_bytes` is the compute
+// dtype's size. On the CPU backend both live in host memory. An estimate to refuse impossible
+// batches up front, not an exact count.
+using pipeline::EngineMemory;
 EngineMemory estimate_engine_memory(const model::ModelConfig& cfg, const Recipe& recipe,
                                     int64_t element_bytes, bool cuda);
 

@@ -292,6 +292,58 @@ TEST(TrainerRun, LogLinesShowProgressAndEvaluationsReportRows) {
   EXPECT_NE(summary_text(s.value()).find(", wall "), std::string::npos);
 }
 
+// plan=auto: the planner picks the engine's settings for the recipe's rows per step on the
+// profile given; the start-up table shows the choice next to the recipe's, every logged step its
+// prediction next to the measured time, and metrics.jsonl carries both.
+TEST(TrainerRun, PlanAutoRunsThePlannersChoiceAndLogsPredictedAndMeasured) {
+  const std::string out = fresh_dir("plan");
+  CapturedLog log;
+  auto t = Trainer::create(
+      tiny(out, {"plan=auto", "plan_hardware=epyc-2core-avx512", "train.max_steps=4", "log.every=2",
+                 "eval.every=0", "eval.accuracy=false", "checkpoint.every=0"}),
+      log.file);
+  ASSERT_TRUE(t.ok()) << t.error().message;
+  Result<TrainSummary> s = t.value()->train();
+  ASSERT_TRUE(s.ok()) << s.error().message;
+  const std::string text = log.text();
+  EXPECT_NE(text.find("plan         auto (time): micro_batch "), std::string::npos) << text;
+  EXPECT_NE(text.find("on epyc-2core-avx512; the recipe's "), std::string::npos) << text;
+  // The rows per step stay the recipe's 4 x 2.
+  EXPECT_NE(text.find(" = 1024 tokens/step"), std::string::npos) << text;
+  EXPECT_NE(text.find(" (predicted "), std::string::npos) << text;
+  int steps = 0;
+  for (const nlohmann::json& j : read_metrics(out)) {
+    if (j.contains("event")) {
+      if (j["event"] == "done") {
+        EXPECT_GT(j["predicted_tokens_per_s"].get<double>(), 0);
+      }
+      continue;
+    }
+    ++steps;
+    EXPECT_GT(j.at("predicted_ms").get<double>(), 0);
+    EXPECT_GT(j.at("predicted_energy_j").get<double>(), 0);
+    EXPECT_GT(j.at("ms").get<double>(), 0);
+  }
+  EXPECT_EQ(steps, 2);
+}
+
+TEST(TrainerRun, PlanProblemsAreStartUpErrors) {
+  const std::string out = fresh_dir("plan_bad");
+  auto t = Trainer::create(tiny(out, {"plan=auto", "plan_hardware=/nonexistent/hw.yaml"}));
+  ASSERT_FALSE(t.ok());
+  EXPECT_NE(t.error().message.find("plan_hardware /nonexistent/hw.yaml: /nonexistent/hw.yaml: no "
+                                   "such file"),
+            std::string::npos)
+      << t.error().message;
+  // No plan asked for: the missing profile costs the prediction only.
+  auto none =
+      Trainer::create(tiny(out, {"plan_hardware=/nonexistent/hw.yaml", "train.max_steps=1"}));
+  EXPECT_TRUE(none.ok()) << none.error().message;
+  Result<Recipe> bad = load_recipe("tiny-debug", {"plan=fastest"});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.error().message.find("plan"), std::string::npos) << bad.error().message;
+}
+
 TEST(TrainerRun, ProgressTextAndDurations) {
   EXPECT_EQ(progress_text(16, 64, 4.0, "rows"), "16/64 rows (25%), elapsed 4.0s, eta 12s");
   EXPECT_EQ(progress_text(0, 10, 0.0), "0/10 (0%), elapsed 0.0s, eta ?");
