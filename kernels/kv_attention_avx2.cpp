@@ -69,6 +69,18 @@ RS_AVX2 inline __m128 hsum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
   return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
+// Rows ahead of the one in use whose cache lines are requested early: a full-precision window
+// lies in pages of a few KiB each, scattered, where the hardware prefetcher stops at every page
+// boundary, so without this the decode attention waits on memory rather than computes.
+constexpr int64_t kPrefetchRows = 8;
+
+inline void prefetch_rows(const float* const* rows, int64_t t0, int64_t t1, int D) {
+  for (int64_t t = t0; t < t1; ++t) {
+    const char* p = reinterpret_cast<const char*>(rows[t]);
+    for (int64_t b = 0; b < int64_t{D} * 4; b += 64) _mm_prefetch(p + b, _MM_HINT_T0);
+  }
+}
+
 struct Ctx {
   const KvHeadView& kv;
   const float* q;
@@ -112,6 +124,7 @@ RS_AVX2 void window_logits(const Ctx& c, const float* const* rows, int64_t n, in
   const int D = c.kv.D;
   int64_t t = 0;
   for (; t + 4 <= n; t += 4) {
+    prefetch_rows(rows, t + kPrefetchRows, std::min(n, t + kPrefetchRows + 4), D);
     __m256 acc[NH][4];
     for (auto& a : acc) a[0] = a[1] = a[2] = a[3] = _mm256_setzero_ps();
     for (int d = 0; d < D; d += 8) {
@@ -144,6 +157,8 @@ template <int NH>
 RS_AVX2 void value_rows(const Ctx& c, const float* const* rows, int64_t n, int64_t col0, int h0,
                         int c0, __m256 (&acc)[NH][4]) {
   for (int64_t t = 0; t < n; ++t) {
+    if (c0 == 0 && t + kPrefetchRows < n)
+      prefetch_rows(rows, t + kPrefetchRows, t + kPrefetchRows + 1, c.kv.D);
     __m256 vv[4];
     for (int i = 0; i < 4; ++i) vv[i] = _mm256_loadu_ps(rows[t] + c0 + 8 * i);
     for (int hh = 0; hh < NH; ++hh) {
