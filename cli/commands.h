@@ -30,10 +30,13 @@ struct InferenceArgs {
   std::string device = "auto";
   std::string kv_cache = "bf16";
   int kv_group = 32, kv_residual = 128, kv_sink = 0;
+  std::string kv_value_fit = "minmax";  // minmax | mse (KIVI values)
   double kv_budget = 0.2;
-  double kv_memory_gib = 0;  // cap on the KV pages; 0 = what host RAM allows
-  int64_t batch_size = 32;   // sequences (or eval windows) run together
-  bool json = false;         // the last stdout line is one JSON object with the figures
+  double kv_memory_gib = 0;               // cap on the KV pages; 0 = what host RAM allows
+  std::string kv_device_memory = "auto";  // the pages' device twin: auto | off | GiB
+  double weights_device_gib = -1;         // CUDA: device memory for the weights; -1 = no limit
+  int64_t batch_size = 32;                // sequences (or eval windows) run together
+  bool json = false;  // the last stdout line is one JSON object with the figures
   // none | auto | time | energy | balanced: the planner picks the decode micro-batch for the
   // batch and predicts the run's time next to the measured one (planner/planner.h).
   std::string plan = "none";

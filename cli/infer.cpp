@@ -39,6 +39,9 @@ std::unique_ptr<Session> open(const InferenceArgs& a, const char* command) {
   inference::SessionOptions o;
   o.kv = kv.value();
   o.kv.sink = a.kv_sink;
+  Result<kernels::QuantFit> fit = inference::parse_value_fit(a.kv_value_fit);
+  if (!fit.ok()) throw std::invalid_argument(fit.error().message);
+  o.kv.value_fit = fit.value();
   o.device = a.device;
   o.micro_batch = a.batch_size;
   if (a.kv_memory_gib < 0) {
@@ -46,6 +49,22 @@ std::unique_ptr<Session> open(const InferenceArgs& a, const char* command) {
                                 std::to_string(a.kv_memory_gib));
   }
   o.kv_max_bytes = static_cast<int64_t>(a.kv_memory_gib * double(1ull << 30));
+  if (a.kv_device_memory == "auto") {
+    o.kv_device_bytes = -1;
+  } else if (a.kv_device_memory == "off") {
+    o.kv_device_bytes = 0;
+  } else {
+    char* end = nullptr;
+    const double gib = std::strtod(a.kv_device_memory.c_str(), &end);
+    if (end == a.kv_device_memory.c_str() || *end != '\0' || !(gib > 0)) {
+      throw std::invalid_argument("--kv-device-memory '" + a.kv_device_memory +
+                                  "': give auto, off or a number of GiB > 0");
+    }
+    o.kv_device_bytes = static_cast<int64_t>(gib * double(1ull << 30));
+  }
+  if (a.weights_device_gib >= 0) {
+    o.weight_device_bytes = static_cast<int64_t>(a.weights_device_gib * double(1ull << 30));
+  }
   Result<std::unique_ptr<Session>> s = inference::open_session(a.model, o);
   if (!s.ok()) throw std::runtime_error(s.error().message);
   std::fprintf(stderr, "%s: %s\n", command, s.value()->describe().c_str());
@@ -193,6 +212,8 @@ nlohmann::json run_summary(const GenerateResult& r, const InferenceArgs& a, int6
           {"decode_s", r.decode_s},
           {"prefill_tokens_per_s", r.prefill_s > 0 ? double(r.prompt_tokens) / r.prefill_s : 0.0},
           {"decode_tokens_per_s", decode_tps},
+          {"decode_weight_bytes_per_step",
+           r.decode_steps > 0 ? double(r.decode_weight_bytes) / double(r.decode_steps) : 0.0},
           {"kv_cache", a.kv_cache},
           {"kv_bytes_per_token", r.kv_tokens > 0 ? double(r.kv_bytes) / double(r.kv_tokens) : 0.0},
           {"kv_pages_peak", r.kv_pages},
@@ -501,11 +522,9 @@ int eval_command(const EvalArgs& a) {
     throw std::invalid_argument("give one of --data (perplexity) or --tasks (exact match)");
   }
   std::unique_ptr<Session> s = open(a.inf, "ramstream eval");
-  nlohmann::json out = {{"kv_cache", a.inf.kv_cache},
-                        {"kv_group", a.inf.kv_group},
-                        {"kv_residual", a.inf.kv_residual},
-                        {"kv_sink", a.inf.kv_sink},
-                        {"kv_budget", a.inf.kv_budget}};
+  nlohmann::json out = {{"kv_cache", a.inf.kv_cache},         {"kv_group", a.inf.kv_group},
+                        {"kv_residual", a.inf.kv_residual},   {"kv_sink", a.inf.kv_sink},
+                        {"kv_value_fit", a.inf.kv_value_fit}, {"kv_budget", a.inf.kv_budget}};
   if (!a.data.empty()) {
     Result<std::string> text = read_user_file(a.data, "a text or JSONL file", int64_t{1} << 31);
     if (!text.ok()) throw std::runtime_error(text.error().message);

@@ -311,9 +311,22 @@ int cli_main(int argc, char** argv, Context& context) {
                   "KIVI: the first N tokens of each sequence stay in full precision (attention "
                   "sinks)")
         ->capture_default_str();
+    c->add_option("--kv-value-fit", a.kv_value_fit,
+                  "KIVI values: minmax (KIVI: each group's range) or mse (least-squares scale "
+                  "and minimum, never a larger error; our addition, off by default)")
+        ->capture_default_str();
     c->add_option("--kv-budget", a.kv_budget,
                   "H2O: fraction of the context kept per KV head, half heavy hitters, half "
                   "recent")
+        ->capture_default_str();
+    c->add_option("--kv-device-memory", a.kv_device_memory,
+                  "CUDA: device memory for a twin of the KV pages, so decode attention runs on "
+                  "the device: auto (up to half of what is free), off, or GiB; past it, attention "
+                  "goes back to the host pages (h2o always attends on the host)")
+        ->capture_default_str();
+    c->add_option("--weights-device-memory", a.weights_device_gib,
+                  "CUDA: GiB of device memory for the weights; the first layers that fit stay "
+                  "resident, the rest stream through the slots every step (default: no limit)")
         ->capture_default_str();
     c->add_option("--kv-memory", a.kv_memory_gib,
                   "GiB of KV pages at most (0: as much as host RAM allows); running out is an "

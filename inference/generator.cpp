@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <stdexcept>
 #include <string>
 
@@ -81,19 +82,51 @@ Generator::Generator(pipeline::Device& dev, pipeline::ParamStore& store,
     so.host_views = true;
   } else {
     int64_t resident = options_.resident_stages;
-    if (resident < 0) resident = n;  // all: a planner may choose fewer
+    if (resident < 0) resident = resident_stages_within(options_.weight_device_bytes);
     for (int64_t s = 0; s < std::min(resident, n); ++s) so.resident.push_back(s);
   }
   streamer_ = std::make_unique<pipeline::StageStreamer>(dev_, store_, *h2d_, so);
   kv_pool_ = std::make_shared<KvPagePool>(
       KvPagePool::page_bytes_for(SequenceKv::largest_record(options_.kv, cfg_)),
       /*pin=*/dev_.kind() == pipeline::DeviceKind::kCuda, options_.kv_max_bytes);
+  if (options_.kv_device_bytes != 0 && !options_.kv.h2o) {
+    std::unique_ptr<KvMirrorBackend> backend;
+    if (options_.kv_mirror_backend) {
+      backend = options_.kv_mirror_backend();
+    } else if (dev_.kind() == pipeline::DeviceKind::kCuda) {
+      backend = make_cuda_mirror_backend(compute_->native_handle());
+    }
+    if (backend) {
+      const int64_t budget =
+          options_.kv_device_bytes > 0 ? options_.kv_device_bytes : backend->available_bytes() / 2;
+      kv_mirror_ = std::make_unique<KvDeviceMirror>(std::move(backend), budget);
+      kv_pool_->set_mirror(kv_mirror_.get());
+    }
+  }
   compute_->synchronize();
 }
 
 Generator::~Generator() {
   if (compute_) compute_->synchronize();
   if (h2d_) h2d_->synchronize();
+  if (kv_pool_) kv_pool_->set_mirror(nullptr);  // batches may outlive the twin
+}
+
+int64_t Generator::resident_stages_within(int64_t budget) const {
+  const pipeline::StagePlan& plan = store_.plan();
+  const int64_t n = plan.num_stages();
+  if (budget < 0) return n;
+  const int64_t elem = dev_.compute_dtype() == at::kBFloat16 ? 2 : 4;
+  int64_t all = 0;
+  for (const pipeline::Stage& s : plan.stages) all += s.numel * elem;
+  if (all <= budget) return n;
+  // Streaming the rest needs the slots too.
+  int64_t left = budget - options_.num_slots * plan.slot_numel * elem, k = 0;
+  while (k < n && plan.stages[static_cast<size_t>(k)].numel * elem <= left) {
+    left -= plan.stages[static_cast<size_t>(k)].numel * elem;
+    ++k;
+  }
+  return k;
 }
 
 std::string Generator::describe() const {
@@ -104,7 +137,10 @@ std::string Generator::describe() const {
          " stages resident" +
          (resident < n ? ", " + std::to_string(options_.num_slots) + " streaming slots"
                        : std::string()) +
-         ", kv cache " + options_.kv.name();
+         ", kv cache " + options_.kv.name() +
+         (kv_mirror_
+              ? (kv_mirror_->active() ? ", KV pages on the device" : ", KV pages on the host")
+              : std::string());
 }
 
 at::Tensor Generator::block_prefill(const model::BlockParams& w, const at::Tensor& x,
@@ -157,21 +193,43 @@ at::Tensor Generator::block_decode(const model::BlockParams& w, const at::Tensor
   at::Tensor k = at::empty({n, NKV, 1, D}, x.options());
   autograd::rope_forward(q, heads(0, NH), rope_.cos, rope_.sin, tp);
   autograd::rope_forward(k, heads(NH * D, NKV), rope_.cos, rope_.sin, tp);
-  const at::Tensor qh = host_f32(q);  // [n][NH][D]
   const at::Tensor kh = host_f32(k);  // [n][NKV][D]
   const at::Tensor vh = host_f32(qkv.narrow(1, (NH + NKV) * D, NKV * D));
-  at::Tensor out = at::empty({n, NH * D}, at::kFloat);
+  // Successive tokens of one sequence (extend): each attends before the next enters the cache,
+  // on the host. A batch: its tokens enter, then one attention, on the device's twin of the
+  // pages where there is one.
+  at::Tensor qh, out, att;
+  if (consecutive) {
+    qh = host_f32(q);  // [n][NH][D]
+    out = at::empty({n, NH * D}, at::kFloat);
+  }
   for (int64_t i = 0; i < n; ++i) {
     kv[static_cast<size_t>(i)]->append(layer, kh.data_ptr<float>() + i * NKV * D,
                                        vh.data_ptr<float>() + i * NKV * D);
-    // Successive tokens of one sequence: each attends before the next enters the cache.
     if (consecutive) {
       attend(layer, {kv[static_cast<size_t>(i)]}, qh.data_ptr<float>() + i * NH * D,
              out.data_ptr<float>() + i * NH * D, cfg_);
     }
   }
-  if (!consecutive) attend(layer, kv, qh.data_ptr<float>(), out.data_ptr<float>(), cfg_);
-  const at::Tensor att = out.to(x.device(), x.scalar_type());
+  if (kv_mirror_ && !kv_mirror_->active() && !kv_mirror_noted_) {
+    std::fprintf(stderr, "ramstream: %s\n", kv_mirror_->reason().c_str());
+    kv_mirror_noted_ = true;
+  }
+  if (!consecutive && kv_mirror_ && kv_mirror_->active()) {
+    const at::Tensor qd = q.to(at::kFloat).contiguous();  // [n][NH][1][D] on the device
+    at::Tensor od = at::empty({n, NH * D}, qd.options());
+    if (kv_mirror_->attend(layer, kv, qd.data_ptr<float>(), od.data_ptr<float>(), cfg_)) {
+      att = od.to(x.scalar_type());
+    }
+  }
+  if (!att.defined()) {
+    if (!consecutive) {
+      qh = host_f32(q);
+      out = at::empty({n, NH * D}, at::kFloat);
+      attend(layer, kv, qh.data_ptr<float>(), out.data_ptr<float>(), cfg_);
+    }
+    att = out.to(x.device(), x.scalar_type());
+  }
   const at::Tensor x2 = x + linear(att, w.wo, w.bo);
   return mlp_residual(w, x2, cfg_);
 }
@@ -403,6 +461,7 @@ GenerateResult Generator::sample_loop(DecodeBatch& batch,
     if (batch.kv[static_cast<size_t>(b)]) active.push_back(b);
   }
   const auto t1 = Clock::now();
+  const int64_t weight_bytes_before = weight_bytes_loaded();
   for (int64_t step = 0; !active.empty(); ++step) {
     std::vector<int64_t> next_rows;
     std::vector<int32_t> next_tokens;
@@ -442,6 +501,7 @@ GenerateResult Generator::sample_loop(DecodeBatch& batch,
     peak_pages = std::max(peak_pages, kv_pool_->pages_in_use());
   }
   res.decode_s = seconds_since(t1);
+  res.decode_weight_bytes = weight_bytes_loaded() - weight_bytes_before;
   res.kv_pages = peak_pages;
   return res;
 }

@@ -30,6 +30,7 @@
 
 #include "autograd/rope.h"
 #include "inference/kv_cache.h"
+#include "inference/kv_mirror.h"
 #include "inference/sampling.h"
 #include "pipeline/device.h"
 #include "pipeline/param_store.h"
@@ -43,11 +44,21 @@ struct GeneratorOptions {
   // Stages kept on the device: -1 = all that fit (CPU: bound to the store, no copies), else this
   // many from the first stage on (the rest stream).
   int64_t resident_stages = -1;
+  // With resident_stages -1: device bytes the weights may take (-1: no limit). The first stages
+  // that fit next to the streaming slots stay resident, the rest stream.
+  int64_t weight_device_bytes = -1;
   bool stream_on_cpu = false;  // CPU backend: copy stages into slots like a GPU would
   int64_t micro_batch = 32;    // decode rows per stage application
   // The KV pages' cap in bytes (0: as much as host RAM allows); reaching it is an error that
   // names --kv-memory.
   int64_t kv_max_bytes = 0;
+  // A device twin of the KV pages, decode attention on the device (inference/kv_mirror.h): -1 =
+  // auto (CUDA: up to half the device memory free once the resident stages are loaded; CPU:
+  // none), 0 = none (attention on the host pages), > 0 = at most this many bytes. h2o caches stay
+  // on the host.
+  int64_t kv_device_bytes = -1;
+  // Tests: the twin's backend on any device (host memory standing in for a device).
+  std::function<std::unique_ptr<KvMirrorBackend>()> kv_mirror_backend;
 };
 
 // The state of a batch of sequences between steps.
@@ -87,7 +98,8 @@ struct GenerateResult {
   int64_t prompt_tokens = 0, new_tokens = 0;
   double prefill_s = 0, decode_s = 0;
   int64_t decode_steps = 0;
-  int64_t kv_bytes = 0;   // every row's cache as it ended (payload)
+  int64_t decode_weight_bytes = 0;  // weight bytes copied to the device while decoding
+  int64_t kv_bytes = 0;             // every row's cache as it ended (payload)
   int64_t kv_pages = 0;   // the most pages the Generator's pool held at once while decoding
   int64_t kv_tokens = 0;  // positions in all caches at the end
 };
@@ -134,6 +146,10 @@ class Generator {
   void set_micro_batch(int64_t rows) { options_.micro_batch = rows < 1 ? 1 : rows; }
   int64_t weight_bytes_loaded() const { return streamer_->weight_bytes_loaded(); }
   const KvPagePool& kv_pool() const { return *kv_pool_; }
+  // Stages resident under a weight budget of `budget` device bytes (GeneratorOptions).
+  int64_t resident_stages_within(int64_t budget) const;
+  // The KV pages' device twin; null when there is none.
+  const KvDeviceMirror* kv_mirror() const { return kv_mirror_.get(); }
   std::string describe() const;
 
  private:
@@ -159,7 +175,9 @@ class Generator {
   std::unique_ptr<pipeline::Stream> compute_, h2d_;
   std::unique_ptr<pipeline::StageStreamer> streamer_;
   std::shared_ptr<KvPagePool> kv_pool_;  // shared with the batches' caches, which may outlive us
-  autograd::RopeTables rope_;            // positions 0 .. model context - 1
+  std::unique_ptr<KvDeviceMirror> kv_mirror_;
+  bool kv_mirror_noted_ = false;  // its stop was reported
+  autograd::RopeTables rope_;     // positions 0 .. model context - 1
 };
 
 }  // namespace ramstream::inference

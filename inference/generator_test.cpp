@@ -126,6 +126,31 @@ TEST(Generator, StreamingThroughSlotsEqualsHostViews) {
   }
 }
 
+TEST(Generator, AWeightBudgetKeepsTheFirstStagesThatFitAndStreamsTheRest) {
+  Tiny t = make_tiny();
+  const pipeline::StagePlan& plan = t.store->plan();
+  const int64_t n = plan.num_stages(), slots = 2 * plan.slot_numel * 4;  // fp32 on the CPU
+  GeneratorOptions o;
+  o.stream_on_cpu = true;
+  o.weight_device_bytes = slots + plan.stages[0].numel * 4;  // the slots and the first stage
+  Generator gen(*t.dev, *t.store, o);
+  EXPECT_EQ(gen.resident_stages_within(o.weight_device_bytes), 1);
+  EXPECT_EQ(gen.resident_stages_within(-1), n);
+  EXPECT_EQ(gen.resident_stages_within(0), 0);
+  EXPECT_EQ(gen.resident_stages_within(int64_t{1} << 40), n);
+  EXPECT_NE(gen.describe().find("1/" + std::to_string(n) + " stages resident"), std::string::npos)
+      << gen.describe();
+  GenerateOptions go;
+  go.max_new_tokens = 6;
+  const GenerateResult r = gen.generate(prompts_for(t.cfg.vocab_size), go);
+  Generator direct(*t.dev, *t.store, GeneratorOptions{});
+  EXPECT_EQ(r.tokens, direct.generate(prompts_for(t.cfg.vocab_size), go).tokens);
+  // Every decode step streams all stages but the first.
+  int64_t streamed = 0;
+  for (int64_t s = 1; s < n; ++s) streamed += plan.stages[static_cast<size_t>(s)].numel * 4;
+  EXPECT_EQ(r.decode_weight_bytes, r.decode_steps * streamed);
+}
+
 TEST(Generator, WeightTrafficPerDecodeStepDoesNotGrowWithTheBatch) {
   Tiny t = make_tiny();
   GeneratorOptions so;
@@ -191,6 +216,40 @@ TEST(Generator, CompressedCachesStayCloseToTheFullOne) {
     }
     EXPECT_NE(r.perplexity(), full) << kind << ": the cache changed nothing?";
     EXPECT_NEAR(r.perplexity() / full, 1.0, 0.25) << kind;
+  }
+}
+
+// Decode attention on a device twin of the KV pages (host memory standing in for the device:
+// the Generator's twin path, packing and scatter included) gives the very perplexity of the host
+// pages, with the twin live to the end; with a budget too small it stops and the run carries on.
+TEST(Generator, KvPagesOnTheDeviceGiveTheSameResults) {
+  Tiny t = make_tiny(kivi_shape());
+  std::vector<int32_t> ids;
+  for (int i = 0; i < 300; ++i) ids.push_back(static_cast<int32_t>((i * 37 + i / 7) % 97));
+  PerplexityOptions po;
+  po.context = 120;
+  po.stride = 90;
+  po.batch = 2;
+  for (const char* kind : {"bf16", "kivi2"}) {
+    GeneratorOptions host;
+    host.kv = KvCacheConfig::parse(kind, 32, 32, 0.5).value();
+    Generator a(*t.dev, *t.store, host);
+    EXPECT_EQ(a.kv_mirror(), nullptr);  // the CPU has no device twin by default
+    const PerplexityResult want = perplexity(a, ids, po);
+    for (int64_t budget : {int64_t{-1}, int64_t{1}}) {
+      GeneratorOptions twin = host;
+      twin.kv_mirror_backend = make_host_mirror_backend;
+      twin.kv_device_bytes = budget;
+      Generator b(*t.dev, *t.store, twin);
+      const PerplexityResult got = perplexity(b, ids, po);
+      ASSERT_NE(b.kv_mirror(), nullptr);
+      EXPECT_EQ(b.kv_mirror()->active(), budget < 0) << kind;
+      EXPECT_EQ(got.perplexity(), want.perplexity()) << kind << " budget " << budget;
+      if (budget < 0) {
+        EXPECT_GT(b.kv_mirror()->uploaded_bytes(), 0);
+        EXPECT_NE(b.describe().find("KV pages on the device"), std::string::npos);
+      }
+    }
   }
 }
 

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <limits>
 #include <stdexcept>
+#include <utility>
 
 namespace ramstream::inference {
 
@@ -32,10 +33,17 @@ Result<KvCacheConfig> KvCacheConfig::parse(const std::string& name, int group, i
   return c;
 }
 
+Result<kernels::QuantFit> parse_value_fit(const std::string& name) {
+  if (name == "minmax") return kernels::QuantFit::kMinMax;
+  if (name == "mse") return kernels::QuantFit::kMse;
+  return Error{"--kv-value-fit '" + name + "': unknown fit (choose minmax or mse)"};
+}
+
 std::string KvCacheConfig::name() const {
   std::string n = bits == 0 ? (h2o ? "h2o" : "bf16") : "kivi" + std::to_string(bits);
   if (bits != 0 && h2o) n += "+h2o";
   if (sink > 0) n += " sink" + std::to_string(sink);
+  if (bits != 0 && value_fit == kernels::QuantFit::kMse) n += " mse-values";
   return n;
 }
 
@@ -53,6 +61,10 @@ std::string KvCacheConfig::validate(int64_t head_dim, int64_t context) const {
     return "--kv-sink " + std::to_string(sink) +
            ": keeps a KIVI cache's first tokens in full precision; it applies to kivi2 and "
            "kivi4 (h2o keeps its own heavy hitters, bf16 is all full precision)";
+  }
+  if (value_fit != kernels::QuantFit::kMinMax && bits == 0) {
+    return "--kv-value-fit mse: fits a KIVI cache's value groups; it applies to kivi2 and kivi4 "
+           "(and their +h2o forms)";
   }
   if (bits == 0) return "";
   if (group < 32 || group > 256 || group % 32 != 0) {
@@ -227,7 +239,7 @@ void SequenceKv::flush(Head& hd) {
   auto quantize_value = [&](const float* row) {
     uint8_t* rec = hd.vtokens.push_back();
     kernels::quantize_value_token(row, D, G, b, kernels::record_codes(rec),
-                                  kernels::record_params(rec, vwords));
+                                  kernels::record_params(rec, vwords), cfg_.value_fit);
   };
   // The G oldest window rows as one group; rows may straddle pages, so gathered first.
   std::vector<float> group_rows;
@@ -247,7 +259,7 @@ void SequenceKv::flush(Head& hd) {
       }
     }
     while (hd.vrows.size() > R) {
-      quantize_value(hd.vrows.row(0));
+      quantize_value(std::as_const(hd.vrows).row(0));
       hd.vrows.pop_front(1);
     }
     return;
@@ -258,11 +270,12 @@ void SequenceKv::flush(Head& hd) {
       const int64_t s = hd.free_slots.back();
       hd.free_slots.pop_back();
       uint8_t* krec = hd.kgroups.at(s / G);
-      kernels::quantize_key_slot(hd.krows.row(0), D, G, b, static_cast<int>(s % G),
+      kernels::quantize_key_slot(std::as_const(hd.krows).row(0), D, G, b, static_cast<int>(s % G),
                                  kernels::record_codes(krec), kernels::record_params(krec, kwords));
       uint8_t* vrec = hd.vtokens.at(s);
-      kernels::quantize_value_token(hd.vrows.row(0), D, G, b, kernels::record_codes(vrec),
-                                    kernels::record_params(vrec, vwords));
+      kernels::quantize_value_token(std::as_const(hd.vrows).row(0), D, G, b,
+                                    kernels::record_codes(vrec),
+                                    kernels::record_params(vrec, vwords), cfg_.value_fit);
       hd.score[static_cast<size_t>(s)] = hd.wscore.front();
       hd.pos[static_cast<size_t>(s)] = hd.wpos.front();
       hd.alive[static_cast<size_t>(s)] = 1;
@@ -273,7 +286,7 @@ void SequenceKv::flush(Head& hd) {
     } else if (hd.krows.size() >= R + G) {
       new_key_group();
       for (int64_t i = 0; i < G; ++i) {
-        quantize_value(hd.vrows.row(i));
+        quantize_value(std::as_const(hd.vrows).row(i));
         hd.score.push_back(hd.wscore[static_cast<size_t>(i)]);
         hd.pos.push_back(hd.wpos[static_cast<size_t>(i)]);
         hd.alive.push_back(1);

@@ -52,6 +52,9 @@ struct KvCacheConfig {
   // KIVI: the first `sink` tokens of a sequence stay in full precision (attention sinks: the
   // tokens every query attends to most, whose quantisation error every step pays for).
   int sink = 0;
+  // KIVI: how value groups get their scale and minimum (kernels/kv_quant.h). Keys always use
+  // min/max.
+  kernels::QuantFit value_fit = kernels::QuantFit::kMinMax;
 
   // "bf16" (alias "fp32", "full"), "kivi2", "kivi4", "h2o", "kivi2+h2o", "kivi4+h2o"; errors
   // name the bad value and list the choices.
@@ -64,6 +67,9 @@ struct KvCacheConfig {
   // h2o: tokens kept per KV head for a context of `context` tokens.
   int64_t budget_tokens(int64_t context) const;
 };
+
+// "minmax" or "mse" (--kv-value-fit); an error names the value and the choices.
+Result<kernels::QuantFit> parse_value_fit(const std::string& name);
 
 // One sequence's cache across all layers.
 class SequenceKv {

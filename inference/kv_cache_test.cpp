@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstring>
 #include <random>
+#include <string>
 
 #include <gtest/gtest.h>
 
@@ -78,6 +79,60 @@ TEST(KvCache, KiviQuantisesKeysByBlocksAndValuesByToken) {
   for (int64_t t = 0; t < view.n_value_window; ++t) {
     ASSERT_EQ(0, std::memcmp(view.value_window.row(t), v.data() + (T - R + t) * 64, 64 * 4)) << t;
   }
+}
+
+// The cache after a prefill and single-token appends holds exactly the records of quantising the
+// same rows at once in the documented blocks: key groups of G tokens after the sinks, one value
+// record per token, each with the run's fit.
+TEST(KvCache, KiviStreamingEqualsQuantisingAtOnce) {
+  const model::ModelConfig m = shape(1, 2, 1, 64);
+  const int D = 64, G = 32, R = 64;
+  const int64_t T = 231, P = 37;
+  const std::vector<float> k = randn(T * D, 11), v = randn(T * D, 12);
+  for (const char* kind : {"kivi2", "kivi4"}) {
+    for (kernels::QuantFit fit : {kernels::QuantFit::kMinMax, kernels::QuantFit::kMse}) {
+      for (int S : {0, 3}) {
+        KvCacheConfig cfg = cache(kind, G, R);
+        cfg.sink = S;
+        cfg.value_fit = fit;
+        SequenceKv kv(cfg, m, 1000);
+        kv.prefill(0, k.data(), v.data(), P, nullptr);
+        for (int64_t t = P; t < T; ++t) kv.append(0, k.data() + t * D, v.data() + t * D);
+        const kernels::KvHeadView w = kv.view(0, 0);
+        const std::string what = cfg.name();
+        ASSERT_EQ(w.n_key_groups * G, (T - S) / R * R) << what;
+        ASSERT_EQ(w.n_value_quant, T - S - R) << what;
+        const int64_t krec = kernels::key_group_record_bytes(D, G, cfg.bits);
+        std::vector<uint8_t> want(static_cast<size_t>(krec));
+        for (int64_t g = 0; g < w.n_key_groups; ++g) {
+          kernels::quantize_key_group(
+              k.data() + (S + g * G) * D, D, D, G, cfg.bits, kernels::record_codes(want.data()),
+              kernels::record_params(want.data(), kernels::key_group_words(D, G, cfg.bits)));
+          ASSERT_EQ(0, std::memcmp(w.key_groups.at(g), want.data(), want.size()))
+              << what << " key group " << g;
+        }
+        const int64_t vrec = kernels::value_token_record_bytes(D, G, cfg.bits);
+        want.resize(static_cast<size_t>(vrec));
+        for (int64_t t = 0; t < w.n_value_quant; ++t) {
+          kernels::quantize_value_token(
+              v.data() + (S + t) * D, D, G, cfg.bits, kernels::record_codes(want.data()),
+              kernels::record_params(want.data(), kernels::value_token_words(D, cfg.bits)), fit);
+          ASSERT_EQ(0, std::memcmp(w.value_tokens.at(t), want.data(), want.size()))
+              << what << " value token " << t;
+        }
+        for (int64_t t = 0; t < w.n_key_window; ++t) {
+          ASSERT_EQ(0, std::memcmp(w.key_window.row(t), k.data() + (S + w.n_key_groups * G + t) * D,
+                                   D * 4))
+              << what;
+        }
+      }
+    }
+  }
+  KvCacheConfig bad = cache("bf16");
+  bad.value_fit = kernels::QuantFit::kMse;
+  EXPECT_NE(bad.validate(64, 1000).find("--kv-value-fit"), std::string::npos);
+  EXPECT_FALSE(parse_value_fit("lsq").ok());
+  EXPECT_NE(parse_value_fit("lsq").error().message.find("minmax or mse"), std::string::npos);
 }
 
 TEST(KvCache, KiviSinksStayExactAndOutOfTheGroups) {

@@ -15,6 +15,11 @@ std::string mib(int64_t bytes) {
   return buf;
 }
 
+void add_to_mirror(const memory::BlockPool& chunk, KvDeviceMirror& mirror) {
+  mirror.add_chunk(static_cast<const uint8_t*>(chunk.block_at(0)),
+                   static_cast<int64_t>(chunk.capacity() * chunk.block_bytes()));
+}
+
 }  // namespace
 
 KvPagePool::KvPagePool(int64_t page_bytes, bool pin, int64_t max_bytes)
@@ -62,6 +67,7 @@ uint8_t* KvPagePool::allocate() {
   }
   chunks_.push_back(std::move(r).value());
   reserved_pages_ += pages;
+  if (mirror_) add_to_mirror(*chunks_.back(), *mirror_);
   peak_in_use_ = std::max(peak_in_use_, ++in_use_);
   return static_cast<uint8_t*>(chunks_.back()->allocate());
 }
@@ -76,6 +82,13 @@ void KvPagePool::free(uint8_t* page) {
     }
   }
   throw std::logic_error("KvPagePool::free: not a page of this pool");
+}
+
+void KvPagePool::set_mirror(KvDeviceMirror* mirror) {
+  mirror_ = mirror;
+  if (mirror_) {
+    for (const auto& c : chunks_) add_to_mirror(*c, *mirror_);
+  }
 }
 
 bool KvPagePool::pinned() const {

@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "inference/kv_mirror.h"
 #include "kernels/kv_quant.h"
 #include "memory/block_pool.h"
 
@@ -56,11 +57,18 @@ class KvPagePool {
   // "KV pages: 12 of 128 pages of 16 KiB in use (peak 40), 2 chunks, 2.0 MiB reserved, pinned".
   std::string describe() const;
 
+  // A device twin of every chunk (kv_mirror.h), told of each record written; null: none.
+  void set_mirror(KvDeviceMirror* mirror);
+  void mark_written(const uint8_t* p, int64_t bytes) {
+    if (mirror_) mirror_->mark(p, bytes);
+  }
+
  private:
   int64_t page_bytes_, max_bytes_;
   bool pin_;
   std::vector<std::unique_ptr<memory::BlockPool>> chunks_;
   int64_t reserved_pages_ = 0, in_use_ = 0, peak_in_use_ = 0;
+  KvDeviceMirror* mirror_ = nullptr;
 };
 
 // Records of `record_bytes` (a multiple of 4, at most a page) appended at the back, dropped at the
@@ -79,12 +87,15 @@ class PagedArray {
   int64_t record_bytes() const { return record_bytes_; }
   int64_t pages_held() const { return static_cast<int64_t>(pages_.size()); }
 
+  // Writable access marks the record written (the pool's device twin copies it).
   uint8_t* at(int64_t i) {
-    const int64_t j = first_ + i;
-    return pages_[static_cast<size_t>(j / per_page_)] + (j % per_page_) * record_bytes_;
+    uint8_t* p = locate(i);
+    pool_->mark_written(p, record_bytes_);
+    return p;
   }
-  const uint8_t* at(int64_t i) const { return const_cast<PagedArray*>(this)->at(i); }
+  const uint8_t* at(int64_t i) const { return locate(i); }
   float* row(int64_t i) { return reinterpret_cast<float*>(at(i)); }
+  const float* row(int64_t i) const { return reinterpret_cast<const float*>(locate(i)); }
 
   // A new last record (contents undefined).
   uint8_t* push_back();
@@ -100,6 +111,10 @@ class PagedArray {
   kernels::PagedRecords records() const;
 
  private:
+  uint8_t* locate(int64_t i) const {
+    const int64_t j = first_ + i;
+    return pages_[static_cast<size_t>(j / per_page_)] + (j % per_page_) * record_bytes_;
+  }
   void release_all();
 
   std::shared_ptr<KvPagePool> pool_;

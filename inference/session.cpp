@@ -88,6 +88,8 @@ Result<std::unique_ptr<Session>> open_session(const std::string& model_path,
   go.kv = options.kv;
   go.micro_batch = options.micro_batch;
   go.kv_max_bytes = options.kv_max_bytes;
+  go.kv_device_bytes = options.kv_device_bytes;
+  go.weight_device_bytes = options.weight_device_bytes;
   s->generator_ = std::make_unique<Generator>(*s->device_, *s->store_, go);
   return s;
 }

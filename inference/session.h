@@ -22,7 +22,9 @@ struct SessionOptions {
   KvCacheConfig kv;
   std::string device = "auto";  // auto (CUDA when built and present), cpu, cuda
   int64_t micro_batch = 32;
-  int64_t kv_max_bytes = 0;  // GeneratorOptions::kv_max_bytes
+  int64_t kv_max_bytes = 0;          // GeneratorOptions::kv_max_bytes
+  int64_t kv_device_bytes = -1;      // GeneratorOptions::kv_device_bytes
+  int64_t weight_device_bytes = -1;  // GeneratorOptions::weight_device_bytes
 };
 
 class Session {

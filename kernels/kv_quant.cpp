@@ -97,6 +97,58 @@ inline uint32_t code_of(float x, float scale, float mn, int bits) {
   return static_cast<uint32_t>(std::min(levels, std::max(0.0f, q)));
 }
 
+// Squared error of x[i*stride] (n of them) coded against p.
+float coded_error(const float* x, int64_t stride, int n, QuantParams p, int bits) {
+  const float s = half_to_float(p.scale), mn = half_to_float(p.min);
+  float e = 0;
+  for (int i = 0; i < n; ++i) {
+    const float v = x[i * stride];
+    const float d = float(code_of(v, s, mn, bits)) * s + mn - v;
+    e += d * d;
+  }
+  return e;
+}
+
+// The group x[i*stride] (n of them): its min/max params, or under kMse the best of those and the
+// least-squares (scale, min) of each candidate coding (kv_quant.h; the CUDA quantiser does the
+// same arithmetic in the same order, bit for bit).
+QuantParams fit_params(const float* x, int64_t stride, int n, int bits, QuantFit fit) {
+  float lo = x[0], hi = x[0];
+  for (int i = 1; i < n; ++i) {
+    lo = std::min(lo, x[i * stride]);
+    hi = std::max(hi, x[i * stride]);
+  }
+  QuantParams best = min_max_params(lo, hi, bits);
+  if (fit == QuantFit::kMinMax || !(hi > lo)) return best;
+  float best_err = coded_error(x, stride, n, best, bits);
+  const float levels = float((1 << bits) - 1);
+  for (int step = 0; step <= kMseFitSteps; ++step) {
+    const float iscale = (levels - 1.0f + 2.0f * float(step) / float(kMseFitSteps)) / (hi - lo);
+    float sq = 0, sqq = 0, sx = 0, sqx = 0;
+    for (int i = 0; i < n; ++i) {
+      const float v = x[i * stride];
+      const float q = float(int(std::min(levels, iscale * (v - lo)) + 0.5f));
+      sq += q;
+      sqq += q * q;
+      sx += v;
+      sqx += q * v;
+    }
+    const float det = float(n) * sqq - sq * sq;
+    if (!(det > 0)) continue;
+    const float scale = (float(n) * sqx - sq * sx) / det;
+    if (!(scale > 0)) continue;
+    QuantParams p;
+    p.scale = float_to_half(scale);
+    p.min = float_to_half((sx - scale * sq) / float(n));
+    const float err = coded_error(x, stride, n, p, bits);
+    if (err < best_err) {
+      best_err = err;
+      best = p;
+    }
+  }
+  return best;
+}
+
 // codes[i] for i < n into words (n % (32/bits) == 0).
 void pack(const uint32_t* codes, int n, int bits, uint32_t* words) {
   const int per = 32 / bits;
@@ -124,12 +176,7 @@ void quantize_key_group(const float* k, int64_t ld, int D, int G, int bits, uint
   const int64_t words = int64_t{G} * bits / 32;
   std::vector<uint32_t> q(static_cast<size_t>(G));
   for (int d = 0; d < D; ++d) {
-    float lo = k[d], hi = k[d];
-    for (int j = 1; j < G; ++j) {
-      lo = std::min(lo, k[j * ld + d]);
-      hi = std::max(hi, k[j * ld + d]);
-    }
-    params[d] = min_max_params(lo, hi, bits);
+    params[d] = fit_params(k + d, ld, G, bits, QuantFit::kMinMax);
     const float s = half_to_float(params[d].scale), mn = half_to_float(params[d].min);
     for (int j = 0; j < G; ++j) q[static_cast<size_t>(j)] = code_of(k[j * ld + d], s, mn, bits);
     pack(q.data(), G, bits, codes + d * words);
@@ -163,17 +210,12 @@ void dequantize_key_group(const uint32_t* codes, const QuantParams* params, int 
 }
 
 void quantize_value_token(const float* v, int D, int G, int bits, uint32_t* codes,
-                          QuantParams* params) {
+                          QuantParams* params, QuantFit fit) {
   require_kv_quant_shape(D, G, bits);
   std::vector<uint32_t> q(static_cast<size_t>(D));
   for (int g = 0; g < D / G; ++g) {
     const float* x = v + g * G;
-    float lo = x[0], hi = x[0];
-    for (int j = 1; j < G; ++j) {
-      lo = std::min(lo, x[j]);
-      hi = std::max(hi, x[j]);
-    }
-    params[g] = min_max_params(lo, hi, bits);
+    params[g] = fit_params(x, 1, G, bits, fit);
     const float s = half_to_float(params[g].scale), mn = half_to_float(params[g].min);
     for (int j = 0; j < G; ++j) q[static_cast<size_t>(g * G + j)] = code_of(x[j], s, mn, bits);
   }
@@ -186,6 +228,12 @@ void dequantize_value_token(const uint32_t* codes, const QuantParams* params, in
   unpack(codes, D, bits, out);
   for (int d = 0; d < D; ++d) {
     out[d] = out[d] * half_to_float(params[d / G].scale) + half_to_float(params[d / G].min);
+  }
+}
+
+void kv_scatter(const uint8_t* src, const KvCopyOp* ops, int64_t n_ops) {
+  for (int64_t i = 0; i < n_ops; ++i) {
+    std::memcpy(ops[i].dst, src + ops[i].src_offset, static_cast<size_t>(ops[i].bytes));
   }
 }
 

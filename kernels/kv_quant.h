@@ -8,7 +8,8 @@
 //   - QuantParams: 4 bytes, {uint16 scale, uint16 min}, both IEEE fp16 bit patterns. A group
 //     dequantises as x^ = q * scale + min; the quantiser rounds scale = (max - min) / (2^b - 1)
 //     and min to fp16 first and codes q = clamp(round((x - min) / scale), 0, 2^b - 1) against
-//     those rounded values (scale 0: every code 0).
+//     those rounded values (scale 0: every code 0). Values may instead be fitted (QuantFit::kMse):
+//     same format, other (scale, min).
 //   - KEY GROUP RECORD: one KV head, G token slots, grouped per channel (keys have outlier
 //     channels): codes [D][G*b/32] uint32 (channel d's G codes contiguous, slot j = code j), then
 //     params [D]; key_group_record_bytes(D, G, b) bytes in all.
@@ -43,6 +44,18 @@ struct QuantParams {
   uint16_t min;    // fp16 bits
 };
 static_assert(sizeof(QuantParams) == 4, "QuantParams is two fp16 values");
+
+// How a group's (scale, min) are chosen.
+//   kMinMax  KIVI: the group's range; every value inside it, |x - x^| <= scale / 2.
+//   kMse     the min/max params and, for each of kMseFitSteps + 1 candidate codings (codes of
+//            the range at (2^b - 2 + 2k / kMseFitSteps) / (max - min) steps per unit, k = 0 ..
+//            kMseFitSteps), the least-squares (scale, min) of x against those codes; the one of
+//            lowest squared error after fp16 rounding and recoding wins. Never a larger squared
+//            error than kMinMax; extremes may clip. Offered for values only: on keys (per
+//            channel) it measured worse, since the clipped extremes are the tokens attention
+//            picks (bench/RESULTS.md, kv_quality).
+enum class QuantFit : uint8_t { kMinMax, kMse };
+inline constexpr int kMseFitSteps = 10;
 
 uint16_t float_to_half(float x);  // round to nearest even, overflow to inf
 float half_to_float(uint16_t h);
@@ -102,7 +115,7 @@ void quantize_key_slot(const float* k, int D, int G, int bits, int slot, uint32_
 void dequantize_key_group(const uint32_t* codes, const QuantParams* params, int D, int G, int bits,
                           float* out, int64_t ld);
 void quantize_value_token(const float* v, int D, int G, int bits, uint32_t* codes,
-                          QuantParams* params);
+                          QuantParams* params, QuantFit fit = QuantFit::kMinMax);
 void dequantize_value_token(const uint32_t* codes, const QuantParams* params, int D, int G,
                             int bits, float* out);
 
@@ -127,6 +140,16 @@ struct KvHeadView {
 
   RS_HOST_DEVICE int64_t tokens() const { return n_sink + n_key_groups * G + n_key_window; }
 };
+
+// One byte run of a staging buffer to its place: dst[0, bytes) = src + src_offset (a multiple of
+// 4 bytes, 4-byte aligned on both sides). How dirty KV records reach a device twin of their pages.
+struct KvCopyOp {
+  uint8_t* dst;
+  int64_t src_offset, bytes;
+};
+static_assert(sizeof(KvCopyOp) == 24, "KvCopyOp is a pointer and two int64");
+// The CPU reference of kv_scatter_cuda: every op in order.
+void kv_scatter(const uint8_t* src, const KvCopyOp* ops, int64_t n_ops);
 
 // Floats of scratch kv_decode_attention needs.
 int64_t kv_attention_work_floats(const KvHeadView& kv, int Hq);

@@ -27,6 +27,48 @@ __device__ uint32_t code_of(float x, float scale, float mn, int bits) {
   return static_cast<uint32_t>(fminf(float((1 << bits) - 1), fmaxf(0.0f, q)));
 }
 
+__device__ float coded_error(const float* x, int n, QuantParams p, int bits) {
+  const float s = h2f(p.scale), mn = h2f(p.min);
+  float e = 0.0f;
+  for (int i = 0; i < n; ++i) {
+    const float d = float(code_of(x[i], s, mn, bits)) * s + mn - x[i];
+    e += d * d;
+  }
+  return e;
+}
+
+// kv_quant.cpp's fit_params for QuantFit::kMse, the same operations in the same order (this
+// file builds with -fmad=false, so nothing is contracted): the CPU's params bit for bit.
+__device__ QuantParams mse_params(const float* x, int n, float lo, float hi, int bits,
+                                  QuantParams best) {
+  float best_err = coded_error(x, n, best, bits);
+  const float levels = float((1 << bits) - 1);
+  for (int step = 0; step <= kMseFitSteps; ++step) {
+    const float iscale = (levels - 1.0f + 2.0f * float(step) / float(kMseFitSteps)) / (hi - lo);
+    float sq = 0.0f, sqq = 0.0f, sx = 0.0f, sqx = 0.0f;
+    for (int i = 0; i < n; ++i) {
+      const float q = float(int(fminf(levels, iscale * (x[i] - lo)) + 0.5f));
+      sq += q;
+      sqq += q * q;
+      sx += x[i];
+      sqx += q * x[i];
+    }
+    const float det = float(n) * sqq - sq * sq;
+    if (!(det > 0.0f)) continue;
+    const float scale = (float(n) * sqx - sq * sx) / det;
+    if (!(scale > 0.0f)) continue;
+    QuantParams p;
+    p.scale = f2h(scale);
+    p.min = f2h((sx - scale * sq) / float(n));
+    const float err = coded_error(x, n, p, bits);
+    if (err < best_err) {
+      best_err = err;
+      best = p;
+    }
+  }
+  return best;
+}
+
 // One thread per (group, channel).
 __global__ void quantize_keys(const float* k, int64_t n_groups, int D, int G, int bits,
                               uint8_t* records) {
@@ -54,7 +96,7 @@ __global__ void quantize_keys(const float* k, int64_t n_groups, int D, int G, in
 }
 
 // One thread per (token, group of G channels).
-__global__ void quantize_values(const float* v, int64_t n, int D, int G, int bits,
+__global__ void quantize_values(const float* v, int64_t n, int D, int G, int bits, QuantFit fit,
                                 uint8_t* records) {
   const int ng = D / G;
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
@@ -67,7 +109,8 @@ __global__ void quantize_values(const float* v, int64_t n, int D, int G, int bit
     lo = fminf(lo, x[j]);
     hi = fmaxf(hi, x[j]);
   }
-  const QuantParams p = params_of(lo, hi, bits);
+  QuantParams p = params_of(lo, hi, bits);
+  if (fit == QuantFit::kMse && hi > lo) p = mse_params(x, G, lo, hi, bits, p);
   uint8_t* rec = records + t * value_token_record_bytes(D, G, bits);
   record_params(rec, value_token_words(D, bits))[g] = p;
   const float s = h2f(p.scale), mn = h2f(p.min);
@@ -171,7 +214,22 @@ __global__ void decode_attention(const KvHeadView* views, const float* q, int64_
   }
 }
 
+__global__ void scatter(const uint8_t* src, const KvCopyOp* ops) {
+  const KvCopyOp op = ops[blockIdx.x];
+  const uint32_t* from = reinterpret_cast<const uint32_t*>(src + op.src_offset);
+  uint32_t* to = reinterpret_cast<uint32_t*>(op.dst);
+  for (int64_t i = threadIdx.x; i < op.bytes / 4; i += blockDim.x) to[i] = from[i];
+}
+
 }  // namespace
+
+cudaError_t kv_scatter_cuda(const uint8_t* src, const KvCopyOp* ops, int64_t n_ops,
+                            cudaStream_t stream) {
+  if (n_ops == 0) return cudaSuccess;
+  if (n_ops > 0x7FFFFFFF) return cudaErrorInvalidValue;
+  scatter<<<static_cast<unsigned>(n_ops), 128, 0, stream>>>(src, ops);
+  return cudaGetLastError();
+}
 
 cudaError_t kv_quantize_key_groups_cuda(const float* k, int64_t n_groups, int D, int G, int bits,
                                         uint8_t* records, cudaStream_t stream) {
@@ -184,12 +242,12 @@ cudaError_t kv_quantize_key_groups_cuda(const float* k, int64_t n_groups, int D,
 }
 
 cudaError_t kv_quantize_value_tokens_cuda(const float* v, int64_t n, int D, int G, int bits,
-                                          uint8_t* records, cudaStream_t stream) {
+                                          QuantFit fit, uint8_t* records, cudaStream_t stream) {
   if (!check_kv_quant_shape(D, G, bits).empty()) return cudaErrorInvalidValue;
   const int64_t threads = n * (D / G);
   if (threads == 0) return cudaSuccess;
-  quantize_values<<<static_cast<unsigned>((threads + 127) / 128), 128, 0, stream>>>(v, n, D, G,
-                                                                                    bits, records);
+  quantize_values<<<static_cast<unsigned>((threads + 127) / 128), 128, 0, stream>>>(
+      v, n, D, G, bits, fit, records);
   return cudaGetLastError();
 }
 

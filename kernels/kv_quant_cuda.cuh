@@ -23,7 +23,11 @@ cudaError_t kv_quantize_key_groups_cuda(const float* k, int64_t n_groups, int D,
                                         uint8_t* records, cudaStream_t stream);
 // v: n rows of D floats -> n value token records, one after another.
 cudaError_t kv_quantize_value_tokens_cuda(const float* v, int64_t n, int D, int G, int bits,
-                                          uint8_t* records, cudaStream_t stream);
+                                          QuantFit fit, uint8_t* records, cudaStream_t stream);
+// ops [n_ops] and src in device memory: one thread block per op copies its bytes as 4-byte words
+// (kv_quant.h's KvCopyOp); the CPU reference is kv_scatter.
+cudaError_t kv_scatter_cuda(const uint8_t* src, const KvCopyOp* ops, int64_t n_ops,
+                            cudaStream_t stream);
 // One thread block per view; max_tokens >= every view's tokens() (shared memory holds Hq x
 // max_tokens logits: Hq * max_tokens * 4 bytes must fit, e.g. 3 x 8192).
 cudaError_t kv_decode_attention_cuda(const KvHeadView* views, int64_t n_views, int64_t max_tokens,

@@ -98,19 +98,21 @@ TEST(KvQuantCuda, QuantisersMatchTheCpuBitForBit) {
       EXPECT_EQ(to_host(dkr, kr.size()), kr);
       const int64_t n = groups * G;
       const int64_t vrec = value_token_record_bytes(D, G, bits);
-      std::vector<uint8_t> vr(static_cast<size_t>(n * vrec));
-      for (int64_t t = 0; t < n; ++t) {
-        uint8_t* rec = vr.data() + t * vrec;
-        quantize_value_token(k.data() + t * D, D, G, bits, record_codes(rec),
-                             record_params(rec, value_token_words(D, bits)));
+      for (QuantFit fit : {QuantFit::kMinMax, QuantFit::kMse}) {
+        std::vector<uint8_t> vr(static_cast<size_t>(n * vrec));
+        for (int64_t t = 0; t < n; ++t) {
+          uint8_t* rec = vr.data() + t * vrec;
+          quantize_value_token(k.data() + t * D, D, G, bits, record_codes(rec),
+                               record_params(rec, value_token_words(D, bits)), fit);
+        }
+        uint8_t* dvr = to_device(std::vector<uint8_t>(vr.size()));
+        ASSERT_EQ(kv_quantize_value_tokens_cuda(dk, n, D, G, bits, fit, dvr, nullptr), cudaSuccess);
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        EXPECT_EQ(to_host(dvr, vr.size()), vr) << "fit " << static_cast<int>(fit);
+        cudaFree(dvr);
       }
-      uint8_t* dvr = to_device(std::vector<uint8_t>(vr.size()));
-      ASSERT_EQ(kv_quantize_value_tokens_cuda(dk, n, D, G, bits, dvr, nullptr), cudaSuccess);
-      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-      EXPECT_EQ(to_host(dvr, vr.size()), vr);
       cudaFree(dk);
       cudaFree(dkr);
-      cudaFree(dvr);
     }
   }
 }

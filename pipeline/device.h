@@ -71,6 +71,9 @@ class Stream {
   virtual void host_task(std::function<void()> fn) = 0;
   // Blocks the caller until everything enqueued so far has run. Counted by host_wait_count().
   virtual void synchronize() = 0;
+  // The backend's own stream object (CUDA: the cudaStream_t), for kernels launched outside ATen;
+  // null where there is none (CPU).
+  virtual void* native_handle() { return nullptr; }
 };
 
 // While alive, ATen ops of the creating thread run on one compute stream (CUDA: a stream and

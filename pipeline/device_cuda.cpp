@@ -29,6 +29,7 @@ class CudaStream final : public Stream {
   CudaStream(std::string name, c10::cuda::CUDAStream stream)
       : name_(std::move(name)), stream_(stream) {}
   const std::string& name() const override { return name_; }
+  void* native_handle() override { return raw(); }
   cudaStream_t raw() const { return stream_.stream(); }
   const c10::cuda::CUDAStream& c10_stream() const { return stream_; }
 

@@ -51,7 +51,7 @@ ROOT=$PWD
 
 # The targets this check builds and runs (only these are built, to keep the build short).
 GPU_TARGETS=(ramstream pipeline_cuda_test pipeline_gpu_layout_test cuda_model_test h2d_bench
-  llama_step_bench planner_accuracy)
+  llama_step_bench planner_accuracy kv_quant_cuda_test inference_cuda_test)
 
 BUILD_DIR=build-gpu
 CUDA_ARCH=${RAMSTREAM_CUDA_ARCH:-90}

@@ -29,20 +29,24 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 import prose  # noqa: E402
 
-# (label, --kv-cache, G, R, budget)
-# (label, --kv-cache, G, R, --kv-budget, --kv-sink)
+# (label, --kv-cache, G, R, --kv-budget, --kv-sink, --kv-value-fit)
 CACHES = [
-    ("bf16", "bf16", 32, 128, 0.2, 0),
-    ("kivi4", "kivi4", 32, 128, 0.2, 0),
-    ("kivi2", "kivi2", 32, 128, 0.2, 0),
-    ("kivi4 R32", "kivi4", 32, 32, 0.2, 0),
-    ("kivi2 R32", "kivi2", 32, 32, 0.2, 0),
-    ("kivi2 sink4", "kivi2", 32, 128, 0.2, 4),
-    ("kivi2 sink32", "kivi2", 32, 128, 0.2, 32),
-    ("kivi2 R32 sink4", "kivi2", 32, 32, 0.2, 4),
-    ("h2o 0.5", "h2o", 32, 128, 0.5, 0),
-    ("h2o 0.2", "h2o", 32, 128, 0.2, 0),
-    ("kivi2+h2o 0.2 R32", "kivi2+h2o", 32, 32, 0.2, 0),
+    ("bf16", "bf16", 32, 128, 0.2, 0, "minmax"),
+    ("kivi4", "kivi4", 32, 128, 0.2, 0, "minmax"),
+    ("kivi2", "kivi2", 32, 128, 0.2, 0, "minmax"),
+    ("kivi4 R32", "kivi4", 32, 32, 0.2, 0, "minmax"),
+    ("kivi2 R32", "kivi2", 32, 32, 0.2, 0, "minmax"),
+    ("kivi2 sink4", "kivi2", 32, 128, 0.2, 4, "minmax"),
+    ("kivi2 sink32", "kivi2", 32, 128, 0.2, 32, "minmax"),
+    ("kivi2 R32 sink4", "kivi2", 32, 32, 0.2, 4, "minmax"),
+    ("kivi4 mse", "kivi4", 32, 128, 0.2, 0, "mse"),
+    ("kivi2 mse", "kivi2", 32, 128, 0.2, 0, "mse"),
+    ("kivi2 R32 mse", "kivi2", 32, 32, 0.2, 0, "mse"),
+    ("kivi2 mse sink4", "kivi2", 32, 128, 0.2, 4, "mse"),
+    ("kivi2 R32 mse sink4", "kivi2", 32, 32, 0.2, 4, "mse"),
+    ("h2o 0.5", "h2o", 32, 128, 0.5, 0, "minmax"),
+    ("h2o 0.2", "h2o", 32, 128, 0.2, 0, "minmax"),
+    ("kivi2+h2o 0.2 R32", "kivi2+h2o", 32, 32, 0.2, 0, "minmax"),
 ]
 # SmolLM2-135M: 30 layers, 3 KV heads, head dim 64.
 LAYERS, NKV, D = 30, 3, 64
@@ -106,11 +110,12 @@ def main():
               f"{'theory':>9} {'tok/s':>7}")
         for context, windows in ((512, a.windows512), (2048, a.windows2048)):
             base = None
-            for label, kind, G, R, budget, sink in CACHES:
+            for label, kind, G, R, budget, sink, fit in CACHES:
                 r = run([rs, "eval", "--model", model, "--data", text, "--context", str(context),
                          "--max-windows", str(windows), "--batch-size", str(windows),
                          "--kv-cache", kind, "--kv-group", str(G), "--kv-residual", str(R),
-                         "--kv-budget", str(budget), "--kv-sink", str(sink), "--json"])
+                         "--kv-budget", str(budget), "--kv-sink", str(sink),
+                         "--kv-value-fit", fit, "--json"])
                 base = r["perplexity"] if kind == "bf16" else base
                 th = theory_bytes_per_token(kind, G, R, budget, context, sink)
                 row = {"context": context, "cache": label, "perplexity": r["perplexity"],
@@ -125,15 +130,18 @@ def main():
         tasks = os.path.join(ROOT, "data", "bundled", "tasks_eval.jsonl")
         print("exact match, data/bundled/tasks_eval.jsonl (prompts are ~40-60 tokens: with "
               "R=128 nothing is quantised, so R=32 is shown too)")
-        for label, kind, G, R, budget, sink in [("bf16", "bf16", 32, 128, 0.5, 0),
-                                                ("kivi4 R32", "kivi4", 32, 32, 0.5, 0),
-                                                ("kivi2 R32", "kivi2", 32, 32, 0.5, 0),
-                                                ("kivi2 R32 sink4", "kivi2", 32, 32, 0.5, 4),
-                                                ("h2o 0.5", "h2o", 32, 128, 0.5, 0),
-                                                ("h2o 0.2", "h2o", 32, 128, 0.2, 0)]:
+        for label, kind, G, R, budget, sink, fit in [
+                ("bf16", "bf16", 32, 128, 0.5, 0, "minmax"),
+                ("kivi4 R32", "kivi4", 32, 32, 0.5, 0, "minmax"),
+                ("kivi2 R32", "kivi2", 32, 32, 0.5, 0, "minmax"),
+                ("kivi2 R32 sink4", "kivi2", 32, 32, 0.5, 4, "minmax"),
+                ("kivi2 R32 mse sink4", "kivi2", 32, 32, 0.5, 4, "mse"),
+                ("h2o 0.5", "h2o", 32, 128, 0.5, 0, "minmax"),
+                ("h2o 0.2", "h2o", 32, 128, 0.2, 0, "minmax")]:
             r = run([rs, "eval", "--model", model, "--tasks", tasks, "--max-examples",
                      str(a.tasks), "--kv-cache", kind, "--kv-group", str(G), "--kv-residual",
-                     str(R), "--kv-budget", str(budget), "--kv-sink", str(sink), "--json"])
+                     str(R), "--kv-budget", str(budget), "--kv-sink", str(sink),
+                     "--kv-value-fit", fit, "--json"])
             rows.append({"tasks": r["examples"], "cache": label, "exact_match": r["exact_match"]})
             print(f"  {label:<10} {100 * r['exact_match']:5.1f}% of {r['examples']}", flush=True)
     print(json.dumps({"model": model, "rows": rows}))
