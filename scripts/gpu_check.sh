@@ -33,6 +33,9 @@
 #       when any test is skipped: on the GPU machine nothing may
 #   (b) pipeline_gpu_layout_test with RAMSTREAM_TEST_DEVICE=cuda (no skips either)
 #   (c) h2d_bench --json    (d) llama_step_bench --json
+#   (g) offloaded decode: bench/peer_decode/offload_decode.py (ramstream generate streaming the
+#       default model under a 64 MiB weight budget vs transformers + accelerate offload with the
+#       same GPU memory cap, batches 1/8/32, and the PCIe bound); appended to h2d_bench.log
 #   (e) main job: ramstream run smollm2-135m-full-sft engine.device=cuda on the default model;
 #       its held-out accuracy lines go into summary.txt
 #   (f) planner: planner_accuracy --device cuda --json (probes the machine afresh: predicted vs
@@ -40,7 +43,8 @@
 #       recipe on that probe, and the probed profile (YAML) at the end of the same log
 # A step whose binary was not built is "missing" (not counted as a failure: the build rows say
 # why). $OUT gets summary.txt, build.log, ctest.log, layout_test.log, h2d_bench.log,
-# llama_step_bench.log, main_job.log and planner.log (8 files, the device tool's limit). Exit status: 1 when any step failed (FAIL, or not run
+# llama_step_bench.log, main_job.log and planner.log (8 files, the device tool's limit; step (g)
+# writes into h2d_bench.log). Exit status: 1 when any step failed (FAIL, or not run
 # for lack of time), else 0. The whole run keeps inside GPU_CHECK_BUDGET_S (default 570 s) so
 # that it ends, summary written, within the device tool's 10-minute command.
 # Environment: OUT, RAMSTREAM_CUDA_ARCH (default 90), GPU_CHECK_BUDGET_S (default 570).
@@ -57,7 +61,7 @@ BUILD_DIR=build-gpu
 CUDA_ARCH=${RAMSTREAM_CUDA_ARCH:-90}
 BUDGET_S=${GPU_CHECK_BUDGET_S:-570}
 # Per-step time caps in seconds (each also bounded by what is left of the budget).
-CAP_CTEST=240 CAP_LAYOUT=120 CAP_BENCH=120 CAP_MAIN=420 CAP_PLANNER=180
+CAP_CTEST=240 CAP_LAYOUT=120 CAP_BENCH=120 CAP_MAIN=420 CAP_PLANNER=180 CAP_OFFLOAD=180
 DEPS=$ROOT/.gpu-deps
 PREFIX=$DEPS/prefix
 MODEL_DIR=$ROOT/.gpu-model
@@ -419,6 +423,32 @@ step_bench() {
   fi
 }
 
+step_offload() {
+  local step="(g) offloaded decode vs accelerate" log=$OUT/offload.tmp exe last
+  exe=$(binary ramstream)
+  [[ -n "$exe" ]] || {
+    missing_row "$step" ramstream
+    return
+  }
+  if [[ -z "$MODEL_PATH" ]]; then
+    row "$step" FAIL - "$MODEL_REASON"
+    return
+  fi
+  run_logged "$step" "$log" "$CAP_OFFLOAD" python3 bench/peer_decode/offload_decode.py \
+    --model "$MODEL_PATH" --build-dir "$BUILD_DIR"
+  local timed_out=$?
+  # Its lines go at the end of h2d_bench.log: $OUT keeps to the device tool's 8 files.
+  cat "$log" >> "$OUT/h2d_bench.log"
+  last=$(grep -v '^== ' "$log" | grep -v '^[[:space:]]*$' | tail -n1 | cut -c1-240)
+  rm -f "$log"
+  ((timed_out)) && return
+  if ((RC != 0)); then
+    row "$step" FAIL "$SECS" "exit status $RC: $last"
+  else
+    row "$step" pass "$SECS" "$last"
+  fi
+}
+
 step_main() {
   local step="(e) main job on the GPU" log=$OUT/main_job.log exe run_dir evals
   exe=$(binary ramstream)
@@ -513,6 +543,7 @@ if [[ "$mode" == all ]]; then
   step_layout
   step_bench "(c) h2d_bench --json" h2d_bench
   step_bench "(d) llama_step_bench --json" llama_step_bench
+  step_offload
   step_main
   step_planner
 fi

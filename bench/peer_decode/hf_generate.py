@@ -4,7 +4,7 @@ prompt maker both sides share. Runs inside the peer virtual environment (torch +
     python hf_generate.py prompts --model DIR --text PROSE.txt --tokens 128 --count 8 \
         --out prompts.jsonl [--same]
     python hf_generate.py bench --model DIR --prompts prompts.jsonl --new-tokens 32 --threads 2 \
-        [--repeat 1]
+        [--repeat 1] [--device cpu|cuda] [--gpu-memory-mib M]
 
 `prompts` writes --count lines {"id": i, "prompt": TEXT} where each TEXT is exactly --tokens
 tokens under the model's tokenizer (no special tokens added, as `ramstream generate --raw`
@@ -25,6 +25,11 @@ prefill's logits give). Each is the median of --repeat runs. As a cross-check it
 time of the first and last call of a logits processor inside the timed full run:
 decode_tokens_per_s_stamped = B * (N - 1) / (last - first), free of the prefill's run-to-run
 noise. The last stdout line is one JSON object.
+
+`--device cuda` runs the model in bf16 on the GPU; with `--gpu-memory-mib M` it is loaded the way
+accelerate offloads a model larger than the GPU: `device_map="auto"` with `max_memory={0: M MiB,
+"cpu": ...}`, so the layers that do not fit stay in host memory and accelerate's hooks move
+their weights to the GPU for every forward (bench/peer_decode/offload_decode.py).
 """
 
 import argparse
@@ -82,8 +87,20 @@ def bench(a):
         tok.pad_token = tok.eos_token
     enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     lengths = enc["attention_mask"].sum(dim=1).tolist()
-    model = transformers.AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32)
+    cuda = a.device == "cuda"
+    if not cuda:
+        model = transformers.AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32)
+    elif a.gpu_memory_mib > 0:
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            a.model, dtype=torch.bfloat16, device_map="auto",
+            max_memory={0: f"{a.gpu_memory_mib}MiB", "cpu": "200GiB"})
+    else:
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            a.model, dtype=torch.bfloat16).to("cuda")
     model.eval()
+    if cuda:
+        enc = {k: v.to("cuda") for k, v in enc.items()}
+    placement = sorted(set(str(d) for d in getattr(model, "hf_device_map", {}).values()))
     B, N = len(prompts), a.new_tokens
 
     class Stamp(transformers.LogitsProcessor):
@@ -102,6 +119,8 @@ def bench(a):
         t0 = time.perf_counter()
         with torch.inference_mode():
             out = model.generate(enc["input_ids"], **kw)
+        if cuda:
+            torch.cuda.synchronize()
         return time.perf_counter() - t0, out
 
     gen(min(N, 4))  # warm-up: first-call allocations and kernel selection
@@ -129,6 +148,7 @@ def bench(a):
         "threads": torch.get_num_threads(),
         "attn_implementation": getattr(model.config, "_attn_implementation", "?"),
         "cache": "DynamicCache (generate's default)",
+        "device": a.device, "gpu_memory_mib": a.gpu_memory_mib, "placement": placement,
         "texts": texts,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }))
@@ -150,6 +170,9 @@ def main():
     b.add_argument("--new-tokens", type=int, default=32)
     b.add_argument("--threads", type=int, required=True)
     b.add_argument("--repeat", type=int, default=1)
+    b.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    b.add_argument("--gpu-memory-mib", type=int, default=0,
+                   help="cuda: accelerate offload with this much GPU memory (0: all on the GPU)")
     a = ap.parse_args()
     if a.mode == "prompts":
         make_prompts(a)
