@@ -193,14 +193,25 @@ TEST(Generator, RowsAreIndependentOfTheirBatch) {
   }
 }
 
-TEST(Generator, CompressedCachesStayCloseToTheFullOne) {
-  Tiny t = make_tiny(kivi_shape());
+// A token stream over kivi_shape()'s vocabulary, and eval windows of 120 tokens, 90 scored.
+std::vector<int32_t> text_ids(int n) {
   std::vector<int32_t> ids;
-  for (int i = 0; i < 400; ++i) ids.push_back(static_cast<int32_t>((i * 37 + i / 7) % 97));
+  for (int i = 0; i < n; ++i) ids.push_back(static_cast<int32_t>((i * 37 + i / 7) % 97));
+  return ids;
+}
+
+PerplexityOptions short_windows() {
   PerplexityOptions po;
   po.context = 120;
   po.stride = 90;
   po.batch = 2;
+  return po;
+}
+
+TEST(Generator, CompressedCachesStayCloseToTheFullOne) {
+  Tiny t = make_tiny(kivi_shape());
+  const std::vector<int32_t> ids = text_ids(400);
+  const PerplexityOptions po = short_windows();
   double full = 0;
   for (const char* kind : {"bf16", "kivi4", "kivi2", "h2o"}) {
     GeneratorOptions o;
@@ -224,12 +235,8 @@ TEST(Generator, CompressedCachesStayCloseToTheFullOne) {
 // pages, with the twin live to the end; with a budget too small it stops and the run carries on.
 TEST(Generator, KvPagesOnTheDeviceGiveTheSameResults) {
   Tiny t = make_tiny(kivi_shape());
-  std::vector<int32_t> ids;
-  for (int i = 0; i < 300; ++i) ids.push_back(static_cast<int32_t>((i * 37 + i / 7) % 97));
-  PerplexityOptions po;
-  po.context = 120;
-  po.stride = 90;
-  po.batch = 2;
+  const std::vector<int32_t> ids = text_ids(300);
+  const PerplexityOptions po = short_windows();
   for (const char* kind : {"bf16", "kivi2"}) {
     GeneratorOptions host;
     host.kv = KvCacheConfig::parse(kind, 32, 32, 0.5).value();

@@ -13,7 +13,7 @@
 namespace ramstream::inference {
 namespace {
 
-std::string mib(int64_t bytes) {
+std::string bytes_text(int64_t bytes) {
   return memory::format_bytes(static_cast<uint64_t>(bytes));
 }
 
@@ -108,14 +108,14 @@ void KvDeviceMirror::stop(const std::string& why) {
 void KvDeviceMirror::add_chunk(const uint8_t* base, int64_t bytes) {
   if (!active_) return;
   if (device_bytes_ + bytes > max_bytes_) {
-    stop("the KV pages need " + mib(device_bytes_ + bytes) + ", past the device budget of " +
-         mib(max_bytes_) + ": attention reads them from host memory from now on");
+    stop("the KV pages need " + bytes_text(device_bytes_ + bytes) + ", past the device budget of " +
+         bytes_text(max_bytes_) + ": attention reads them from host memory from now on");
     return;
   }
   uint8_t* dev = backend_->alloc(bytes);
   if (!dev) {
-    stop("device memory: no " + mib(bytes) + " more for the KV pages (" + mib(device_bytes_) +
-         " held): attention reads them from host memory from now on");
+    stop("device memory: no " + bytes_text(bytes) + " more for the KV pages (" +
+         bytes_text(device_bytes_) + " held): attention reads them from host memory from now on");
     return;
   }
   chunks_[base] = Chunk{bytes, dev};

@@ -416,24 +416,35 @@ step_bench() {
   # The detail is the last output line (the JSON result).
   local last
   last=$(grep -v '^== ' "$log" | grep -v '^[[:space:]]*$' | tail -n1 | cut -c1-240)
+  status_row "$step" "$last"
+}
+
+# ramstream_and_model STEP: sets EXE to the ramstream binary; with no binary or no default model
+# it writes STEP's row saying which and fails (not in a subshell: rows are kept in this shell).
+ramstream_and_model() {
+  EXE=$(binary ramstream)
+  if [[ -z "$EXE" ]]; then
+    missing_row "$1" ramstream
+    return 1
+  fi
+  if [[ -z "$MODEL_PATH" ]]; then
+    row "$1" FAIL - "$MODEL_REASON"
+    return 1
+  fi
+}
+
+# status_row STEP LAST: STEP's row from the last command's RC, LAST its last output line.
+status_row() {
   if ((RC != 0)); then
-    row "$step" FAIL "$SECS" "exit status $RC: $last"
+    row "$1" FAIL "$SECS" "exit status $RC: $2"
   else
-    row "$step" pass "$SECS" "$last"
+    row "$1" pass "$SECS" "$2"
   fi
 }
 
 step_offload() {
-  local step="(g) offloaded decode vs accelerate" log=$OUT/offload.tmp exe last
-  exe=$(binary ramstream)
-  [[ -n "$exe" ]] || {
-    missing_row "$step" ramstream
-    return
-  }
-  if [[ -z "$MODEL_PATH" ]]; then
-    row "$step" FAIL - "$MODEL_REASON"
-    return
-  fi
+  local step="(g) offloaded decode vs accelerate" log=$OUT/offload.tmp last
+  ramstream_and_model "$step" || return
   run_logged "$step" "$log" "$CAP_OFFLOAD" python3 bench/peer_decode/offload_decode.py \
     --model "$MODEL_PATH" --build-dir "$BUILD_DIR"
   local timed_out=$?
@@ -442,24 +453,13 @@ step_offload() {
   last=$(grep -v '^== ' "$log" | grep -v '^[[:space:]]*$' | tail -n1 | cut -c1-240)
   rm -f "$log"
   ((timed_out)) && return
-  if ((RC != 0)); then
-    row "$step" FAIL "$SECS" "exit status $RC: $last"
-  else
-    row "$step" pass "$SECS" "$last"
-  fi
+  status_row "$step" "$last"
 }
 
 step_main() {
   local step="(e) main job on the GPU" log=$OUT/main_job.log exe run_dir evals
-  exe=$(binary ramstream)
-  [[ -n "$exe" ]] || {
-    missing_row "$step" ramstream
-    return
-  }
-  if [[ -z "$MODEL_PATH" ]]; then
-    row "$step" FAIL - "$MODEL_REASON"
-    return
-  fi
+  ramstream_and_model "$step" || return
+  exe=$EXE
   run_dir=$(mktemp -d /tmp/ramstream-gpu-main.XXXXXX)
   run_logged "$step" "$log" "$CAP_MAIN" "$exe" run smollm2-135m-full-sft engine.device=cuda \
     model.path="$MODEL_PATH" output_dir="$run_dir"
