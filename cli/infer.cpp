@@ -62,6 +62,10 @@ std::unique_ptr<Session> open(const InferenceArgs& a, const char* command) {
     }
     o.kv_device_bytes = static_cast<int64_t>(gib * double(1ull << 30));
   }
+  if (a.weights_device_gib < 0 && a.weights_device_gib != -1) {
+    throw std::invalid_argument("--weights-device-memory must be >= 0 GiB (or -1: no limit), got " +
+                                std::to_string(a.weights_device_gib));
+  }
   if (a.weights_device_gib >= 0) {
     o.weight_device_bytes = static_cast<int64_t>(a.weights_device_gib * double(1ull << 30));
   }
