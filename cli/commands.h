@@ -30,6 +30,7 @@ struct InferenceArgs {
   std::string device = "auto";
   std::string kv_cache = "bf16";
   int kv_group = 32, kv_residual = 128, kv_sink = 0;
+  int kv_key_outliers = 0;              // KIVI: exact values per key channel and group
   std::string kv_value_fit = "minmax";  // minmax | mse (KIVI values)
   double kv_budget = 0.2;
   double kv_memory_gib = 0;               // cap on the KV pages; 0 = what host RAM allows

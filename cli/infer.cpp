@@ -42,6 +42,7 @@ std::unique_ptr<Session> open(const InferenceArgs& a, const char* command) {
   Result<kernels::QuantFit> fit = inference::parse_value_fit(a.kv_value_fit);
   if (!fit.ok()) throw std::invalid_argument(fit.error().message);
   o.kv.value_fit = fit.value();
+  o.kv.key_outliers = a.kv_key_outliers;
   o.device = a.device;
   o.micro_batch = a.batch_size;
   if (a.kv_memory_gib < 0) {
@@ -109,6 +110,7 @@ RunPrediction plan_inference(const InferenceArgs& a, Session& s, int64_t batch,
                            : planner::KvKind::kFull;
   base.kv_group = kv.group;
   base.kv_residual = kv.residual;
+  base.kv_key_outliers = kv.key_outliers;
   Result<planner::InferPlan> plan = planner::plan_infer(hw.value(), w, objective, {base.kv}, base);
   if (!plan.ok()) throw std::runtime_error("--plan " + a.plan + ": " + plan.error().message);
   const planner::InferCandidate& c = plan.value().chosen;
@@ -526,9 +528,11 @@ int eval_command(const EvalArgs& a) {
     throw std::invalid_argument("give one of --data (perplexity) or --tasks (exact match)");
   }
   std::unique_ptr<Session> s = open(a.inf, "ramstream eval");
-  nlohmann::json out = {{"kv_cache", a.inf.kv_cache},         {"kv_group", a.inf.kv_group},
-                        {"kv_residual", a.inf.kv_residual},   {"kv_sink", a.inf.kv_sink},
-                        {"kv_value_fit", a.inf.kv_value_fit}, {"kv_budget", a.inf.kv_budget}};
+  nlohmann::json out = {
+      {"kv_cache", a.inf.kv_cache},         {"kv_group", a.inf.kv_group},
+      {"kv_residual", a.inf.kv_residual},   {"kv_sink", a.inf.kv_sink},
+      {"kv_value_fit", a.inf.kv_value_fit}, {"kv_key_outliers", a.inf.kv_key_outliers},
+      {"kv_budget", a.inf.kv_budget}};
   if (!a.data.empty()) {
     Result<std::string> text = read_user_file(a.data, "a text or JSONL file", int64_t{1} << 31);
     if (!text.ok()) throw std::runtime_error(text.error().message);

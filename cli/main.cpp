@@ -315,6 +315,11 @@ int cli_main(int argc, char** argv, Context& context) {
                   "KIVI values: minmax (KIVI: each group's range) or mse (least-squares scale "
                   "and minimum, never a larger error; our addition, off by default)")
         ->capture_default_str();
+    c->add_option("--kv-key-outliers", a.kv_key_outliers,
+                  "KIVI keys: per channel and group of G tokens, the N values farthest from the "
+                  "mean stay exact (fp16 residuals, 24 bits each; dense-and-sparse, our "
+                  "addition, off by default)")
+        ->capture_default_str();
     c->add_option("--kv-budget", a.kv_budget,
                   "H2O: fraction of the context kept per KV head, half heavy hitters, half "
                   "recent")

@@ -44,6 +44,7 @@ std::string KvCacheConfig::name() const {
   if (bits != 0 && h2o) n += "+h2o";
   if (sink > 0) n += " sink" + std::to_string(sink);
   if (bits != 0 && value_fit == kernels::QuantFit::kMse) n += " mse-values";
+  if (bits != 0 && key_outliers > 0) n += " key-outliers" + std::to_string(key_outliers);
   return n;
 }
 
@@ -65,6 +66,15 @@ std::string KvCacheConfig::validate(int64_t head_dim, int64_t context) const {
   if (value_fit != kernels::QuantFit::kMinMax && bits == 0) {
     return "--kv-value-fit mse: fits a KIVI cache's value groups; it applies to kivi2 and kivi4 "
            "(and their +h2o forms)";
+  }
+  if (key_outliers != 0 && bits == 0) {
+    return "--kv-key-outliers " + std::to_string(key_outliers) +
+           ": keeps outliers of a KIVI cache's key groups exact; it applies to kivi2 and kivi4 "
+           "(and their +h2o forms)";
+  }
+  if (key_outliers < 0 || key_outliers > kernels::kMaxKeyOutliers) {
+    return "--kv-key-outliers must be in [0, " + std::to_string(kernels::kMaxKeyOutliers) +
+           "] (per channel and key group), got " + std::to_string(key_outliers);
   }
   if (bits == 0) return "";
   if (group < 32 || group > 256 || group % 32 != 0) {
@@ -89,15 +99,15 @@ std::string KvCacheConfig::validate(int64_t head_dim, int64_t context) const {
   return "";
 }
 
-double kivi_bits_per_element(int bits, int group) {
-  return double(bits) + 32.0 / double(group);
+double kivi_bits_per_element(int bits, int group, int key_outliers) {
+  return double(bits) + 32.0 / double(group) + 12.0 * double(key_outliers) / double(group);
 }
 
 // One layer and KV head of one sequence. Token index t of the kernel view: the quantised slots
 // first (KIVI; keys and values may split differently without h2o), then the full-precision rows.
 struct SequenceKv::Head {
-  Head(const std::shared_ptr<KvPagePool>& pool, int64_t D, int G, int bits)
-      : kgroups(pool, bits ? kernels::key_group_record_bytes(int(D), G, bits) : 4),
+  Head(const std::shared_ptr<KvPagePool>& pool, int64_t D, int G, int bits, int key_outliers)
+      : kgroups(pool, bits ? kernels::key_group_record_bytes(int(D), G, bits, key_outliers) : 4),
         vtokens(pool, bits ? kernels::value_token_record_bytes(int(D), G, bits) : 4),
         krows(pool, D * 4),
         vrows(pool, D * 4),
@@ -119,7 +129,7 @@ int64_t SequenceKv::largest_record(const KvCacheConfig& cfg, const model::ModelC
   const int D = static_cast<int>(model.head_dim);
   int64_t r = int64_t{D} * 4;
   if (cfg.bits != 0 && kernels::check_kv_quant_shape(D, cfg.group, cfg.bits).empty()) {
-    r = std::max({r, kernels::key_group_record_bytes(D, cfg.group, cfg.bits),
+    r = std::max({r, kernels::key_group_record_bytes(D, cfg.group, cfg.bits, cfg.key_outliers),
                   kernels::value_token_record_bytes(D, cfg.group, cfg.bits)});
   }
   return r;
@@ -140,7 +150,7 @@ SequenceKv::SequenceKv(const KvCacheConfig& cfg, const model::ModelConfig& model
   length_.assign(static_cast<size_t>(model.num_layers), 0);
   heads_.reserve(static_cast<size_t>(model.num_layers * nkv_));
   for (int64_t i = 0; i < model.num_layers * nkv_; ++i) {
-    heads_.emplace_back(pool, d_, cfg_.group, cfg_.bits);
+    heads_.emplace_back(pool, d_, cfg_.group, cfg_.bits, cfg_.key_outliers);
   }
 }
 
@@ -234,7 +244,7 @@ void SequenceKv::push_token(Head& hd, const float* k, const float* v, int64_t po
 
 void SequenceKv::flush(Head& hd) {
   const int D = static_cast<int>(d_), G = cfg_.group, R = cfg_.residual, b = cfg_.bits;
-  const int64_t kwords = kernels::key_group_words(D, G, b);
+  const kernels::KeyGroupLayout klayout{D, G, b, cfg_.key_outliers};
   const int64_t vwords = kernels::value_token_words(D, b);
   auto quantize_value = [&](const float* row) {
     uint8_t* rec = hd.vtokens.push_back();
@@ -247,8 +257,7 @@ void SequenceKv::flush(Head& hd) {
     group_rows.resize(static_cast<size_t>(G) * D);
     hd.krows.gather(0, G, reinterpret_cast<uint8_t*>(group_rows.data()));
     uint8_t* rec = hd.kgroups.push_back();
-    kernels::quantize_key_group(group_rows.data(), D, D, G, b, kernels::record_codes(rec),
-                                kernels::record_params(rec, kwords));
+    kernels::quantize_key_group(group_rows.data(), D, klayout, rec);
   };
   if (!cfg_.h2o) {
     // Keys: a block of R once the window holds R; values: the oldest once R are waiting.
@@ -270,8 +279,8 @@ void SequenceKv::flush(Head& hd) {
       const int64_t s = hd.free_slots.back();
       hd.free_slots.pop_back();
       uint8_t* krec = hd.kgroups.at(s / G);
-      kernels::quantize_key_slot(std::as_const(hd.krows).row(0), D, G, b, static_cast<int>(s % G),
-                                 kernels::record_codes(krec), kernels::record_params(krec, kwords));
+      kernels::quantize_key_slot(std::as_const(hd.krows).row(0), klayout, static_cast<int>(s % G),
+                                 krec);
       uint8_t* vrec = hd.vtokens.at(s);
       kernels::quantize_value_token(std::as_const(hd.vrows).row(0), D, G, b,
                                     kernels::record_codes(vrec),
@@ -379,6 +388,7 @@ kernels::KvHeadView SequenceKv::view(int64_t layer, int64_t h) {
   kv.D = static_cast<int>(d_);
   kv.G = cfg_.group;
   kv.bits = cfg_.bits == 0 ? 2 : cfg_.bits;
+  kv.key_outliers = cfg_.key_outliers;
   kv.sink_keys = hd.ksink.records();
   kv.sink_values = hd.vsink.records();
   kv.n_sink = hd.ksink.size();

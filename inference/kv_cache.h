@@ -3,7 +3,10 @@
 //   kivi2 / kivi4   KIVI: asymmetric min/max codes (kernels/kv_quant.h), keys per channel in
 //          groups of G tokens, values per token in groups of G channels; the last R tokens in full
 //          precision. Keys are quantised a block of R at a time when their window fills, values
-//          one (the oldest) token at a time once R are waiting. R % G == 0.
+//          one (the oldest) token at a time once R are waiting. R % G == 0. Our additions, off
+//          by default: `sink` first tokens in full precision, least-squares value params
+//          (`value_fit`), and `key_outliers` per key channel and group kept exact as sparse fp16
+//          residuals (dense-and-sparse; kernels/kv_quant.h documents the record).
 //   +h2o   heavy-hitter eviction: per KV head a budget of `budget` x context tokens (at least
 //          8), half heavy hitters, half the most recent; each token's score is the attention
 //          probability it received, summed over the decode steps (and the prompt's queries at
@@ -55,6 +58,10 @@ struct KvCacheConfig {
   // KIVI: how value groups get their scale and minimum (kernels/kv_quant.h). Keys always use
   // min/max.
   kernels::QuantFit value_fit = kernels::QuantFit::kMinMax;
+  // KIVI: per channel of each key group, this many values (those farthest from the channel's
+  // mean) stay exact as sparse fp16 residuals, out of the group's range (dense-and-sparse, as
+  // KVQuant; 24 bits each). 0 is KIVI.
+  int key_outliers = 0;
 
   // "bf16" (alias "fp32", "full"), "kivi2", "kivi4", "h2o", "kivi2+h2o", "kivi4+h2o"; errors
   // name the bad value and list the choices.
@@ -62,7 +69,7 @@ struct KvCacheConfig {
                                      double budget);
   std::string name() const;
   // "" when usable for head dim `head_dim` and `context` tokens; else what is wrong, naming the
-  // flag (--kv-group, --kv-residual, --kv-budget, --kv-sink).
+  // flag (--kv-group, --kv-residual, --kv-budget, --kv-sink, --kv-value-fit, --kv-key-outliers).
   std::string validate(int64_t head_dim, int64_t context) const;
   // h2o: tokens kept per KV head for a context of `context` tokens.
   int64_t budget_tokens(int64_t context) const;
@@ -123,8 +130,9 @@ class SequenceKv {
 void attend(int64_t layer, const std::vector<SequenceKv*>& seqs, const float* q, float* out,
             const model::ModelConfig& model);
 
-// Bits per cached element in theory: full precision `full_bits`; KIVI b + 32/G for codes and
-// fp16 scale + minimum, the full-precision window excluded.
-double kivi_bits_per_element(int bits, int group);
+// Bits per cached element (keys and values averaged) in theory: KIVI b + 32/G for codes and fp16
+// scale + minimum, plus 24 n / G on keys for n outliers per key channel and group (12 n / G
+// averaged); the full-precision window and sinks excluded.
+double kivi_bits_per_element(int bits, int group, int key_outliers = 0);
 
 }  // namespace ramstream::inference

@@ -92,38 +92,39 @@ TEST(KvCache, KiviStreamingEqualsQuantisingAtOnce) {
   for (const char* kind : {"kivi2", "kivi4"}) {
     for (kernels::QuantFit fit : {kernels::QuantFit::kMinMax, kernels::QuantFit::kMse}) {
       for (int S : {0, 3}) {
-        KvCacheConfig cfg = cache(kind, G, R);
-        cfg.sink = S;
-        cfg.value_fit = fit;
-        SequenceKv kv(cfg, m, 1000);
-        kv.prefill(0, k.data(), v.data(), P, nullptr);
-        for (int64_t t = P; t < T; ++t) kv.append(0, k.data() + t * D, v.data() + t * D);
-        const kernels::KvHeadView w = kv.view(0, 0);
-        const std::string what = cfg.name();
-        ASSERT_EQ(w.n_key_groups * G, (T - S) / R * R) << what;
-        ASSERT_EQ(w.n_value_quant, T - S - R) << what;
-        const int64_t krec = kernels::key_group_record_bytes(D, G, cfg.bits);
-        std::vector<uint8_t> want(static_cast<size_t>(krec));
-        for (int64_t g = 0; g < w.n_key_groups; ++g) {
-          kernels::quantize_key_group(
-              k.data() + (S + g * G) * D, D, D, G, cfg.bits, kernels::record_codes(want.data()),
-              kernels::record_params(want.data(), kernels::key_group_words(D, G, cfg.bits)));
-          ASSERT_EQ(0, std::memcmp(w.key_groups.at(g), want.data(), want.size()))
-              << what << " key group " << g;
-        }
-        const int64_t vrec = kernels::value_token_record_bytes(D, G, cfg.bits);
-        want.resize(static_cast<size_t>(vrec));
-        for (int64_t t = 0; t < w.n_value_quant; ++t) {
-          kernels::quantize_value_token(
-              v.data() + (S + t) * D, D, G, cfg.bits, kernels::record_codes(want.data()),
-              kernels::record_params(want.data(), kernels::value_token_words(D, cfg.bits)), fit);
-          ASSERT_EQ(0, std::memcmp(w.value_tokens.at(t), want.data(), want.size()))
-              << what << " value token " << t;
-        }
-        for (int64_t t = 0; t < w.n_key_window; ++t) {
-          ASSERT_EQ(0, std::memcmp(w.key_window.row(t), k.data() + (S + w.n_key_groups * G + t) * D,
-                                   D * 4))
-              << what;
+        for (int outliers : {0, 2}) {
+          KvCacheConfig cfg = cache(kind, G, R);
+          cfg.sink = S;
+          cfg.value_fit = fit;
+          cfg.key_outliers = outliers;
+          SequenceKv kv(cfg, m, 1000);
+          kv.prefill(0, k.data(), v.data(), P, nullptr);
+          for (int64_t t = P; t < T; ++t) kv.append(0, k.data() + t * D, v.data() + t * D);
+          const kernels::KvHeadView w = kv.view(0, 0);
+          const std::string what = cfg.name();
+          ASSERT_EQ(w.n_key_groups * G, (T - S) / R * R) << what;
+          ASSERT_EQ(w.n_value_quant, T - S - R) << what;
+          ASSERT_EQ(w.key_outliers, outliers) << what;
+          std::vector<uint8_t> want(static_cast<size_t>(w.key_layout().bytes()));
+          for (int64_t g = 0; g < w.n_key_groups; ++g) {
+            kernels::quantize_key_group(k.data() + (S + g * G) * D, D, w.key_layout(), want.data());
+            ASSERT_EQ(0, std::memcmp(w.key_groups.at(g), want.data(), want.size()))
+                << what << " key group " << g;
+          }
+          const int64_t vrec = kernels::value_token_record_bytes(D, G, cfg.bits);
+          want.resize(static_cast<size_t>(vrec));
+          for (int64_t t = 0; t < w.n_value_quant; ++t) {
+            kernels::quantize_value_token(
+                v.data() + (S + t) * D, D, G, cfg.bits, kernels::record_codes(want.data()),
+                kernels::record_params(want.data(), kernels::value_token_words(D, cfg.bits)), fit);
+            ASSERT_EQ(0, std::memcmp(w.value_tokens.at(t), want.data(), want.size()))
+                << what << " value token " << t;
+          }
+          for (int64_t t = 0; t < w.n_key_window; ++t) {
+            ASSERT_EQ(0, std::memcmp(w.key_window.row(t),
+                                     k.data() + (S + w.n_key_groups * G + t) * D, D * 4))
+                << what;
+          }
         }
       }
     }
@@ -131,6 +132,15 @@ TEST(KvCache, KiviStreamingEqualsQuantisingAtOnce) {
   KvCacheConfig bad = cache("bf16");
   bad.value_fit = kernels::QuantFit::kMse;
   EXPECT_NE(bad.validate(64, 1000).find("--kv-value-fit"), std::string::npos);
+  bad.value_fit = kernels::QuantFit::kMinMax;
+  bad.key_outliers = 1;
+  EXPECT_NE(bad.validate(64, 1000).find("--kv-key-outliers 1: keeps outliers of a KIVI"),
+            std::string::npos);
+  KvCacheConfig many = cache("kivi2");
+  many.key_outliers = kernels::kMaxKeyOutliers + 1;
+  EXPECT_NE(many.validate(64, 1000).find("--kv-key-outliers must be in [0, 8]"), std::string::npos);
+  many.key_outliers = -1;
+  EXPECT_NE(many.validate(64, 1000).find("--kv-key-outliers"), std::string::npos);
   EXPECT_FALSE(parse_value_fit("lsq").ok());
   EXPECT_NE(parse_value_fit("lsq").error().message.find("minmax or mse"), std::string::npos);
 }
@@ -165,18 +175,29 @@ TEST(KvCache, BytesPerTokenMatchTheory) {
   const model::ModelConfig m = shape(1, 2, 1, 64);
   for (int bits : {2, 4}) {
     for (int G : {32, 64}) {
-      const int R = 128;
-      SequenceKv kv(cache(bits == 2 ? "kivi2" : "kivi4", G, R), m, 5000);
-      const int64_t T = 4000;
-      const std::vector<float> k = randn(T * 64, 3);
-      kv.prefill(0, k.data(), k.data(), T, nullptr);
-      const kernels::KvHeadView w = kv.view(0, 0);
-      const double quantised = double(w.n_key_groups * G + w.n_value_quant) * 64;
-      const double window_bytes = double(w.n_key_window + w.n_value_window) * 64 * 4;  // fp32
-      const double bits_per = (double(kv.bytes()) - window_bytes) * 8 / quantised;
-      std::printf("kivi%d G%d: %.4f bits per quantised element (theory %.4f), %.1f B/token\n", bits,
-                  G, bits_per, kivi_bits_per_element(bits, G), double(kv.bytes()) / T);
-      EXPECT_NEAR(bits_per, kivi_bits_per_element(bits, G), 1e-9);
+      for (int outliers : {0, 2}) {
+        const int R = 128;
+        KvCacheConfig cfg = cache(bits == 2 ? "kivi2" : "kivi4", G, R);
+        cfg.key_outliers = outliers;
+        SequenceKv kv(cfg, m, 5000);
+        const int64_t T = 4000;
+        const std::vector<float> k = randn(T * 64, 3);
+        kv.prefill(0, k.data(), k.data(), T, nullptr);
+        const kernels::KvHeadView w = kv.view(0, 0);
+        const double quantised = double(w.n_key_groups * G + w.n_value_quant) * 64;
+        const double window_bytes = double(w.n_key_window + w.n_value_window) * 64 * 4;  // fp32
+        const double bits_per = (double(kv.bytes()) - window_bytes) * 8 / quantised;
+        // Keys carry the outliers (24 n / G bits more than values, twice the average's share);
+        // keys and values are quantised in different numbers (blocks of R vs one at a time).
+        const double nk = double(w.n_key_groups * G), nv = double(w.n_value_quant);
+        const double theory =
+            kivi_bits_per_element(bits, G, outliers) + 12.0 * outliers / G * (nk - nv) / (nk + nv);
+        std::printf(
+            "kivi%d G%d key outliers %d: %.4f bits per quantised element (theory %.4f), "
+            "%.1f B/token\n",
+            bits, G, outliers, bits_per, theory, double(kv.bytes()) / T);
+        EXPECT_NEAR(bits_per, theory, 1e-9);
+      }
     }
   }
 }
@@ -192,10 +213,13 @@ TEST(KvCache, AttentionOverKiviEqualsAttentionOverItsDequantisedContent) {
   SequenceKv full(cache("bf16"), m, 400);
   full.prefill(0, k.data(), v.data(), T, nullptr);
   attend(0, {&full}, q.data(), exact.data(), m);
-  double loss[2];
+  double loss[3];
   int which = 0;
-  for (const char* kind : {"kivi4", "kivi2"}) {
-    SequenceKv quant(cache(kind, 32, 64), m, 400);
+  for (const int outliers : {-1, 0, 2}) {  // kivi4, kivi2, kivi2 with two key outliers
+    const char* kind = outliers < 0 ? "kivi4" : "kivi2";
+    KvCacheConfig cfg = cache(kind, 32, 64);
+    cfg.key_outliers = std::max(0, outliers);
+    SequenceKv quant(cfg, m, 400);
     quant.prefill(0, k.data(), v.data(), T, nullptr);
     std::vector<float> got(4 * D);
     attend(0, {&quant}, q.data(), got.data(), m);
@@ -206,10 +230,7 @@ TEST(KvCache, AttentionOverKiviEqualsAttentionOverItsDequantisedContent) {
       std::vector<float> kd(static_cast<size_t>(T * D)), vd(static_cast<size_t>(T * D));
       for (int64_t g = 0; g < w.n_key_groups; ++g) {
         const uint8_t* rec = w.key_groups.at(g);
-        kernels::dequantize_key_group(
-            kernels::record_codes(rec),
-            kernels::record_params(rec, kernels::key_group_words(64, 32, w.bits)), 64, 32, w.bits,
-            kd.data() + g * 32 * D, D);
+        kernels::dequantize_key_group(rec, w.key_layout(), kd.data() + g * 32 * D, D);
       }
       for (int64_t t = 0; t < w.n_key_window; ++t) {
         std::copy(w.key_window.row(t), w.key_window.row(t) + D,
@@ -252,10 +273,11 @@ TEST(KvCache, AttentionOverKiviEqualsAttentionOverItsDequantisedContent) {
     std::printf(
         "%s: max abs error vs its dequantised content %.3g; relative error vs the exact "
         "cache %.4f\n",
-        kind, worst, loss[which - 1]);
-    EXPECT_LT(worst, 1e-5) << kind;
+        cfg.name().c_str(), worst, loss[which - 1]);
+    EXPECT_LT(worst, 1e-5) << cfg.name();
   }
   EXPECT_LT(loss[0], loss[1]);
+  EXPECT_LT(loss[2], loss[1]);  // the outliers kept exact help even on Gaussian keys
 }
 
 TEST(KvCache, H2oKeepsTheBudgetTheRecentAndTheHeavyHitters) {

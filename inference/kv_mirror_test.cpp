@@ -94,8 +94,15 @@ struct Rig {
 };
 
 TEST(KvMirror, TwinAttentionEqualsHostAttentionAsSequencesGrowEndAndStart) {
-  for (const char* kind : {"bf16", "kivi2", "kivi4"}) {
-    Rig r(cache(kind, kind[0] == 'k' ? 3 : 0), int64_t{1} << 30);
+  struct Case {
+    const char* kind;
+    int key_outliers;
+  };
+  for (const Case c : {Case{"bf16", 0}, Case{"kivi2", 0}, Case{"kivi4", 0}, Case{"kivi2", 2}}) {
+    KvCacheConfig cfg = cache(c.kind, c.kind[0] == 'k' ? 3 : 0);
+    cfg.key_outliers = c.key_outliers;
+    const std::string kind = cfg.name();
+    Rig r(cfg, int64_t{1} << 30);
     r.add(5);
     r.add(70);
     r.add(129);
@@ -114,11 +121,11 @@ TEST(KvMirror, TwinAttentionEqualsHostAttentionAsSequencesGrowEndAndStart) {
     const int64_t decode_upload = r.mirror->uploaded_bytes() - after_prefill;
     const int D = 64, bits = r.cfg.bits == 0 ? 2 : r.cfg.bits;
     const int64_t per_head_step = 2 * D * 4 + kernels::value_token_record_bytes(D, 32, bits) +
-                                  kernels::key_group_record_bytes(D, 32, bits);
+                                  kernels::key_group_record_bytes(D, 32, bits, r.cfg.key_outliers);
     const int64_t written_bound = 150 * 3 * r.m.num_layers * r.m.num_kv_heads * per_head_step;
     std::printf(
-        "%s: prefill upload %lld B, 150 decode steps %lld B (bound %lld), cache now %lld B\n", kind,
-        static_cast<long long>(after_prefill), static_cast<long long>(decode_upload),
+        "%s: prefill upload %lld B, 150 decode steps %lld B (bound %lld), cache now %lld B\n",
+        kind.c_str(), static_cast<long long>(after_prefill), static_cast<long long>(decode_upload),
         static_cast<long long>(written_bound), static_cast<long long>(held));
     EXPECT_LE(decode_upload, written_bound) << kind;
     EXPECT_LT(decode_upload, 150 * held / 20) << kind;

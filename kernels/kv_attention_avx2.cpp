@@ -280,6 +280,8 @@ RS_AVX2 bool kv_attention_avx2(const KvHeadView& kv, const float* q, int Hq, flo
       c.mb[h] = hsum(mbv);
     }
     by_heads<KeyGroupOp>(Hq, c, record_codes(rec), S + g * kv.G);
+    if (kv.key_outliers > 0)
+      add_key_outliers(kv.key_layout(), rec, q, Hq, c.logits + S + g * kv.G, N);
   }
   by_heads<WindowOp>(Hq, c, static_cast<const float* const*>(ksinks.data()), S, int64_t{0});
   by_heads<WindowOp>(Hq, c, static_cast<const float* const*>(krows.data()), kv.n_key_window,

@@ -170,42 +170,117 @@ void pack(const uint32_t* codes, int n, int bits, uint32_t* words) {
 
 }  // namespace
 
-void quantize_key_group(const float* k, int64_t ld, int D, int G, int bits, uint32_t* codes,
-                        QuantParams* params) {
-  require_kv_quant_shape(D, G, bits);
-  const int64_t words = int64_t{G} * bits / 32;
+std::string check_key_group_layout(const KeyGroupLayout& l) {
+  const std::string bad = check_kv_quant_shape(l.D, l.G, l.bits);
+  if (!bad.empty()) return bad;
+  if (l.outliers < 0 || l.outliers > kMaxKeyOutliers) {
+    return "key outliers per channel must be in [0, " + std::to_string(kMaxKeyOutliers) +
+           "], got " + std::to_string(l.outliers);
+  }
+  return "";
+}
+
+namespace {
+
+void require_key_group_layout(const KeyGroupLayout& l) {
+  const std::string bad = check_key_group_layout(l);
+  if (!bad.empty()) throw std::invalid_argument(bad);
+}
+
+uint16_t* deltas_of(uint8_t* rec, const KeyGroupLayout& l, int d) {
+  return const_cast<uint16_t*>(l.deltas(rec, d));
+}
+uint8_t* slots_of(uint8_t* rec, const KeyGroupLayout& l, int d) {
+  return const_cast<uint8_t*>(l.slots(rec, d));
+}
+
+// fp16 of a residual, finite (a residual past fp16's range keeps its largest value).
+uint16_t residual_half(float r) {
+  return float_to_half(std::min(65504.0f, std::max(-65504.0f, r)));
+}
+
+}  // namespace
+
+void quantize_key_group(const float* k, int64_t ld, const KeyGroupLayout& l, uint8_t* rec) {
+  require_key_group_layout(l);
+  const int D = l.D, G = l.G, bits = l.bits, n = l.outliers;
+  QuantParams* params = const_cast<QuantParams*>(l.params(rec));
   std::vector<uint32_t> q(static_cast<size_t>(G));
+  std::vector<float> x(static_cast<size_t>(G));
+  std::vector<uint8_t> outlier(static_cast<size_t>(G));
   for (int d = 0; d < D; ++d) {
-    params[d] = fit_params(k + d, ld, G, bits, QuantFit::kMinMax);
+    for (int j = 0; j < G; ++j) x[static_cast<size_t>(j)] = k[j * ld + d];
+    std::fill(outlier.begin(), outlier.end(), uint8_t{0});
+    uint8_t* slots = slots_of(rec, l, d);
+    if (n > 0) {
+      float mean = 0;
+      for (int j = 0; j < G; ++j) mean += x[static_cast<size_t>(j)];
+      mean /= float(G);
+      for (int e = 0; e < n; ++e) {  // the farthest not yet taken; ties to the lower slot
+        int far = -1;
+        float far_dist = -1;
+        for (int j = 0; j < G; ++j) {
+          const float dist = std::fabs(x[static_cast<size_t>(j)] - mean);
+          if (!outlier[static_cast<size_t>(j)] && dist > far_dist) {
+            far = j;
+            far_dist = dist;
+          }
+        }
+        outlier[static_cast<size_t>(far)] = 1;
+        slots[e] = static_cast<uint8_t>(far);
+      }
+    }
+    float lo = std::numeric_limits<float>::infinity(), hi = -lo;
+    for (int j = 0; j < G; ++j) {
+      if (outlier[static_cast<size_t>(j)]) continue;
+      lo = std::min(lo, x[static_cast<size_t>(j)]);
+      hi = std::max(hi, x[static_cast<size_t>(j)]);
+    }
+    params[d] = min_max_params(lo, hi, bits);
     const float s = half_to_float(params[d].scale), mn = half_to_float(params[d].min);
-    for (int j = 0; j < G; ++j) q[static_cast<size_t>(j)] = code_of(k[j * ld + d], s, mn, bits);
-    pack(q.data(), G, bits, codes + d * words);
+    for (int j = 0; j < G; ++j)
+      q[static_cast<size_t>(j)] = code_of(x[static_cast<size_t>(j)], s, mn, bits);
+    pack(q.data(), G, bits, record_codes(rec) + d * (l.words() / D));
+    uint16_t* deltas = deltas_of(rec, l, d);
+    for (int e = 0; e < n; ++e) {
+      const int j = slots[e];
+      deltas[e] =
+          residual_half(x[static_cast<size_t>(j)] - (float(q[static_cast<size_t>(j)]) * s + mn));
+    }
   }
 }
 
-void quantize_key_slot(const float* k, int D, int G, int bits, int slot, uint32_t* codes,
-                       const QuantParams* params) {
-  require_kv_quant_shape(D, G, bits);
+void quantize_key_slot(const float* k, const KeyGroupLayout& l, int slot, uint8_t* rec) {
+  require_key_group_layout(l);
+  const int D = l.D, G = l.G, bits = l.bits;
   if (slot < 0 || slot >= G) throw std::invalid_argument("quantize_key_slot: slot out of range");
-  const int64_t words = int64_t{G} * bits / 32;
+  const QuantParams* params = l.params(rec);
   const int per = 32 / bits, w = slot / per, shift = (slot % per) * bits;
   const uint32_t mask = ((1u << bits) - 1) << shift;
   for (int d = 0; d < D; ++d) {
     const float s = half_to_float(params[d].scale), mn = half_to_float(params[d].min);
-    uint32_t& word = codes[d * words + w];
-    word = (word & ~mask) | (code_of(k[d], s, mn, bits) << shift);
+    const uint32_t code = code_of(k[d], s, mn, bits);
+    uint32_t& word = record_codes(rec)[d * (l.words() / D) + w];
+    word = (word & ~mask) | (code << shift);
+    for (int e = 0; e < l.outliers; ++e) {
+      if (l.slots(rec, d)[e] == slot) {
+        deltas_of(rec, l, d)[e] = residual_half(k[d] - (float(code) * s + mn));
+      }
+    }
   }
 }
 
-void dequantize_key_group(const uint32_t* codes, const QuantParams* params, int D, int G, int bits,
-                          float* out, int64_t ld) {
-  require_kv_quant_shape(D, G, bits);
-  const int64_t words = int64_t{G} * bits / 32;
+void dequantize_key_group(const uint8_t* rec, const KeyGroupLayout& l, float* out, int64_t ld) {
+  require_key_group_layout(l);
+  const int D = l.D, G = l.G, bits = l.bits;
   std::vector<float> c(static_cast<size_t>(G));
   for (int d = 0; d < D; ++d) {
-    unpack(codes + d * words, G, bits, c.data());
-    const float s = half_to_float(params[d].scale), mn = half_to_float(params[d].min);
+    unpack(l.codes(rec, d), G, bits, c.data());
+    const float s = half_to_float(l.params(rec)[d].scale), mn = half_to_float(l.params(rec)[d].min);
     for (int j = 0; j < G; ++j) out[j * ld + d] = c[static_cast<size_t>(j)] * s + mn;
+    for (int e = 0; e < l.outliers; ++e) {
+      out[l.slots(rec, d)[e] * ld + d] += half_to_float(l.deltas(rec, d)[e]);
+    }
   }
 }
 
@@ -238,6 +313,18 @@ void kv_scatter(const uint8_t* src, const KvCopyOp* ops, int64_t n_ops) {
 }
 
 namespace detail {
+
+void add_key_outliers(const KeyGroupLayout& l, const uint8_t* rec, const float* q, int Hq,
+                      float* logits, int64_t ld) {
+  for (int d = 0; d < l.D; ++d) {
+    const uint16_t* deltas = l.deltas(rec, d);
+    const uint8_t* slots = l.slots(rec, d);
+    for (int e = 0; e < l.outliers; ++e) {
+      const float delta = half_to_float(deltas[e]);
+      for (int h = 0; h < Hq; ++h) logits[h * ld + slots[e]] += q[h * l.D + d] * delta;
+    }
+  }
+}
 
 void softmax_logits(const KvHeadView& kv, float* logits, int Hq, float scale, float* probs) {
   // Per head with the kernels' vectorised exp (softmax_rows.h), dead slots out.
@@ -281,12 +368,12 @@ void attention_body(const KvHeadView& kv, const float* q, int Hq, float scale, f
   float* acc = qs + Hq * D;              // [Hq][D]: the value sum
   float* codes = acc + Hq * D;           // [max(G, D)]
   float* bias = codes + std::max(G, D);  // [Hq][D/G] value minimum sums
-  const int64_t kwords = key_group_words(D, G, b);
-  // Logits of the quantised keys: q . (code * scale + min) per group, channel by channel.
+  const KeyGroupLayout kl = kv.key_layout();
+  // Logits of the quantised keys: q . (code * scale + min) per group, channel by channel, plus
+  // q . delta at each channel's outlier slots.
   for (int64_t g = 0; g < kv.n_key_groups; ++g) {
     const uint8_t* rec = kv.key_groups.at(g);
-    const uint32_t* kc = record_codes(rec);
-    const QuantParams* kp = record_params(rec, kwords);
+    const QuantParams* kp = kl.params(rec);
     for (int h = 0; h < Hq; ++h) {
       float* lg = logits + h * N + S + g * G;
       float mb = 0;
@@ -297,13 +384,14 @@ void attention_body(const KvHeadView& kv, const float* q, int Hq, float scale, f
       for (int j = 0; j < G; ++j) lg[j] = mb;
     }
     for (int d = 0; d < D; ++d) {
-      unpack(kc + d * (kwords / D), G, b, codes);
+      unpack(kl.codes(rec, d), G, b, codes);
       for (int h = 0; h < Hq; ++h) {
         float* lg = logits + h * N + S + g * G;
         const float w = qs[h * D + d];
         for (int j = 0; j < G; ++j) lg[j] += w * codes[j];
       }
     }
+    detail::add_key_outliers(kl, rec, q, Hq, logits + S + g * G, N);
   }
   // Logits of the full-precision keys: the sinks, then the window.
   for (int64_t t = 0; t < S + kv.n_key_window; ++t) {
@@ -365,7 +453,7 @@ void attention_body(const KvHeadView& kv, const float* q, int Hq, float scale, f
 }
 
 void check_view(const KvHeadView& kv) {
-  if (kv.n_key_groups > 0 || kv.n_value_quant > 0) require_kv_quant_shape(kv.D, kv.G, kv.bits);
+  if (kv.n_key_groups > 0 || kv.n_value_quant > 0) require_key_group_layout(kv.key_layout());
   if (kv.n_sink < 0 ||
       kv.n_key_groups * kv.G + kv.n_key_window != kv.n_value_quant + kv.n_value_window) {
     throw std::invalid_argument("kv_decode_attention: keys and values hold different token counts");

@@ -12,17 +12,21 @@
 //     same format, other (scale, min).
 //   - KEY GROUP RECORD: one KV head, G token slots, grouped per channel (keys have outlier
 //     channels): codes [D][G*b/32] uint32 (channel d's G codes contiguous, slot j = code j), then
-//     params [D]; key_group_record_bytes(D, G, b) bytes in all.
+//     params [D], then with n > 0 outliers per channel (dense-and-sparse): deltas [D][n] uint16
+//     (fp16 bits) and slots [D][n] uint8; key_group_record_bytes(D, G, b, n) bytes in all
+//     (D % 4 == 0 keeps it a multiple of 4). Channel d's outliers are its n values farthest from
+//     the channel's mean over the group (ties: the lower slot first); its (scale, min) is the
+//     min/max of the other G - n values; every slot is coded (outliers clamped to that range)
+//     and an outlier's delta is fp16(x - x^), so it dequantises as q * scale + min + delta.
 //   - VALUE TOKEN RECORD: one KV head, one token, grouped per G channels: codes [D*b/32] uint32,
 //     then params [D/G]; value_token_record_bytes(D, G, b) bytes.
 //   - WINDOW ROW: one full-precision key or value row, D fp32.
 //   - PAGES: a head's records of one kind sit in fixed-size pages (inference/kv_pages.h), records
 //     never straddle a page; PagedRecords is the page table the attention reads them through.
-// G % 32 == 0, 32 <= G <= 256, D % G == 0 (check_kv_quant_shape).
+// G % 32 == 0, 32 <= G <= 256, D % G == 0 (check_kv_quant_shape); 0 <= n <= kMaxKeyOutliers.
 //
-//   uint8_t rec[key_group_record_bytes(64, 32, 2)];
-//   quantize_key_group(k, /*ld=*/64, /*D=*/64, /*G=*/32, /*bits=*/2, record_codes(rec),
-//                      record_params(rec, key_group_words(64, 32, 2)));
+//   uint8_t rec[key_group_record_bytes(64, 32, 2, /*outliers=*/1)];
+//   quantize_key_group(k, /*ld=*/64, {/*D=*/64, /*G=*/32, /*bits=*/2, /*outliers=*/1}, rec);
 //   const uint8_t* page = rec;
 //   KvHeadView v;  v.D = 64; v.key_groups = {&page, 1, sizeof rec, 0}; v.n_key_groups = 1; ...
 //   kv_decode_attention(v, q, /*Hq=*/3, 0.125f, out, /*probs=*/nullptr, work.data());
@@ -71,8 +75,8 @@ RS_HOST_DEVICE constexpr int64_t key_group_words(int D, int G, int bits) {
 RS_HOST_DEVICE constexpr int64_t value_token_words(int D, int bits) {
   return int64_t{D} * bits / 32;
 }
-RS_HOST_DEVICE constexpr int64_t key_group_record_bytes(int D, int G, int bits) {
-  return key_group_words(D, G, bits) * 4 + int64_t{D} * 4;
+RS_HOST_DEVICE constexpr int64_t key_group_record_bytes(int D, int G, int bits, int outliers = 0) {
+  return key_group_words(D, G, bits) * 4 + int64_t{D} * 4 + int64_t{D} * outliers * 3;
 }
 RS_HOST_DEVICE constexpr int64_t value_token_record_bytes(int D, int G, int bits) {
   return value_token_words(D, bits) * 4 + int64_t{D / G} * 4;
@@ -91,6 +95,32 @@ RS_HOST_DEVICE inline const QuantParams* record_params(const uint8_t* rec, int64
   return reinterpret_cast<const QuantParams*>(rec + code_words * 4);
 }
 
+// Most outliers per key channel and group a record may carry.
+inline constexpr int kMaxKeyOutliers = 8;
+
+// The shape of a key group record.
+struct KeyGroupLayout {
+  int D = 0, G = 32, bits = 2, outliers = 0;
+
+  RS_HOST_DEVICE int64_t words() const { return key_group_words(D, G, bits); }
+  RS_HOST_DEVICE int64_t bytes() const { return key_group_record_bytes(D, G, bits, outliers); }
+  // Channel d's codes (G*b/32 words).
+  RS_HOST_DEVICE const uint32_t* codes(const uint8_t* rec, int d) const {
+    return record_codes(rec) + int64_t{d} * G * bits / 32;
+  }
+  RS_HOST_DEVICE const QuantParams* params(const uint8_t* rec) const {
+    return record_params(rec, words());
+  }
+  // Channel d's outlier deltas and slots (`outliers` of each).
+  RS_HOST_DEVICE const uint16_t* deltas(const uint8_t* rec, int d) const {
+    return reinterpret_cast<const uint16_t*>(rec + words() * 4 + int64_t{D} * 4) +
+           int64_t{d} * outliers;
+  }
+  RS_HOST_DEVICE const uint8_t* slots(const uint8_t* rec, int d) const {
+    return rec + words() * 4 + int64_t{D} * 4 + int64_t{D} * outliers * 2 + int64_t{d} * outliers;
+  }
+};
+
 // Fixed-size records of one kind spread over pages (a page table): record i sits at
 // pages[(first + i) / per_page] + ((first + i) % per_page) * record_bytes. One contiguous array
 // is one page with per_page >= its length.
@@ -105,15 +135,17 @@ struct PagedRecords {
   RS_HOST_DEVICE const float* row(int64_t i) const { return reinterpret_cast<const float*>(at(i)); }
 };
 
-// k: G rows of D floats, row stride ld.
-void quantize_key_group(const float* k, int64_t ld, int D, int G, int bits, uint32_t* codes,
-                        QuantParams* params);
-// One token into slot `slot` of an existing group, with that group's params (clamped to its
-// range): an evicted slot refilled.
-void quantize_key_slot(const float* k, int D, int G, int bits, int slot, uint32_t* codes,
-                       const QuantParams* params);
-void dequantize_key_group(const uint32_t* codes, const QuantParams* params, int D, int G, int bits,
-                          float* out, int64_t ld);
+// "" when (D, G, bits, outliers) is a key group layout these kernels support, else what is wrong.
+std::string check_key_group_layout(const KeyGroupLayout& l);
+
+// k: G rows of D floats, row stride ld -> one key group record (l.bytes() bytes).
+void quantize_key_group(const float* k, int64_t ld, const KeyGroupLayout& l, uint8_t* rec);
+// One token (D floats) into slot `slot` of an existing group, with that group's params (clamped
+// to its range): an evicted slot refilled. Where the slot is one of a channel's outliers, its
+// delta becomes the new token's residual, so it stays exact there.
+void quantize_key_slot(const float* k, const KeyGroupLayout& l, int slot, uint8_t* rec);
+// out: G rows of D floats, row stride ld.
+void dequantize_key_group(const uint8_t* rec, const KeyGroupLayout& l, float* out, int64_t ld);
 void quantize_value_token(const float* v, int D, int G, int bits, uint32_t* codes,
                           QuantParams* params, QuantFit fit = QuantFit::kMinMax);
 void dequantize_value_token(const uint32_t* codes, const QuantParams* params, int D, int G,
@@ -125,6 +157,7 @@ void dequantize_value_token(const uint32_t* codes, const QuantParams* params, in
 // for values the quantised tokens and the window rows (the split points may differ).
 struct KvHeadView {
   int D = 0, G = 32, bits = 2;
+  int key_outliers = 0;                 // per channel of each key group record
   PagedRecords sink_keys, sink_values;  // full-precision rows
   int64_t n_sink = 0;
   PagedRecords key_groups;  // key group records
@@ -139,6 +172,7 @@ struct KvHeadView {
   const uint8_t* alive = nullptr;
 
   RS_HOST_DEVICE int64_t tokens() const { return n_sink + n_key_groups * G + n_key_window; }
+  RS_HOST_DEVICE KeyGroupLayout key_layout() const { return {D, G, bits, key_outliers}; }
 };
 
 // One byte run of a staging buffer to its place: dst[0, bytes) = src + src_offset (a multiple of

@@ -69,29 +69,58 @@ __device__ QuantParams mse_params(const float* x, int n, float lo, float hi, int
   return best;
 }
 
-// One thread per (group, channel).
-__global__ void quantize_keys(const float* k, int64_t n_groups, int D, int G, int bits,
+// One thread per (group, channel): kv_quant.cpp's quantize_key_group for that channel, the same
+// operations in the same order.
+__global__ void quantize_keys(const float* k, int64_t n_groups, KeyGroupLayout l,
                               uint8_t* records) {
+  const int D = l.D, G = l.G, bits = l.bits, n = l.outliers;
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (i >= n_groups * D) return;
   const int64_t g = i / D;
   const int d = static_cast<int>(i % D);
   const float* x = k + g * G * D + d;
-  float lo = x[0], hi = x[0];
-  for (int j = 1; j < G; ++j) {
+  uint8_t* rec = records + g * l.bytes();
+  uint8_t* slots = const_cast<uint8_t*>(l.slots(rec, d));
+  uint32_t taken[256 / 32] = {};  // bit j: slot j is an outlier
+  if (n > 0) {
+    float mean = 0.0f;
+    for (int j = 0; j < G; ++j) mean += x[j * D];
+    mean /= float(G);
+    for (int e = 0; e < n; ++e) {
+      int far = -1;
+      float far_dist = -1.0f;
+      for (int j = 0; j < G; ++j) {
+        const float dist = fabsf(x[j * D] - mean);
+        if (!(taken[j / 32] >> (j % 32) & 1u) && dist > far_dist) {
+          far = j;
+          far_dist = dist;
+        }
+      }
+      taken[far / 32] |= 1u << (far % 32);
+      slots[e] = static_cast<uint8_t>(far);
+    }
+  }
+  float lo = __int_as_float(0x7f800000), hi = -lo;
+  for (int j = 0; j < G; ++j) {
+    if (taken[j / 32] >> (j % 32) & 1u) continue;
     lo = fminf(lo, x[j * D]);
     hi = fmaxf(hi, x[j * D]);
   }
   const QuantParams p = params_of(lo, hi, bits);
   const int per = 32 / bits, words = G * bits / 32;
-  uint8_t* rec = records + g * key_group_record_bytes(D, G, bits);
-  record_params(rec, int64_t{D} * words)[d] = p;
+  const_cast<QuantParams*>(l.params(rec))[d] = p;
   const float s = h2f(p.scale), mn = h2f(p.min);
   uint32_t* out = record_codes(rec) + int64_t{d} * words;
   for (int w = 0; w < words; ++w) {
     uint32_t v = 0;
     for (int c = 0; c < per; ++c) v |= code_of(x[(w * per + c) * D], s, mn, bits) << (c * bits);
     out[w] = v;
+  }
+  uint16_t* deltas = const_cast<uint16_t*>(l.deltas(rec, d));
+  for (int e = 0; e < n; ++e) {
+    const float v = x[slots[e] * D];
+    const float r = v - (float(code_of(v, s, mn, bits)) * s + mn);
+    deltas[e] = f2h(fminf(65504.0f, fmaxf(-65504.0f, r)));
   }
 }
 
@@ -170,6 +199,12 @@ __global__ void decode_attention(const KvHeadView* views, const float* q, int64_
           s +=
               qv[h * D + d] * (code_at(codes + d * kwords, j, b) * h2f(p[d].scale) + h2f(p[d].min));
         }
+        const KeyGroupLayout kl = kv.key_layout();
+        for (int d = 0; d < D; ++d) {
+          for (int e = 0; e < kl.outliers; ++e) {
+            if (kl.slots(rec, d)[e] == j) s += qv[h * D + d] * h2f(kl.deltas(rec, d)[e]);
+          }
+        }
       } else {
         const float* k = kv.key_window.row(t - S - NQ);
         for (int d = 0; d < D; ++d) s += qv[h * D + d] * k[d];
@@ -231,12 +266,12 @@ cudaError_t kv_scatter_cuda(const uint8_t* src, const KvCopyOp* ops, int64_t n_o
   return cudaGetLastError();
 }
 
-cudaError_t kv_quantize_key_groups_cuda(const float* k, int64_t n_groups, int D, int G, int bits,
+cudaError_t kv_quantize_key_groups_cuda(const float* k, int64_t n_groups, KeyGroupLayout layout,
                                         uint8_t* records, cudaStream_t stream) {
-  if (!check_kv_quant_shape(D, G, bits).empty()) return cudaErrorInvalidValue;
-  const int64_t n = n_groups * D;
+  if (!check_key_group_layout(layout).empty()) return cudaErrorInvalidValue;
+  const int64_t n = n_groups * layout.D;
   if (n == 0) return cudaSuccess;
-  quantize_keys<<<static_cast<unsigned>((n + 127) / 128), 128, 0, stream>>>(k, n_groups, D, G, bits,
+  quantize_keys<<<static_cast<unsigned>((n + 127) / 128), 128, 0, stream>>>(k, n_groups, layout,
                                                                             records);
   return cudaGetLastError();
 }

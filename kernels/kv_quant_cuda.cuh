@@ -4,7 +4,7 @@
 // stream in, cudaError_t out; no libtorch. Views live in device memory and point at device
 // memory: the page tables of their PagedRecords too (full-precision windows are fp32).
 //
-//   kv_quantize_key_groups_cuda(d_k, n_groups, D, G, bits, d_records, stream);
+//   kv_quantize_key_groups_cuda(d_k, n_groups, {D, G, bits, outliers}, d_records, stream);
 //   kv_decode_attention_cuda(d_views, n_views, max_tokens, d_q, Hq * D, Hq, scale, d_out, Hq * D,
 //                            stream);
 #pragma once
@@ -18,8 +18,8 @@
 namespace ramstream::kernels {
 
 // k: n_groups * G rows of D floats (group g = rows g*G .. g*G+G-1) -> n_groups key group
-// records of kv_quant.h, one after another (a page's worth).
-cudaError_t kv_quantize_key_groups_cuda(const float* k, int64_t n_groups, int D, int G, int bits,
+// records of kv_quant.h in `layout`, one after another (a page's worth).
+cudaError_t kv_quantize_key_groups_cuda(const float* k, int64_t n_groups, KeyGroupLayout layout,
                                         uint8_t* records, cudaStream_t stream);
 // v: n rows of D floats -> n value token records, one after another.
 cudaError_t kv_quantize_value_tokens_cuda(const float* v, int64_t n, int D, int G, int bits,

@@ -84,18 +84,19 @@ TEST(KvQuantCuda, QuantisersMatchTheCpuBitForBit) {
       const int D = 128;
       const int64_t groups = 5;
       const std::vector<float> k = randn(static_cast<size_t>(groups * G * D), 1);
-      const int64_t krec = key_group_record_bytes(D, G, bits), kwords = key_group_words(D, G, bits);
-      std::vector<uint8_t> kr(static_cast<size_t>(groups * krec));
-      for (int64_t g = 0; g < groups; ++g) {
-        uint8_t* rec = kr.data() + g * krec;
-        quantize_key_group(k.data() + g * G * D, D, D, G, bits, record_codes(rec),
-                           record_params(rec, kwords));
-      }
       float* dk = to_device(k);
-      uint8_t* dkr = to_device(std::vector<uint8_t>(kr.size()));
-      ASSERT_EQ(kv_quantize_key_groups_cuda(dk, groups, D, G, bits, dkr, nullptr), cudaSuccess);
-      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-      EXPECT_EQ(to_host(dkr, kr.size()), kr);
+      for (int outliers : {0, 1, 3}) {
+        const KeyGroupLayout l{D, G, bits, outliers};
+        std::vector<uint8_t> kr(static_cast<size_t>(groups * l.bytes()));
+        for (int64_t g = 0; g < groups; ++g) {
+          quantize_key_group(k.data() + g * G * D, D, l, kr.data() + g * l.bytes());
+        }
+        uint8_t* dkr = to_device(std::vector<uint8_t>(kr.size()));
+        ASSERT_EQ(kv_quantize_key_groups_cuda(dk, groups, l, dkr, nullptr), cudaSuccess);
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        EXPECT_EQ(to_host(dkr, kr.size()), kr) << "key outliers " << outliers;
+        cudaFree(dkr);
+      }
       const int64_t n = groups * G;
       const int64_t vrec = value_token_record_bytes(D, G, bits);
       for (QuantFit fit : {QuantFit::kMinMax, QuantFit::kMse}) {
@@ -112,7 +113,6 @@ TEST(KvQuantCuda, QuantisersMatchTheCpuBitForBit) {
         cudaFree(dvr);
       }
       cudaFree(dk);
-      cudaFree(dkr);
     }
   }
 }
@@ -123,22 +123,21 @@ TEST(KvQuantCuda, DecodeAttentionMatchesTheCpu) {
     int D, G, bits, Hq;
     int64_t groups, kwin, vq;
     bool mask;
+    int key_outliers = 0;
   };
-  const Case cases[] = {{64, 32, 2, 3, 0, 40, 0, false},
-                        {64, 32, 2, 3, 6, 17, 100, false},
-                        {128, 64, 4, 3, 3, 9, 150, true},
-                        {128, 32, 4, 1, 40, 31, 1200, true},
-                        {64, 32, 4, 7, 2, 64, 100, false}};
+  const Case cases[] = {{64, 32, 2, 3, 0, 40, 0, false},    {64, 32, 2, 3, 6, 17, 100, false},
+                        {128, 64, 4, 3, 3, 9, 150, true},   {128, 32, 4, 1, 40, 31, 1200, true},
+                        {64, 32, 4, 7, 2, 64, 100, false},  {64, 32, 2, 3, 6, 17, 100, false, 1},
+                        {128, 64, 4, 3, 3, 9, 150, true, 4}};
   for (const Case& c : cases) {
     const int64_t N = c.groups * c.G + c.kwin;
     const std::vector<float> k = randn(static_cast<size_t>(N * c.D), 3);
     const std::vector<float> v = randn(static_cast<size_t>(N * c.D), 4);
-    const int64_t krec = key_group_record_bytes(c.D, c.G, c.bits);
+    const KeyGroupLayout kl{c.D, c.G, c.bits, c.key_outliers};
+    const int64_t krec = kl.bytes();
     std::vector<uint8_t> kr(static_cast<size_t>(c.groups * krec));
     for (int64_t g = 0; g < c.groups; ++g) {
-      uint8_t* rec = kr.data() + g * krec;
-      quantize_key_group(k.data() + g * c.G * c.D, c.D, c.D, c.G, c.bits, record_codes(rec),
-                         record_params(rec, key_group_words(c.D, c.G, c.bits)));
+      quantize_key_group(k.data() + g * c.G * c.D, c.D, kl, kr.data() + g * krec);
     }
     const int64_t vrec = value_token_record_bytes(c.D, c.G, c.bits);
     std::vector<uint8_t> vr(static_cast<size_t>(c.vq * vrec));
@@ -160,6 +159,7 @@ TEST(KvQuantCuda, DecodeAttentionMatchesTheCpu) {
     h.D = c.D;
     h.G = c.G;
     h.bits = c.bits;
+    h.key_outliers = c.key_outliers;
     h.key_groups = PagedRecords{&host_pages[0], std::max<int64_t>(1, c.groups), krec, 0};
     h.n_key_groups = c.groups;
     h.key_window = PagedRecords{&host_pages[1], std::max<int64_t>(1, c.kwin), c.D * 4, 0};
@@ -195,8 +195,8 @@ TEST(KvQuantCuda, DecodeAttentionMatchesTheCpu) {
     double worst = 0;
     for (size_t i = 0; i < got.size(); ++i)
       worst = std::max(worst, double(std::abs(got[i] - want[i])));
-    std::printf("D%d G%d b%d Hq%d N%lld%s: max abs error vs CPU %.3g\n", c.D, c.G, c.bits, c.Hq,
-                (long long)N, c.mask ? " masked" : "", worst);
+    std::printf("D%d G%d b%d Hq%d N%lld outliers %d%s: max abs error vs CPU %.3g\n", c.D, c.G,
+                c.bits, c.Hq, (long long)N, c.key_outliers, c.mask ? " masked" : "", worst);
     EXPECT_LT(worst, 1e-4);
     for (DevicePaged* p : {&dkq, &dkw, &dvq, &dvw}) free_pages(*p);
     for (void* p : {static_cast<void*>(dal), static_cast<void*>(dview), static_cast<void*>(dq),

@@ -3,6 +3,7 @@
 // dequantised values (both ISAs, alive masks, GQA, the batch entry point).
 #include "kernels/kv_quant.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -47,15 +48,15 @@ TEST(KvQuant, RoundTripWithinHalfAStep) {
     for (int G : {32, 64}) {
       const int D = 128;
       const std::vector<float> k = normal_values<float>(int64_t{G} * D, 3, 2.0f);
-      std::vector<uint32_t> codes(static_cast<size_t>(key_group_words(D, G, bits)));
-      std::vector<QuantParams> p(static_cast<size_t>(D));
-      quantize_key_group(k.data(), D, D, G, bits, codes.data(), p.data());
+      const KeyGroupLayout l{D, G, bits, 0};
+      std::vector<uint8_t> rec(static_cast<size_t>(l.bytes()));
+      quantize_key_group(k.data(), D, l, rec.data());
       std::vector<float> back(k.size());
-      dequantize_key_group(codes.data(), p.data(), D, G, bits, back.data(), D);
+      dequantize_key_group(rec.data(), l, back.data(), D);
       double worst = 0;
       for (int j = 0; j < G; ++j) {
         for (int d = 0; d < D; ++d) {
-          const double step = half_to_float(p[static_cast<size_t>(d)].scale);
+          const double step = half_to_float(l.params(rec.data())[d].scale);
           const double e =
               std::abs(back[static_cast<size_t>(j * D + d)] - k[static_cast<size_t>(j * D + d)]);
           // Half a step, plus the fp16 rounding of min and of the step itself.
@@ -118,17 +119,94 @@ TEST(KvQuant, MseFittedValuesNeverLoseToMinMaxAndWinOnHeavyTails) {
   EXPECT_EQ(value_token_sq_error(two, 32, 32, 2, QuantFit::kMse), 0.0);
 }
 
+TEST(KvQuant, KeyGroupRecordLayoutIsAsDocumented) {
+  // D 64, G 32, 2 bits, 2 outliers: codes 64 x 2 words, params 64 x 4 bytes, deltas 64 x 2 x 2,
+  // slots 64 x 2.
+  const KeyGroupLayout l{64, 32, 2, 2};
+  EXPECT_EQ(l.words(), 128);
+  EXPECT_EQ(l.bytes(), 512 + 256 + 256 + 128);
+  std::vector<uint8_t> rec(static_cast<size_t>(l.bytes()));
+  EXPECT_EQ(reinterpret_cast<const uint8_t*>(l.params(rec.data())), rec.data() + 512);
+  EXPECT_EQ(reinterpret_cast<const uint8_t*>(l.deltas(rec.data(), 3)), rec.data() + 768 + 12);
+  EXPECT_EQ(l.slots(rec.data(), 3), rec.data() + 1024 + 6);
+  EXPECT_EQ(key_group_record_bytes(64, 32, 2), 768);  // no outliers: KIVI's record
+  EXPECT_NE(check_key_group_layout({64, 32, 2, kMaxKeyOutliers + 1}).find("key outliers"),
+            std::string::npos);
+  EXPECT_EQ(check_key_group_layout({64, 32, 2, kMaxKeyOutliers}), "");
+}
+
+// Channels with `n` planted outliers each (10 to 20 standard deviations out, either side): the
+// quantiser must find exactly those, keep them exact up to fp16 rounding of the residual, and
+// code the rest against the narrower range within half a step.
+TEST(KvQuant, KeyOutliersAreFoundKeptExactAndLeaveTheRangeNarrow) {
+  for (int bits : {2, 4}) {
+    for (int n : {1, 2, 4}) {
+      const int D = 64, G = 32;
+      std::vector<float> k = normal_values<float>(G * D, 40 + n, 1.0f);
+      std::vector<std::vector<int>> planted(D);
+      for (int d = 0; d < D; ++d) {
+        for (int e = 0; e < n; ++e) {
+          const int j = (d * 7 + e * 11) % G;
+          k[static_cast<size_t>(j * D + d)] = (e % 2 ? -1.0f : 1.0f) * (10.0f + float(e + d % 10));
+          planted[static_cast<size_t>(d)].push_back(j);
+        }
+      }
+      const KeyGroupLayout with{D, G, bits, n}, without{D, G, bits, 0};
+      std::vector<uint8_t> rec(static_cast<size_t>(with.bytes())),
+          plain(static_cast<size_t>(without.bytes()));
+      quantize_key_group(k.data(), D, with, rec.data());
+      quantize_key_group(k.data(), D, without, plain.data());
+      std::vector<float> back(k.size()), plain_back(k.size());
+      dequantize_key_group(rec.data(), with, back.data(), D);
+      dequantize_key_group(plain.data(), without, plain_back.data(), D);
+      double err = 0, plain_err = 0;
+      for (int d = 0; d < D; ++d) {
+        std::vector<int> found(with.slots(rec.data(), d), with.slots(rec.data(), d) + n);
+        std::sort(found.begin(), found.end());
+        std::vector<int> want = planted[static_cast<size_t>(d)];
+        std::sort(want.begin(), want.end());
+        ASSERT_EQ(found, want) << "channel " << d << " n " << n;
+        const double step = half_to_float(with.params(rec.data())[d].scale);
+        EXPECT_LT(step, 0.6 * half_to_float(without.params(plain.data())[d].scale));
+        for (int j = 0; j < G; ++j) {
+          const size_t i = static_cast<size_t>(j * D + d);
+          const double e = std::abs(back[i] - k[i]);
+          const bool outlier = std::find(want.begin(), want.end(), j) != want.end();
+          // An outlier: the fp16 rounding of its residual.
+          ASSERT_LE(e, outlier ? std::abs(k[i]) * 1e-3 + 1e-4 : 0.5 * step * 1.01 + 4e-3)
+              << "bits " << bits << " n " << n << " d " << d << " j " << j;
+          err += e * e;
+          plain_err += (plain_back[i] - k[i]) * (plain_back[i] - k[i]);
+        }
+      }
+      std::printf(
+          "kivi%d keys, %d planted outliers per channel: squared error %.1f (%.1f "
+          "without outliers kept)\n",
+          bits, n, err, plain_err);
+    }
+  }
+}
+
+// A key group record of l's shape from random keys [G][D] (returned through k).
+std::vector<uint8_t> random_key_group(const KeyGroupLayout& l, uint32_t seed,
+                                      std::vector<float>& k) {
+  k = normal_values<float>(int64_t{l.G} * l.D, seed, 1.0f);
+  std::vector<uint8_t> rec(static_cast<size_t>(l.bytes()));
+  quantize_key_group(k.data(), l.D, l, rec.data());
+  return rec;
+}
+
 TEST(KvQuant, SlotRefillUsesTheGroupsRangeClamped) {
   const int D = 32, G = 32, bits = 4;
-  const std::vector<float> k = normal_values<float>(G * D, 4, 1.0f);
-  std::vector<uint32_t> codes(static_cast<size_t>(key_group_words(D, G, bits)));
-  std::vector<QuantParams> p(D);
-  quantize_key_group(k.data(), D, D, G, bits, codes.data(), p.data());
+  const KeyGroupLayout l{D, G, bits, 0};
+  std::vector<float> k;
+  std::vector<uint8_t> rec = random_key_group(l, 4, k);
+  const QuantParams* p = l.params(rec.data());
   std::vector<float> fresh(D, 100.0f);  // far above every channel's max: clamped to it
   fresh[0] = k[0];                      // inside the range: coded as before
-  quantize_key_slot(fresh.data(), D, G, bits, 5, codes.data(), p.data());
+  quantize_key_slot(fresh.data(), l, 5, rec.data());
   std::vector<float> back(static_cast<size_t>(G * D));
-  dequantize_key_group(codes.data(), p.data(), D, G, bits, back.data(), D);
+  dequantize_key_group(rec.data(), l, back.data(), D);
   for (int d = 1; d < D; ++d) {
     const float hi = half_to_float(p[d].min) + 15 * half_to_float(p[d].scale);
     EXPECT_FLOAT_EQ(back[static_cast<size_t>(5 * D + d)], hi);
@@ -138,6 +216,27 @@ TEST(KvQuant, SlotRefillUsesTheGroupsRangeClamped) {
     if (j == 5) continue;
     EXPECT_NEAR(back[static_cast<size_t>(j * D + 7)], k[static_cast<size_t>(j * D + 7)],
                 half_to_float(p[7].scale));
+  }
+}
+
+TEST(KvQuant, ARefilledOutlierSlotKeepsTheNewTokenExact) {
+  const int D = 32, G = 32, bits = 2;
+  const KeyGroupLayout l{D, G, bits, 1};
+  std::vector<float> k;
+  std::vector<uint8_t> rec = random_key_group(l, 5, k);
+  const int slot = l.slots(rec.data(), 0)[0];  // channel 0's outlier
+  std::vector<float> fresh(D, 0.1f);
+  fresh[0] = 50.0f;  // far outside channel 0's range: exact through the outlier's residual
+  quantize_key_slot(fresh.data(), l, slot, rec.data());
+  std::vector<float> back(static_cast<size_t>(G * D));
+  dequantize_key_group(rec.data(), l, back.data(), D);
+  EXPECT_NEAR(back[static_cast<size_t>(slot * D)], 50.0f, 0.05f);
+  for (int d = 1; d < D; ++d) {  // other channels: coded in their range (or exact at theirs)
+    const float s = half_to_float(l.params(rec.data())[d].scale);
+    const float lo = half_to_float(l.params(rec.data())[d].min);
+    const bool theirs = l.slots(rec.data(), d)[0] == slot;
+    const float want = theirs ? 0.1f : std::min(lo + 3 * s, std::max(lo, 0.1f));
+    EXPECT_NEAR(back[static_cast<size_t>(slot * D + d)], want, theirs ? 1e-3f : 0.5f * s + 1e-3f);
   }
 }
 
@@ -193,23 +292,22 @@ struct Cache {
 
 // The first `sinks` tokens stay in full precision (attention sinks).
 Cache make_cache(int D, int G, int bits, int64_t key_groups, int64_t key_window, int64_t vq,
-                 uint32_t seed, bool mask, int64_t sinks = 0) {
+                 uint32_t seed, bool mask, int64_t sinks = 0, int key_outliers = 0) {
   Cache c;
   const int64_t S = sinks, N = S + key_groups * G + key_window;
   const std::vector<float> k = normal_values<float>(N * D, seed, 1.0f);
   const std::vector<float> v = normal_values<float>(N * D, seed + 1, 1.0f);
   c.kd.resize(static_cast<size_t>(N * D));
   c.vd.resize(static_cast<size_t>(N * D));
-  const int64_t kwords = key_group_words(D, G, bits), krec = key_group_record_bytes(D, G, bits);
+  const KeyGroupLayout kl{D, G, bits, key_outliers};
+  const int64_t krec = kl.bytes();
   std::copy(k.begin(), k.begin() + S * D, c.kd.begin());
   std::copy(v.begin(), v.begin() + S * D, c.vd.begin());
   std::vector<uint8_t> kq(static_cast<size_t>(key_groups * krec));
   for (int64_t g = 0; g < key_groups; ++g) {
     uint8_t* rec = kq.data() + g * krec;
-    quantize_key_group(k.data() + (S + g * G) * D, D, D, G, bits, record_codes(rec),
-                       record_params(rec, kwords));
-    dequantize_key_group(record_codes(rec), record_params(rec, kwords), D, G, bits,
-                         c.kd.data() + (S + g * G) * D, D);
+    quantize_key_group(k.data() + (S + g * G) * D, D, kl, rec);
+    dequantize_key_group(rec, kl, c.kd.data() + (S + g * G) * D, D);
   }
   const int64_t kw0 = S + key_groups * G;  // first key window token
   std::copy(k.begin() + kw0 * D, k.end(), c.kd.begin() + kw0 * D);
@@ -237,6 +335,7 @@ Cache make_cache(int D, int G, int bits, int64_t key_groups, int64_t key_window,
   w.D = D;
   w.G = G;
   w.bits = bits;
+  w.key_outliers = key_outliers;
   w.sink_keys = c.ks.records;
   w.sink_values = c.vs.records;
   w.n_sink = S;
@@ -288,6 +387,7 @@ struct AttnCase {
   int64_t key_groups, key_window, vq;
   bool mask;
   int64_t sinks = 0;
+  int key_outliers = 0;
 };
 
 TEST(KvQuant, DecodeAttentionOverPackedCodesMatchesTheReference) {
@@ -295,17 +395,23 @@ TEST(KvQuant, DecodeAttentionOverPackedCodesMatchesTheReference) {
       {64, 32, 2, 3, 0, 40, 0, false},   // full precision only
       {64, 32, 2, 3, 4, 0, 0, false},    // quantised keys only (values full precision)
       {64, 32, 4, 1, 0, 50, 50, false},  // quantised values only
-      {64, 32, 2, 3, 6, 17, 100, false},    {128, 64, 4, 3, 3, 9, 150, true},
-      {128, 32, 2, 1, 5, 31, 91, true},     {64, 64, 4, 2, 2, 64, 120, false},
+      {64, 32, 2, 3, 6, 17, 100, false},
+      {128, 64, 4, 3, 3, 9, 150, true},
+      {128, 32, 2, 1, 5, 31, 91, true},
+      {64, 64, 4, 2, 2, 64, 120, false},
       {64, 32, 4, 7, 3, 13, 90, true},       // 7 query heads per KV head: blocks of 3, 3, 1
       {48, 48, 2, 3, 0, 21, 0, false},       // D % 32 != 0: the portable path on every ISA
       {64, 32, 2, 3, 4, 20, 100, false, 5},  // attention sinks in full precision
       {128, 32, 4, 7, 2, 9, 70, true, 32},
+      {64, 32, 2, 3, 5, 20, 140, false, 4, 1},  // key outliers (dense-and-sparse)
+      {128, 64, 4, 7, 3, 9, 150, true, 0, 3},
+      {96, 32, 2, 3, 2, 21, 60, false, 0, 2},
   };
   for (Isa isa : {Isa::kScalar, best_isa()}) {
     set_kernel_isa(isa);
     for (const AttnCase& a : cases) {
-      Cache c = make_cache(a.D, a.G, a.bits, a.key_groups, a.key_window, a.vq, 21, a.mask, a.sinks);
+      Cache c = make_cache(a.D, a.G, a.bits, a.key_groups, a.key_window, a.vq, 21, a.mask, a.sinks,
+                           a.key_outliers);
       const int64_t N = c.view.tokens();
       const std::vector<float> q = normal_values<float>(int64_t{a.Hq} * a.D, 9, 0.7f);
       const float scale = 1.0f / std::sqrt(float(a.D));
@@ -318,9 +424,11 @@ TEST(KvQuant, DecodeAttentionOverPackedCodesMatchesTheReference) {
       for (size_t i = 0; i < out.size(); ++i) eo = std::max(eo, std::abs(out[i] - ro[i]));
       for (size_t i = 0; i < probs.size(); ++i) ep = std::max(ep, std::abs(probs[i] - rp[i]));
       for (int64_t t = 0; t < N; ++t) psum += probs[static_cast<size_t>(t)];
-      std::printf("%s D%d G%d b%d Hq%d N%lld S%lld%s: max abs error out %.2g probs %.2g\n",
-                  isa_name(isa), a.D, a.G, a.bits, a.Hq, (long long)N, (long long)a.sinks,
-                  a.mask ? " masked" : "", eo, ep);
+      std::printf(
+          "%s D%d G%d b%d Hq%d N%lld S%lld outliers %d%s: max abs error out %.2g probs "
+          "%.2g\n",
+          isa_name(isa), a.D, a.G, a.bits, a.Hq, (long long)N, (long long)a.sinks, a.key_outliers,
+          a.mask ? " masked" : "", eo, ep);
       EXPECT_LT(eo, 2e-5);
       EXPECT_LT(ep, 1e-6);
       EXPECT_NEAR(psum, 1.0, 1e-5);
@@ -335,8 +443,9 @@ TEST(KvQuant, DecodeAttentionOverPackedCodesMatchesTheReference) {
 TEST(KvQuant, BatchEqualsOneViewAtATime) {
   std::vector<Cache> caches;
   for (int i = 0; i < 7; ++i)
-    caches.push_back(
-        make_cache(64, 32, i % 2 ? 2 : 4, i, 5 + i, 3 * i, 30 + i, i % 3 == 0, /*sinks=*/i % 4));
+    caches.push_back(make_cache(64, 32, i % 2 ? 2 : 4, i, 5 + i, 3 * i, 30 + i, i % 3 == 0,
+                                /*sinks=*/i % 4,
+                                /*key_outliers=*/i % 3));
   std::vector<KvHeadView> views;
   for (const Cache& c : caches) views.push_back(c.view);
   const int Hq = 3, D = 64;

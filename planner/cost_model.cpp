@@ -552,7 +552,8 @@ double kv_bytes_per_token_layer(const model::ModelConfig& cfg, const InferSettin
   const int bits = s.kv == KvKind::kKivi4 ? 4 : 2;
   const double window = std::min<double>(double(context), double(s.kv_residual));
   const double packed = std::max(0.0, double(context) - window);
-  const double quant = elems * inference::kivi_bits_per_element(bits, s.kv_group) / 8;
+  const double quant =
+      elems * inference::kivi_bits_per_element(bits, s.kv_group, s.kv_key_outliers) / 8;
   return context > 0 ? (window * full + packed * quant) / double(context) : full;
 }
 

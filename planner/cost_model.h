@@ -128,6 +128,7 @@ struct InferSettings {
   int64_t micro_batch = 32;  // decode rows per stage application
   KvKind kv = KvKind::kFull;
   int kv_group = 32, kv_residual = 128;
+  int kv_key_outliers = 0;  // per key channel and group (--kv-key-outliers)
   int num_slots = 2;
   int64_t resident_stages = -1;  // GPU: stages kept on the device (-1: all that fit)
 };

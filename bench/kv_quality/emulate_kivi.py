@@ -44,7 +44,8 @@ ap.add_argument("--values", choices=["minmax", "mse", "exact"], default="minmax"
 ap.add_argument("--sink", type=int, default=0)
 ap.add_argument("--key-outliers", type=int, default=0,
                 help="per key group, this many values farthest from the group's mean stay exact "
-                     "and out of its range (dense-and-sparse, as KVQuant; not in the engine)")
+                     "and out of its range (dense-and-sparse, as KVQuant; the engine's "
+                     "--kv-key-outliers, per channel, without the fp16 rounding of residuals)")
 ap.add_argument("--group", type=int, default=32)
 ap.add_argument("--residual", type=int, default=128)
 ap.add_argument("--bits", type=int, choices=[2, 4], default=2)
