@@ -200,7 +200,7 @@ __global__ void decode_attention(const KvHeadView* views, const float* q, int64_
               qv[h * D + d] * (code_at(codes + d * kwords, j, b) * h2f(p[d].scale) + h2f(p[d].min));
         }
         const KeyGroupLayout kl = kv.key_layout();
-        for (int d = 0; d < D; ++d) {
+        for (int d = 0; kl.outliers > 0 && d < D; ++d) {
           for (int e = 0; e < kl.outliers; ++e) {
             if (kl.slots(rec, d)[e] == j) s += qv[h * D + d] * h2f(kl.deltas(rec, d)[e]);
           }
