@@ -317,24 +317,30 @@ TEST(KvCache, H2oKeepsTheBudgetTheRecentAndTheHeavyHitters) {
 TEST(KvCache, KiviWithH2oStaysWithinTheBudget) {
   const model::ModelConfig m = shape(1, 2, 1, 64);
   const int64_t ctx = 1000, D = 64;
-  SequenceKv kv(cache("kivi2+h2o", 32, 32, 0.2), m, ctx);  // 200 tokens, window R = 32
-  std::vector<float> k = randn(500 * D, 11);
-  std::vector<float> col(500, 0.0f);
-  for (size_t i = 0; i < col.size(); ++i) col[i] = float((i * 7919) % 101) / 101.0f;
-  kv.prefill(0, k.data(), k.data(), 500, col.data());
-  EXPECT_EQ(kv.live_tokens(0, 0), 200);
-  std::vector<float> q = randn(2 * D, 12), out(2 * D);
-  const int64_t bytes_before = kv.bytes();
-  for (int64_t t = 0; t < 300; ++t) {
-    const std::vector<float> nk = randn(D, 300 + t);
-    kv.append(0, nk.data(), nk.data());
-    attend(0, {&kv}, q.data(), out.data(), m);
+  for (int outliers : {0, 2}) {  // with outliers, refills rewrite the outlier slots' residuals
+    KvCacheConfig cfg = cache("kivi2+h2o", 32, 32, 0.2);
+    cfg.key_outliers = outliers;
+    SequenceKv kv(cfg, m, ctx);  // 200 tokens, window R = 32
+    std::vector<float> k = randn(500 * D, 11);
+    std::vector<float> col(500, 0.0f);
+    for (size_t i = 0; i < col.size(); ++i) col[i] = float((i * 7919) % 101) / 101.0f;
+    kv.prefill(0, k.data(), k.data(), 500, col.data());
     EXPECT_EQ(kv.live_tokens(0, 0), 200);
-    for (float x : out) ASSERT_TRUE(std::isfinite(x));
+    std::vector<float> q = randn(2 * D, 12), out(2 * D);
+    const int64_t bytes_before = kv.bytes();
+    for (int64_t t = 0; t < 300; ++t) {
+      const std::vector<float> nk = randn(D, 300 + t);
+      kv.append(0, nk.data(), nk.data());
+      attend(0, {&kv}, q.data(), out.data(), m);
+      EXPECT_EQ(kv.live_tokens(0, 0), 200);
+      for (float x : out) ASSERT_TRUE(std::isfinite(x));
+    }
+    // Evicted slots are refilled: the cache does not grow by more than one group.
+    EXPECT_LE(kv.bytes(),
+              bytes_before + 64 * 32 + 4 * 64 + D * outliers * 3 + 32 * (64 / 4 + 8) + 4096)
+        << cfg.name();
+    EXPECT_LE(kv.view(0, 0).n_key_window, 32 + 32) << cfg.name();
   }
-  // Evicted slots are refilled: the cache does not grow by more than one group.
-  EXPECT_LE(kv.bytes(), bytes_before + 64 * 32 + 4 * 64 + 32 * (64 / 4 + 8) + 4096);
-  EXPECT_LE(kv.view(0, 0).n_key_window, 32 + 32);
 }
 
 TEST(KvPages, SequencesTakePagesAsTheyGrowAndGiveThemBack) {
