@@ -51,6 +51,7 @@ CACHES = [
     ("h2o 0.5", "h2o", 32, 128, 0.5, 0, "minmax", 0),
     ("h2o 0.2", "h2o", 32, 128, 0.2, 0, "minmax", 0),
     ("kivi2+h2o 0.2 R32", "kivi2+h2o", 32, 32, 0.2, 0, "minmax", 0),
+    ("kivi2+h2o 0.2 R32 mse outliers2", "kivi2+h2o", 32, 32, 0.2, 0, "mse", 2),
 ]
 # SmolLM2-135M: 30 layers, 3 KV heads, head dim 64.
 LAYERS, NKV, D = 30, 3, 64
