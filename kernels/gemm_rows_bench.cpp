@@ -27,8 +27,11 @@ int main(int argc, char** argv) {
     int64_t oc, ic;
   };
   // SmolLM2-135M: hidden 576, 9 query + 3 KV heads of 64, MLP 1536 (gate and up fused).
-  const Shape shapes[] = {
-      {"qkv", 960, 576}, {"o", 576, 576}, {"gate_up", 3072, 576}, {"down", 576, 1536}};
+  const Shape shapes[] = {{"qkv", 960, 576},
+                          {"o", 576, 576},
+                          {"gate_up", 3072, 576},
+                          {"down", 576, 1536},
+                          {"lm_head", 49152, 576}};
   using Clock = std::chrono::steady_clock;
   std::printf("isa %s, %d threads\n", rk::isa_name(rk::kernel_isa()), at::get_num_threads());
   std::printf("%5s %8s %12s %12s %7s\n", "rows", "shape", "gemm_rows", "at::mm", "ratio");
