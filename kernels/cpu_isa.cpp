@@ -77,6 +77,31 @@ bool cpu_has_avx512_bf16() {
   return has;
 }
 
+namespace {
+
+std::atomic<bool>& avx512_on() {
+#if RAMSTREAM_KERNELS_X86
+  static std::atomic<bool> on{__builtin_cpu_supports("avx512f") != 0};
+#else
+  static std::atomic<bool> on{false};
+#endif
+  return on;
+}
+
+}  // namespace
+
+bool kernel_avx512() {
+  return avx512_on().load(std::memory_order_relaxed);
+}
+
+void set_kernel_avx512(bool on) {
+#if RAMSTREAM_KERNELS_X86
+  avx512_on().store(on && __builtin_cpu_supports("avx512f"), std::memory_order_relaxed);
+#else
+  (void)on;
+#endif
+}
+
 bool cpu_has_amx_bf16() {
   static const bool has = (cpuid7(0).edx >> 22) & 1u;  // CPUID.(7,0):EDX[22]
   return has;

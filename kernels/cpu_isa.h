@@ -8,6 +8,9 @@
 //
 //   set_kernel_isa(Isa::kScalar);   // e.g. to compare against the AVX2 path
 //   set_kernel_isa(best_isa());     // back to the default
+//
+// A few kernels also have an AVX-512F variant of their AVX2 version that gives the same bits
+// (kernel_avx512 below); it is chosen the same way, at run time.
 #pragma once
 
 namespace ramstream::kernels {
@@ -27,5 +30,11 @@ const char* isa_name(Isa isa);
 // AMX-BF16 (tile dot products). They say what the CPU has, not which kernels use it.
 bool cpu_has_avx512_bf16();
 bool cpu_has_amx_bf16();
+
+// Kernels with an AVX-512 variant (gemm_rows) use it when kernel_isa() is kAvx2Fma, the CPU and
+// OS have AVX-512F, and this is on (the default); each such variant gives the AVX2 variant's bits.
+// Tests turn it off to compare the two. Same threading caveat as set_kernel_isa.
+bool kernel_avx512();
+void set_kernel_avx512(bool on);
 
 }  // namespace ramstream::kernels

@@ -1,7 +1,9 @@
 // out[n, oc] = x[n, ic] @ w[oc, ic]^T (+ bias) for few rows n (decode: one row per sequence),
 // fp32. A BLAS packs the weight matrix into blocks on every call, which for a handful of rows
 // costs another full pass over the weights; here each weight row is read once, straight from
-// where it lies, and applied to all n rows while it is in L1 (parallel over output rows).
+// where it lies, and applied to all n rows while it is in L1 (parallel over output rows). With
+// AVX-512F (and n >= 2) each instruction serves two x rows: twice the multiply-adds per
+// instruction, the same bits as the AVX2 kernel (kernels/cpu_isa.h, kernel_avx512).
 //
 //   gemm_rows_nt(x, n, ic, w, oc, bias_or_null, out);   // x [n,ic], w [oc,ic], out [n,oc]
 #pragma once

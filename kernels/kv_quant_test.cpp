@@ -496,5 +496,33 @@ TEST(GemmRows, MatchesADoublePrecisionProduct) {
   set_kernel_isa(best_isa());
 }
 
+TEST(GemmRows, Avx512GivesTheAvx2Bits) {
+  set_kernel_avx512(true);
+  if (best_isa() != Isa::kAvx2Fma || !kernel_avx512()) {
+    GTEST_SKIP() << "this CPU has no AVX-512F";
+  }
+  for (int64_t n : {2, 3, 5, 8, 31, 32}) {
+    for (int64_t ic : {101, 576}) {      // with and without a tail past the last 8 columns
+      for (int64_t oc : {131, 64, 7}) {  // full tasks, a remainder of 3, fewer than 4 rows
+        const std::vector<float> x = normal_values<float>(n * ic, 1, 1.0f);
+        const std::vector<float> w = normal_values<float>(oc * ic, 2, 1.0f);
+        const std::vector<float> b = normal_values<float>(oc, 3, 1.0f);
+        std::vector<float> want(static_cast<size_t>(n * oc)), got(want.size());
+        set_kernel_avx512(false);
+        gemm_rows_nt(x.data(), n, ic, w.data(), oc, b.data(), want.data());
+        set_kernel_avx512(true);
+        gemm_rows_nt(x.data(), n, ic, w.data(), oc, oc % 2 ? b.data() : nullptr, got.data());
+        if (oc % 2 == 0) {  // without the bias: compare against the AVX2 kernel without it too
+          set_kernel_avx512(false);
+          gemm_rows_nt(x.data(), n, ic, w.data(), oc, nullptr, want.data());
+          set_kernel_avx512(true);
+        }
+        EXPECT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * 4))
+            << "n " << n << " ic " << ic << " oc " << oc;
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace ramstream::kernels
