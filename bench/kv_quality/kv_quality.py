@@ -4,14 +4,15 @@ Debian package debian-handbook, bench/kv_quality/prose.py) through the decode pa
 cache back-end, at contexts 512 and 2048; then held-out exact match on the bundled tasks.
 
     python3 bench/kv_quality/kv_quality.py [--build-dir build] [--model GGUF|DIR]
-        [--windows512 8] [--windows2048 2] [--tasks 200] [--only ppl|tasks] [--json]
+        [--windows512 8] [--windows2048 2] [--tasks 200] [--only ppl|tasks] [--rows L1,L2] [--json]
 
 `ramstream eval` prefills the first context/2 tokens of each window and feeds the other half one
 token at a time through the cache, scoring each: the compressed cache predicts every scored token
 (stricter than teacher-forced fake quantisation). Windows are consecutive (stride = context/2).
 KV bytes per token are measured (the cache's bytes over the positions it covers, fp32 rows on
 the CPU backend) and set against theory: per layer and KV head 2*D elements per token; KIVI codes
-b + 32/G bits per element (fp16 scale and minimum per group of G), the full-precision window
+b + 32/G bits per element (fp16 scale and minimum per group of G; keys 24 N / G more with N
+--kv-key-outliers), the full-precision window
 (keys: the last n mod R tokens, values: the last R) at 32 bits, h2o: the budget's share of the
 context (plus 13 bytes of score/position/flag per kept slot). Prints a table; the last stdout
 line is one JSON object with every row.
